@@ -1,0 +1,617 @@
+//! Typed static configuration of tenantgate (one TOML file plus `TENANTGATE_*` environment
+//! overrides) and the route model shared by the proxy and the control plane.
+//!
+//! Invariants: unknown keys are refused; [`Config::validate`] reports every problem at once,
+//! each with the key it concerns and the reason; a [`Config`] that validated turns into a
+//! [`RouteTable`] without further failure.
+
+#![deny(clippy::unwrap_used)]
+
+pub mod host;
+pub mod route;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use host::{HostError, HostPattern};
+pub use route::{Route, RouteTable, Upstream};
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or did not match the schema.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, which names the key and line.
+        message: String,
+    },
+    /// The configuration parsed but is not valid.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One validation problem: the key it concerns and the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key path, e.g. `routes[2].upstreams[0]`.
+    pub key: String,
+    /// Human-readable reason.
+    pub reason: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listeners, threads, timeouts and limits of the proxy.
+    pub proxy: ProxyConfig,
+    /// The admin listener (metrics, health).
+    pub admin: AdminConfig,
+    /// Logging and the access log.
+    pub log: LogConfig,
+    /// Static certificates.
+    pub certificates: Vec<CertificateConfig>,
+    /// Static routes.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[proxy]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Plain HTTP listener.
+    pub http_listen: String,
+    /// TLS listener; `None` disables TLS.
+    pub https_listen: Option<String>,
+    /// Worker threads of the proxy service.
+    pub threads: usize,
+    /// Seconds between SIGTERM and closing listeners (in-flight requests finish meanwhile).
+    pub grace_period_seconds: u64,
+    /// Seconds the final step of a graceful stop may take.
+    pub graceful_shutdown_timeout_seconds: u64,
+    /// Unix socket used to hand listening sockets to a new binary (`serve --upgrade`).
+    pub upgrade_sock: String,
+    /// PID file written by the server.
+    pub pid_file: String,
+    /// TCP connect timeout to an upstream, milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Timeout for each read from an upstream, milliseconds (504 when exceeded before headers).
+    pub read_timeout_ms: u64,
+    /// Timeout for each write to an upstream, milliseconds.
+    pub write_timeout_ms: u64,
+    /// How long an idle pooled upstream connection is kept, milliseconds.
+    pub upstream_idle_timeout_ms: u64,
+    /// Pooled keep-alive connections per thread to all upstreams.
+    pub upstream_keepalive_pool_size: usize,
+    /// Seconds an upstream is skipped after a connect failure (passive health).
+    pub unhealthy_cooldown_seconds: u64,
+    /// Largest total size of request header names and values, bytes (431 beyond).
+    pub max_request_header_bytes: usize,
+    /// Largest number of request headers (431 beyond).
+    pub max_request_headers: usize,
+    /// Routes beyond this many are aggregated under the metrics label `_other`.
+    pub max_route_metric_labels: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            http_listen: "0.0.0.0:80".into(),
+            https_listen: None,
+            threads: 2,
+            grace_period_seconds: 5,
+            graceful_shutdown_timeout_seconds: 5,
+            upgrade_sock: "/tmp/tenantgate_upgrade.sock".into(),
+            pid_file: "/tmp/tenantgate.pid".into(),
+            connect_timeout_ms: 2_000,
+            read_timeout_ms: 60_000,
+            write_timeout_ms: 60_000,
+            upstream_idle_timeout_ms: 60_000,
+            upstream_keepalive_pool_size: 256,
+            unhealthy_cooldown_seconds: 10,
+            max_request_header_bytes: 32 * 1024,
+            max_request_headers: 100,
+            max_route_metric_labels: 1_000,
+        }
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Listener of `/metrics` and `/healthz`; never on the proxy's ports.
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:8081".into(),
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `RUST_LOG`-style filter for the process log.
+    pub level: String,
+    /// Write one JSON access-log line per request.
+    pub access_log: bool,
+    /// `json` or `text` for all log lines.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            access_log: true,
+            format: LogFormat::Json,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// `[[certificates]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// Served when SNI is absent or matches no certificate.
+    #[serde(default)]
+    pub default: bool,
+    /// When set and the files do not exist yet, a self-signed certificate for these names is
+    /// generated into them on start (quickstart and development only).
+    #[serde(default)]
+    pub self_signed_names: Vec<String>,
+}
+
+/// `[[routes]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Optional stable id; defaults to the first hostname.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Exact names and `*.suffix` wildcards.
+    pub hostnames: Vec<String>,
+    /// `host:port` of the backends.
+    pub upstreams: Vec<String>,
+    /// Answer plain HTTP with 308 to https.
+    #[serde(default)]
+    pub https_redirect: bool,
+}
+
+/// Environment variables that override file values, with the key each one sets.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("TENANTGATE_HTTP_LISTEN", "proxy.http_listen"),
+    ("TENANTGATE_HTTPS_LISTEN", "proxy.https_listen"),
+    ("TENANTGATE_THREADS", "proxy.threads"),
+    ("TENANTGATE_ADMIN_LISTEN", "admin.listen"),
+    ("TENANTGATE_LOG_LEVEL", "log.level"),
+];
+
+impl Config {
+    /// Read and parse a file, then apply environment overrides. Does not validate.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut cfg = Config::from_toml(&text).map_err(|message| Error::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        Ok(cfg)
+    }
+
+    /// The built-in defaults plus environment overrides (no file).
+    pub fn from_env_only() -> Result<Config> {
+        let mut cfg = Config::default();
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        Ok(cfg)
+    }
+
+    /// Parse TOML text; the error message names the offending key and line.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+
+    /// Apply `TENANTGATE_*` overrides read through `get`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
+        if let Some(v) = get("TENANTGATE_HTTP_LISTEN") {
+            self.proxy.http_listen = v;
+        }
+        if let Some(v) = get("TENANTGATE_HTTPS_LISTEN") {
+            self.proxy.https_listen = (!v.is_empty()).then_some(v);
+        }
+        if let Some(v) = get("TENANTGATE_THREADS") {
+            self.proxy.threads = v.parse().map_err(|_| {
+                Error::Invalid(vec![Problem {
+                    key: "TENANTGATE_THREADS".into(),
+                    reason: format!("{v:?} is not a whole number"),
+                }])
+            })?;
+        }
+        if let Some(v) = get("TENANTGATE_ADMIN_LISTEN") {
+            self.admin.listen = v;
+        }
+        if let Some(v) = get("TENANTGATE_LOG_LEVEL") {
+            self.log.level = v;
+        }
+        Ok(())
+    }
+
+    /// Check everything that can be checked without touching certificate files, and build the
+    /// route table. Every problem is reported, not just the first.
+    pub fn validate(&self) -> Result<RouteTable> {
+        let mut problems = Vec::new();
+        let mut p = |key: String, reason: String| problems.push(Problem { key, reason });
+
+        let http = parse_listen(&self.proxy.http_listen);
+        if let Err(r) = &http {
+            p("proxy.http_listen".into(), r.clone());
+        }
+        let https = self.proxy.https_listen.as_deref().map(parse_listen);
+        if let Some(Err(r)) = &https {
+            p("proxy.https_listen".into(), r.clone());
+        }
+        if let (Ok(a), Some(Ok(b))) = (&http, &https) {
+            if a == b {
+                p(
+                    "proxy.https_listen".into(),
+                    "is the same address as proxy.http_listen".into(),
+                );
+            }
+        }
+        match parse_listen(&self.admin.listen) {
+            Err(r) => p("admin.listen".into(), r),
+            Ok(admin) => {
+                let clash = [
+                    http.as_ref().ok(),
+                    https.as_ref().and_then(|r| r.as_ref().ok()),
+                ]
+                .into_iter()
+                .flatten()
+                .any(|a| {
+                    a.port() == admin.port()
+                        && (a.ip() == admin.ip()
+                            || a.ip().is_unspecified()
+                            || admin.ip().is_unspecified())
+                });
+                if clash || matches!(admin.port(), 80 | 443) {
+                    p(
+                        "admin.listen".into(),
+                        "the admin listener must not share a port with the proxy listeners or use 80/443".into(),
+                    );
+                }
+            }
+        }
+        if self.proxy.threads == 0 || self.proxy.threads > 1024 {
+            p("proxy.threads".into(), "must be between 1 and 1024".into());
+        }
+        for (key, v) in [
+            ("proxy.connect_timeout_ms", self.proxy.connect_timeout_ms),
+            ("proxy.read_timeout_ms", self.proxy.read_timeout_ms),
+            ("proxy.write_timeout_ms", self.proxy.write_timeout_ms),
+            (
+                "proxy.upstream_idle_timeout_ms",
+                self.proxy.upstream_idle_timeout_ms,
+            ),
+        ] {
+            if v == 0 {
+                p(key.into(), "must be greater than 0".into());
+            }
+        }
+        if self.proxy.max_request_headers == 0 || self.proxy.max_request_headers > 256 {
+            p(
+                "proxy.max_request_headers".into(),
+                "must be between 1 and 256 (the HTTP/1 parser's own limit)".into(),
+            );
+        }
+        if self.proxy.max_request_header_bytes < 1024 {
+            p(
+                "proxy.max_request_header_bytes".into(),
+                "must be at least 1024".into(),
+            );
+        }
+        if self.proxy.upgrade_sock.is_empty() {
+            p("proxy.upgrade_sock".into(), "must not be empty".into());
+        }
+        if !matches!(
+            self.log.level.as_str(),
+            "trace" | "debug" | "info" | "warn" | "error" | "off"
+        ) && !self.log.level.contains('=')
+        {
+            p(
+                "log.level".into(),
+                format!(
+                    "{:?} is not one of trace, debug, info, warn, error, off (or a target=level filter)",
+                    self.log.level
+                ),
+            );
+        }
+
+        let defaults = self.certificates.iter().filter(|c| c.default).count();
+        if defaults > 1 {
+            p(
+                "certificates".into(),
+                format!("{defaults} certificates have default = true; at most one may"),
+            );
+        }
+        for (i, c) in self.certificates.iter().enumerate() {
+            for (j, n) in c.self_signed_names.iter().enumerate() {
+                if let Err(e) = HostPattern::parse(n) {
+                    p(
+                        format!("certificates[{i}].self_signed_names[{j}]"),
+                        format!("{n:?}: {e}"),
+                    );
+                }
+            }
+        }
+
+        let mut table = RouteTable::default();
+        let mut owners: HashMap<HostPattern, usize> = HashMap::new();
+        let mut ids: HashMap<String, usize> = HashMap::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            if r.hostnames.is_empty() {
+                p(
+                    format!("routes[{i}].hostnames"),
+                    "must list at least one hostname".into(),
+                );
+            }
+            if r.upstreams.is_empty() {
+                p(
+                    format!("routes[{i}].upstreams"),
+                    "must list at least one upstream".into(),
+                );
+            }
+            if r.https_redirect && self.proxy.https_listen.is_none() {
+                p(
+                    format!("routes[{i}].https_redirect"),
+                    "needs proxy.https_listen to be set".into(),
+                );
+            }
+            let mut hostnames = Vec::with_capacity(r.hostnames.len());
+            for (j, h) in r.hostnames.iter().enumerate() {
+                match HostPattern::parse(h) {
+                    Err(e) => p(format!("routes[{i}].hostnames[{j}]"), format!("{h:?}: {e}")),
+                    Ok(pat) => {
+                        if let Some(prev) = owners.insert(pat.clone(), i) {
+                            let whose = if prev == i {
+                                "this route".to_string()
+                            } else {
+                                format!("routes[{prev}]")
+                            };
+                            p(
+                                format!("routes[{i}].hostnames[{j}]"),
+                                format!("{h:?} is already listed by {whose}"),
+                            );
+                        }
+                        hostnames.push(pat);
+                    }
+                }
+            }
+            let mut upstreams = Vec::with_capacity(r.upstreams.len());
+            for (j, u) in r.upstreams.iter().enumerate() {
+                match resolve_upstream(u) {
+                    Ok(addr) => upstreams.push(Upstream { addr }),
+                    Err(reason) => p(
+                        format!("routes[{i}].upstreams[{j}]"),
+                        format!("{u:?}: {reason}"),
+                    ),
+                }
+            }
+            let id =
+                r.id.clone()
+                    .or_else(|| hostnames.first().map(HostPattern::to_display))
+                    .unwrap_or_else(|| format!("route-{i}"));
+            if let Some(prev) = ids.insert(id.clone(), i) {
+                p(
+                    format!("routes[{i}].id"),
+                    format!("{id:?} is already the id of routes[{prev}]"),
+                );
+            }
+            table.routes.push(Route {
+                id,
+                hostnames,
+                upstreams,
+                https_redirect: r.https_redirect,
+            });
+        }
+        if problems.is_empty() {
+            Ok(table)
+        } else {
+            Err(Error::Invalid(problems))
+        }
+    }
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .map_err(|_| format!("{s:?} is not an IP:port address (e.g. \"0.0.0.0:80\")"))
+}
+
+/// Resolve `host:port` once, at load time, so the hot path only ever sees addresses.
+fn resolve_upstream(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        if a.port() == 0 {
+            return Err("port 0 is not a valid upstream port".into());
+        }
+        return Ok(a);
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err("must be host:port".into());
+    };
+    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err("must be host:port with a port between 1 and 65535".into());
+    }
+    (host, port.parse::<u16>().unwrap_or(0))
+        .to_socket_addrs()
+        .map_err(|e| format!("does not resolve: {e}"))?
+        .next()
+        .ok_or_else(|| "resolves to no address".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(toml: &str) -> Vec<Problem> {
+        let cfg = Config::from_toml(toml).expect("parses");
+        match cfg.validate() {
+            Err(Error::Invalid(p)) => p,
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_file_is_valid_with_defaults() {
+        let cfg = Config::from_toml("").expect("parses");
+        let t = cfg.validate().expect("valid");
+        assert!(t.routes.is_empty());
+        assert_eq!(cfg.proxy.http_listen, "0.0.0.0:80");
+        assert_eq!(cfg.proxy.https_listen, None);
+        assert_eq!(cfg.proxy.threads, 2);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let e = Config::from_toml("[proxy]\nhttp_lisen = \"x\"").unwrap_err();
+        assert!(e.contains("http_lisen"), "{e}");
+        let e =
+            Config::from_toml("[[routes]]\nhostnames=[\"a\"]\nupstreams=[]\nfoo=1").unwrap_err();
+        assert!(e.contains("foo"), "{e}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let p = problems(
+            r#"
+            [proxy]
+            http_listen = "nonsense"
+            threads = 0
+            [admin]
+            listen = "127.0.0.1:443"
+            [[routes]]
+            hostnames = ["ok.test", "bad_name.test"]
+            upstreams = ["127.0.0.1:0", "127.0.0.1:9001"]
+            https_redirect = true
+            [[routes]]
+            hostnames = ["OK.test"]
+            upstreams = []
+            "#,
+        );
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        for k in [
+            "proxy.http_listen",
+            "proxy.threads",
+            "admin.listen",
+            "routes[0].hostnames[1]",
+            "routes[0].upstreams[0]",
+            "routes[0].https_redirect",
+            "routes[1].hostnames[0]",
+            "routes[1].upstreams",
+        ] {
+            assert!(keys.contains(&k), "missing {k} in {keys:?}");
+        }
+        let dup = p
+            .iter()
+            .find(|p| p.key == "routes[1].hostnames[0]")
+            .expect("dup");
+        assert!(dup.reason.contains("routes[0]"), "{}", dup.reason);
+    }
+
+    #[test]
+    fn builds_a_route_table() {
+        let cfg = Config::from_toml(
+            r#"
+            [[routes]]
+            hostnames = ["Shop1.Platform.test", "*.shop2.platform.test"]
+            upstreams = ["127.0.0.1:9001", "localhost:9002"]
+            "#,
+        )
+        .expect("parses");
+        let t = cfg.validate().expect("valid");
+        assert_eq!(t.routes[0].id, "shop1.platform.test");
+        assert_eq!(
+            t.routes[0].hostnames[1],
+            HostPattern::Wildcard("shop2.platform.test".into())
+        );
+        assert_eq!(t.routes[0].upstreams.len(), 2);
+        assert_eq!(t.routes[0].upstreams[1].addr.port(), 9002);
+    }
+
+    #[test]
+    fn env_overrides_apply_and_bad_values_are_named() {
+        let mut cfg = Config::default();
+        cfg.apply_env(|k| match k {
+            "TENANTGATE_HTTP_LISTEN" => Some("127.0.0.1:8080".into()),
+            "TENANTGATE_THREADS" => Some("4".into()),
+            _ => None,
+        })
+        .expect("applies");
+        assert_eq!(cfg.proxy.http_listen, "127.0.0.1:8080");
+        assert_eq!(cfg.proxy.threads, 4);
+        let e = cfg
+            .apply_env(|k| (k == "TENANTGATE_THREADS").then(|| "many".into()))
+            .unwrap_err();
+        assert!(e.to_string().contains("TENANTGATE_THREADS"));
+    }
+
+    #[test]
+    fn two_defaults_are_refused() {
+        let p = problems(
+            r#"
+            [[certificates]]
+            cert_file = "a.pem"
+            key_file = "a.key"
+            default = true
+            [[certificates]]
+            cert_file = "b.pem"
+            key_file = "b.key"
+            default = true
+            "#,
+        );
+        assert_eq!(p[0].key, "certificates");
+    }
+}

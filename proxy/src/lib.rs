@@ -1,0 +1,121 @@
+//! The Pingora hot path of tenantgate: host routing, TLS with SNI-selected certificates,
+//! upstream choice with passive health, forwarding headers, our own error pages, metrics and
+//! the access log.
+//!
+//! Invariants: nothing here awaits a store, DNS, Docker or ACME. Routes and certificates
+//! arrive as snapshots ([`router::Router::replace`], [`CertificateStore::replace_all`]); the
+//! proxy never depends on the control plane.
+
+#![deny(clippy::unwrap_used)]
+
+pub mod admin;
+pub mod metrics;
+pub mod router;
+pub mod service;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::listeners::tls::TlsSettings;
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use pingora::services::listening::Service;
+use tenantgate_certs::{CertificateStore, SniResolver};
+use tenantgate_config::Config;
+
+use crate::admin::AdminApp;
+use crate::metrics::Metrics;
+use crate::router::Router;
+use crate::service::{EdgeProxy, ProxySettings};
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A listener could not be set up.
+    #[error("cannot set up listener {addr}: {reason}")]
+    Listener {
+        /// The address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Pingora's server configuration, derived from ours (one source of truth).
+pub fn server_conf(cfg: &Config) -> ServerConf {
+    ServerConf {
+        threads: cfg.proxy.threads,
+        grace_period_seconds: Some(cfg.proxy.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(cfg.proxy.graceful_shutdown_timeout_seconds),
+        upgrade_sock: cfg.proxy.upgrade_sock.clone(),
+        pid_file: cfg.proxy.pid_file.clone(),
+        upstream_keepalive_pool_size: cfg.proxy.upstream_keepalive_pool_size,
+        ..ServerConf::default()
+    }
+}
+
+/// The shared pieces a running node is made of.
+pub struct Edge {
+    /// Routing table.
+    pub router: Arc<Router>,
+    /// Certificates served on the TLS listener.
+    pub certs: Arc<CertificateStore>,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Add the proxy (HTTP and, when configured, HTTPS) and admin services to `server`.
+pub fn add_services(server: &mut Server, cfg: &Config, edge: &Edge) -> Result<()> {
+    let https_port = cfg
+        .proxy
+        .https_listen
+        .as_deref()
+        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        .map(|a| a.port());
+    let settings = ProxySettings {
+        connect_timeout: Duration::from_millis(cfg.proxy.connect_timeout_ms),
+        read_timeout: Duration::from_millis(cfg.proxy.read_timeout_ms),
+        write_timeout: Duration::from_millis(cfg.proxy.write_timeout_ms),
+        idle_timeout: Duration::from_millis(cfg.proxy.upstream_idle_timeout_ms),
+        unhealthy_cooldown: Duration::from_secs(cfg.proxy.unhealthy_cooldown_seconds),
+        max_header_bytes: cfg.proxy.max_request_header_bytes,
+        max_headers: cfg.proxy.max_request_headers,
+        https_port,
+        access_log: cfg.log.access_log,
+    };
+    let proxy = EdgeProxy::new(edge.router.clone(), settings, edge.metrics.unknown.clone());
+    let mut svc = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        proxy,
+        "tenantgate proxy",
+    );
+    svc.add_tcp(&cfg.proxy.http_listen);
+    if let Some(addr) = &cfg.proxy.https_listen {
+        let mut tls =
+            TlsSettings::with_callbacks(Box::new(service::tls::SniCapture)).map_err(|e| {
+                Error::Listener {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+        tls.set_cert_resolver(Arc::new(SniResolver::new(edge.certs.clone())));
+        tls.enable_h2();
+        svc.add_tls_with_settings(addr, None, tls);
+    }
+    server.add_service(svc);
+
+    let mut admin = Service::new(
+        "tenantgate admin".to_string(),
+        AdminApp::new(
+            edge.metrics.clone(),
+            edge.router.clone(),
+            edge.certs.clone(),
+        ),
+    );
+    admin.add_tcp(&cfg.admin.listen);
+    server.add_service(admin);
+    Ok(())
+}

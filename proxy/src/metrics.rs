@@ -1,0 +1,204 @@
+//! Every Prometheus metric of the proxy, registered in one place.
+//!
+//! Invariants: label sets are bounded. Routes get their own `route` label up to a budget
+//! (`proxy.max_route_metric_labels`); routes beyond it, and requests for unknown hosts, share
+//! the labels `_other` and `_unknown`. Each route's counter children are resolved once when
+//! the table is built, so the hot path increments an atomic and never hashes label values.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+/// Status classes used as the `class` label.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Upstream error kinds used as the `kind` label.
+#[derive(Debug, Clone, Copy)]
+pub enum UpstreamErrorKind {
+    /// TCP connect refused, unreachable or timed out.
+    Connect = 0,
+    /// Reading the response timed out.
+    Timeout = 1,
+    /// Any other error after connecting.
+    Other = 2,
+}
+
+const KINDS: [&str; 3] = ["connect", "timeout", "other"];
+
+/// Metric children of one route (or of the shared `_other` / `_unknown` buckets).
+#[derive(Debug)]
+pub struct RouteMetrics {
+    requests: [IntCounter; 5],
+    duration: Histogram,
+    upstream_errors: [IntCounter; 3],
+}
+
+impl RouteMetrics {
+    /// Count one finished request.
+    #[inline]
+    pub fn observe(&self, status: u16, seconds: f64) {
+        let class = (usize::from(status / 100)).clamp(1, 5) - 1;
+        self.requests[class].inc();
+        self.duration.observe(seconds);
+    }
+
+    /// Count one upstream error.
+    #[inline]
+    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
+        self.upstream_errors[kind as usize].inc();
+    }
+}
+
+/// The proxy's registry and metric families.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    upstream_errors: IntCounterVec,
+    /// Routes in the current table.
+    pub routes: IntGauge,
+    /// Certificates in the store.
+    pub certificates: IntGauge,
+    /// Requests whose Host matched no route.
+    pub unknown: Arc<RouteMetrics>,
+    budget: usize,
+    labelled: Mutex<HashMap<String, Arc<RouteMetrics>>>,
+    other: Arc<RouteMetrics>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("budget", &self.budget)
+            .finish()
+    }
+}
+
+impl Metrics {
+    /// Register all families; `route_label_budget` routes get their own label.
+    pub fn new(route_label_budget: usize) -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "tenantgate_proxy_requests_total",
+                "Requests answered, by route and status class",
+            ),
+            &["route", "class"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "tenantgate_proxy_request_duration_seconds",
+                "Time from request headers to the end of the response, by route",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
+            &["route"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "tenantgate_proxy_upstream_errors_total",
+                "Failed attempts to reach or read an upstream, by route and kind",
+            ),
+            &["route", "kind"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let routes = IntGauge::new("tenantgate_proxy_routes", "Routes in the routing table")
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let certificates =
+            IntGauge::new("tenantgate_certs_certificates", "Certificates in the store")
+                .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(upstream_errors.clone()),
+            Box::new(routes.clone()),
+            Box::new(certificates.clone()),
+        ] {
+            registry
+                .register(c)
+                .unwrap_or_else(|e| unreachable!("metric names are unique: {e}"));
+        }
+        let children = |label: &str| {
+            Arc::new(RouteMetrics {
+                requests: CLASSES.map(|c| requests.with_label_values(&[label, c])),
+                duration: duration.with_label_values(&[label]),
+                upstream_errors: KINDS.map(|k| upstream_errors.with_label_values(&[label, k])),
+            })
+        };
+        let unknown = children("_unknown");
+        let other = children("_other");
+        Metrics {
+            registry,
+            requests,
+            duration,
+            upstream_errors,
+            routes,
+            certificates,
+            unknown,
+            budget: route_label_budget,
+            labelled: Mutex::new(HashMap::new()),
+            other,
+        }
+    }
+
+    /// The children for a route id: its own while the label budget lasts, `_other` after.
+    pub fn route(&self, id: &str) -> Arc<RouteMetrics> {
+        let mut labelled = self.labelled.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = labelled.get(id) {
+            return m.clone();
+        }
+        if labelled.len() >= self.budget {
+            return self.other.clone();
+        }
+        let m = Arc::new(RouteMetrics {
+            requests: CLASSES.map(|c| self.requests.with_label_values(&[id, c])),
+            duration: self.duration.with_label_values(&[id]),
+            upstream_errors: KINDS.map(|k| self.upstream_errors.with_label_values(&[id, k])),
+        });
+        labelled.insert(id.to_owned(), m.clone());
+        m
+    }
+
+    /// The text exposition of this registry followed by the process-wide default registry
+    /// (where Pingora registers its own metrics).
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        let enc = TextEncoder::new();
+        let _ = enc.encode(&self.registry.gather(), &mut out);
+        let _ = enc.encode(&prometheus::gather(), &mut out);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_budget_bounds_cardinality() {
+        let m = Metrics::new(2);
+        let a = m.route("a");
+        let b = m.route("b");
+        let c = m.route("c");
+        assert!(Arc::ptr_eq(&a, &m.route("a")));
+        assert!(Arc::ptr_eq(&c, &m.other));
+        a.observe(204, 0.001);
+        b.observe(503, 0.001);
+        c.observe(404, 0.001);
+        let text = String::from_utf8(m.render()).expect("utf8");
+        assert!(
+            text.contains(r#"tenantgate_proxy_requests_total{class="2xx",route="a"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"tenantgate_proxy_requests_total{class="4xx",route="_other"} 1"#));
+        assert!(!text.contains(r#"route="c""#));
+    }
+}

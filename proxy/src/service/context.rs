@@ -1,0 +1,41 @@
+//! The typed per-request context, filled in `request_filter` and read by every later phase
+//! and by `logging()`, where metrics and the access log are written once.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tenantgate_config::host::HostBuf;
+
+use crate::router::RouteEntry;
+
+/// What the proxy knows about one request.
+pub struct RequestContext {
+    /// When the request's headers were read.
+    pub start: Instant,
+    /// The request arrived over TLS.
+    pub tls: bool,
+    /// Normalised Host (empty until `request_filter` has read it).
+    pub host: HostBuf,
+    /// The route serving the host, once known.
+    pub route: Option<Arc<RouteEntry>>,
+    /// Index of the upstream of the current attempt.
+    pub upstream: Option<usize>,
+    /// Bitmask of upstream indexes already tried for this request.
+    pub tried: u64,
+    /// `X-Request-Id`, as received or generated.
+    pub request_id: Option<http::HeaderValue>,
+}
+
+impl Default for RequestContext {
+    fn default() -> Self {
+        RequestContext {
+            start: Instant::now(),
+            tls: false,
+            host: HostBuf::default(),
+            route: None,
+            upstream: None,
+            tried: 0,
+            request_id: None,
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! The `ProxyHttp` implementation: the phases every storefront request goes through.
+//!
+//! Phase contract (see Pingora's `proxy_trait.rs` for the engine's side):
+//! - `request_filter`: header limits (431), Host extraction and normalisation (400), route
+//!   lookup (404), SNI/Host consistency (421), HTTP→HTTPS redirect (308). Everything the proxy
+//!   answers itself is answered here or in `fail_to_proxy`, never by a tenant.
+//! - `upstream_peer`: round robin over the route's healthy upstreams, pooled per route.
+//! - `fail_to_connect`: passive health — the upstream sits out a cooldown and the request is
+//!   retried on another upstream (safe for any method: nothing was sent yet).
+//! - `upstream_request_filter`: forwarding headers are set by us, client copies replaced.
+//!   Hop-by-hop and Connection-named headers are stripped by Pingora's standard upstream
+//!   request policy, which keeps WebSocket upgrades intact.
+//! - `logging`: metrics and the access log, written once per request.
+
+pub mod context;
+pub mod pages;
+pub mod tls;
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::FailToProxy;
+use pingora::ErrorSource;
+use pingora::ErrorType;
+use tenantgate_config::host::{normalize_into, HostBuf};
+
+use crate::metrics::{RouteMetrics, UpstreamErrorKind};
+use crate::router::Router;
+pub use context::RequestContext;
+use tls::Sni;
+
+/// Knobs of the hot path, taken from `[proxy]`.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// Upstream TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Upstream read timeout.
+    pub read_timeout: Duration,
+    /// Upstream write timeout.
+    pub write_timeout: Duration,
+    /// Idle time of a pooled upstream connection.
+    pub idle_timeout: Duration,
+    /// How long an upstream sits out after a connect failure.
+    pub unhealthy_cooldown: Duration,
+    /// Largest total size of request header names and values.
+    pub max_header_bytes: usize,
+    /// Largest number of request headers.
+    pub max_headers: usize,
+    /// Port of the TLS listener, for redirects (`None`: TLS disabled).
+    pub https_port: Option<u16>,
+    /// Write an access-log line per request.
+    pub access_log: bool,
+}
+
+/// The edge proxy service.
+pub struct EdgeProxy {
+    router: Arc<Router>,
+    settings: ProxySettings,
+    unknown: Arc<RouteMetrics>,
+    id_prefix: u32,
+    id_counter: AtomicU64,
+}
+
+impl EdgeProxy {
+    /// A proxy reading `router`, counting unknown hosts in `unknown`.
+    pub fn new(router: Arc<Router>, settings: ProxySettings, unknown: Arc<RouteMetrics>) -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+            ^ std::process::id().rotate_left(16);
+        EdgeProxy {
+            router,
+            settings,
+            unknown,
+            id_prefix: seed,
+            id_counter: AtomicU64::new(0),
+        }
+    }
+
+    fn next_request_id(&self) -> HeaderValue {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
+        let mut buf = [0u8; 24];
+        let v = (u128::from(self.id_prefix) << 64) | u128::from(n);
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = HEX[((v >> (4 * (23 - i))) & 0xf) as usize];
+        }
+        HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    }
+
+    /// Answer the request ourselves with one of our pages (or a redirect) and keep the
+    /// connection alive unless the request was malformed.
+    async fn answer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+        status: u16,
+        location: Option<String>,
+    ) -> Result<bool> {
+        let req = session.req_header();
+        let html = pages::wants_html(req.headers.get(header::ACCEPT).map(HeaderValue::as_bytes));
+        let head = req.method == http::Method::HEAD;
+        let (content_type, body) = match location {
+            Some(_) => ("text/plain; charset=utf-8", Bytes::new()),
+            None => pages::body(status, html),
+        };
+        let mut resp = ResponseHeader::build(status, Some(6))?;
+        resp.insert_header(header::CONTENT_TYPE, content_type)?;
+        resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+        resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+        if let Some(l) = location {
+            resp.insert_header(header::LOCATION, l)?;
+        }
+        if let Some(id) = &ctx.request_id {
+            resp.insert_header("x-request-id", id.clone())?;
+        }
+        if matches!(status, 400 | 431) {
+            // A malformed request may leave the stream in an unknown state: do not reuse it.
+            session.set_keepalive(None);
+        }
+        let end = head || body.is_empty();
+        session.write_response_header(Box::new(resp), end).await?;
+        if !end {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok(true)
+    }
+}
+
+/// What `request_filter` decided before it needs the session mutably.
+enum Verdict {
+    Proxy,
+    Answer(u16),
+    Redirect(String),
+}
+
+#[async_trait]
+impl ProxyHttp for EdgeProxy {
+    type CTX = RequestContext;
+
+    fn new_ctx(&self) -> RequestContext {
+        RequestContext::default()
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+    ) -> Result<bool> {
+        let ssl = session.digest().and_then(|d| d.ssl_digest.as_ref());
+        ctx.tls = ssl.is_some();
+        let sni = ssl
+            .and_then(|s| s.extension.get::<Sni>())
+            .and_then(|s| s.0.clone());
+        let req = session.req_header();
+        if let Some(id) = req
+            .headers
+            .get("x-request-id")
+            .filter(|v| valid_request_id(v))
+        {
+            ctx.request_id = Some(id.clone());
+        }
+
+        let verdict = 'v: {
+            let (mut count, mut bytes) = (0usize, 0usize);
+            for (k, v) in &req.headers {
+                count += 1;
+                bytes += k.as_str().len() + v.len();
+            }
+            if count > self.settings.max_headers || bytes > self.settings.max_header_bytes {
+                break 'v Verdict::Answer(431);
+            }
+            let mut hosts = req.headers.get_all(header::HOST).iter();
+            let host_header = hosts.next();
+            if hosts.next().is_some() {
+                break 'v Verdict::Answer(400);
+            }
+            // HTTP/2 `:authority` and HTTP/1 absolute-form targets carry the host in the URI.
+            let raw = match (req.uri.authority(), host_header) {
+                (Some(a), _) => a.as_str().as_bytes(),
+                (None, Some(h)) => h.as_bytes(),
+                (None, None) => break 'v Verdict::Answer(400),
+            };
+            let Ok(host) = normalize_into(raw, &mut ctx.host) else {
+                break 'v Verdict::Answer(400);
+            };
+            let index = self.router.load();
+            let Some(route) = index.lookup(host) else {
+                break 'v Verdict::Answer(404);
+            };
+            if let Some(sni) = sni {
+                // The certificate was chosen for the SNI name; serving another route's Host on
+                // this connection would answer one tenant's request under another's identity.
+                let mut buf = HostBuf::default();
+                let same = normalize_into(sni.as_bytes(), &mut buf)
+                    .ok()
+                    .and_then(|s| index.lookup(s))
+                    .is_some_and(|r| Arc::ptr_eq(r, route));
+                if !same {
+                    break 'v Verdict::Answer(421);
+                }
+            }
+            ctx.route = Some(route.clone());
+            if route.https_redirect && !ctx.tls {
+                if let Some(port) = self.settings.https_port {
+                    let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
+                    let loc = if port == 443 {
+                        format!("https://{host}{pq}")
+                    } else {
+                        format!("https://{host}:{port}{pq}")
+                    };
+                    break 'v Verdict::Redirect(loc);
+                }
+            }
+            Verdict::Proxy
+        };
+        match verdict {
+            Verdict::Proxy => Ok(false),
+            Verdict::Answer(status) => self.answer(session, ctx, status, None).await,
+            Verdict::Redirect(loc) => self.answer(session, ctx, 308, Some(loc)).await,
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestContext,
+    ) -> Result<Box<HttpPeer>> {
+        let route = ctx
+            .route
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
+        let Some(i) = route.pick(self.router.now_ms(), ctx.tried) else {
+            let mut e = Error::explain(
+                ErrorType::ConnectNoRoute,
+                "every upstream of the route failed",
+            );
+            e.esource = ErrorSource::Upstream;
+            return Err(e);
+        };
+        ctx.upstream = Some(i);
+        if i < 64 {
+            ctx.tried |= 1 << i;
+        }
+        let mut peer = HttpPeer::new(route.upstreams[i].addr, false, String::new());
+        peer.group_key = route.group_key;
+        let o = &mut peer.options;
+        o.connection_timeout = Some(self.settings.connect_timeout);
+        o.total_connection_timeout = Some(self.settings.connect_timeout);
+        o.read_timeout = Some(self.settings.read_timeout);
+        o.write_timeout = Some(self.settings.write_timeout);
+        o.idle_timeout = Some(self.settings.idle_timeout);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestContext,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let (Some(route), Some(i)) = (&ctx.route, ctx.upstream) {
+            route.mark_down(i, self.router.until_ms(self.settings.unhealthy_cooldown));
+            route.metrics.upstream_error(UpstreamErrorKind::Connect);
+            if route.has_untried(ctx.tried) {
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestContext,
+    ) -> Result<()> {
+        for name in [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "forwarded",
+        ] {
+            upstream_request.remove_header(name);
+        }
+        let proto = if ctx.tls { "https" } else { "http" };
+        let host = ctx.host.as_str();
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let forwarded = match client {
+            Some(ip) => {
+                upstream_request.insert_header("x-forwarded-for", ip.to_string())?;
+                match ip {
+                    IpAddr::V4(v4) => format!("for={v4};host={host};proto={proto}"),
+                    IpAddr::V6(v6) => format!("for=\"[{v6}]\";host={host};proto={proto}"),
+                }
+            }
+            None => format!("host={host};proto={proto}"),
+        };
+        upstream_request.insert_header("forwarded", forwarded)?;
+        upstream_request.insert_header("x-forwarded-proto", proto)?;
+        upstream_request.insert_header("x-forwarded-host", host)?;
+        let id = match &ctx.request_id {
+            Some(id) => id.clone(),
+            None => {
+                let id = self.next_request_id();
+                ctx.request_id = Some(id.clone());
+                id
+            }
+        };
+        upstream_request.insert_header("x-request-id", id)?;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestContext,
+    ) -> Result<()> {
+        if let Some(id) = &ctx.request_id {
+            if upstream_response.headers.get("x-request-id").is_none() {
+                upstream_response.insert_header("x-request-id", id.clone())?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestContext,
+    ) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            etype => match e.esource() {
+                ErrorSource::Upstream => match etype {
+                    ErrorType::ConnectTimedout
+                    | ErrorType::ReadTimedout
+                    | ErrorType::WriteTimedout => 504,
+                    _ => 502,
+                },
+                ErrorSource::Downstream => match etype {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 && session.response_written().is_none() {
+            if let Err(err) = self.answer(session, ctx, code, None).await {
+                tracing::debug!("cannot send error page: {err}");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestContext) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let elapsed = ctx.start.elapsed();
+        let metrics = ctx.route.as_ref().map_or(&self.unknown, |r| &r.metrics);
+        if status > 0 {
+            metrics.observe(status, elapsed.as_secs_f64());
+        }
+        if let Some(e) = e.filter(|e| *e.esource() == ErrorSource::Upstream) {
+            let kind = match e.etype() {
+                ErrorType::ConnectTimedout
+                | ErrorType::ConnectRefused
+                | ErrorType::ConnectNoRoute => None,
+                ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                    Some(UpstreamErrorKind::Timeout)
+                }
+                _ => Some(UpstreamErrorKind::Other),
+            };
+            // Connect failures were counted in `fail_to_connect`, once per attempt.
+            if let Some(kind) = kind {
+                metrics.upstream_error(kind);
+            }
+        }
+        if self.settings.access_log {
+            let req = session.req_header();
+            let upstream = ctx
+                .route
+                .as_ref()
+                .zip(ctx.upstream)
+                .and_then(|(r, i)| r.upstreams.get(i))
+                .map(|u| u.addr);
+            tracing::info!(
+                target: "tenantgate::access",
+                client = %session.client_addr().map(ToString::to_string).unwrap_or_default(),
+                method = %req.method,
+                host = ctx.host.as_str(),
+                path = req.uri.path(),
+                version = ?req.version,
+                tls = ctx.tls,
+                status,
+                duration_us = elapsed.as_micros() as u64,
+                bytes_sent = session.body_bytes_sent(),
+                route = ctx.route.as_ref().map_or("", |r| &*r.id),
+                upstream = %upstream.map(|a| a.to_string()).unwrap_or_default(),
+                request_id = ctx.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
+                error = %e.map(|e| e.etype().as_str()).unwrap_or(""),
+            );
+        }
+    }
+}
+
+/// A client-supplied request id is kept when it is short, visible ASCII.
+fn valid_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
+}

@@ -1,0 +1,148 @@
+//! The proxy's own responses: branded HTML pages for browsers, one plain-text line for
+//! everyone else. Bodies are static, so answering them allocates nothing but the header.
+
+use bytes::Bytes;
+
+macro_rules! page {
+    ($code:literal, $title:literal, $text:literal) => {
+        concat!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">",
+            "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">",
+            "<title>",
+            $code,
+            " ",
+            $title,
+            "</title><style>",
+            "body{margin:0;min-height:100vh;display:grid;place-items:center;",
+            "font:16px/1.5 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;",
+            "background:#0f172a;color:#e2e8f0}main{max-width:32rem;padding:2rem;text-align:center}",
+            "h1{font-size:3rem;margin:0;color:#38bdf8}p{color:#94a3b8}",
+            "small{color:#475569}</style></head><body><main><h1>",
+            $code,
+            "</h1><h2>",
+            $title,
+            "</h2><p>",
+            $text,
+            "</p><small>tenantgate</small></main></body></html>\n"
+        )
+    };
+}
+
+/// `(status, reason, html, text)` for every status the proxy answers itself.
+const PAGES: &[(u16, &str, &str, &str)] = &[
+    (
+        400,
+        "Bad Request",
+        page!("400", "Bad Request", "The request could not be understood."),
+        "400 Bad Request: the request could not be understood\n",
+    ),
+    (
+        404,
+        "Not Found",
+        page!(
+            "404",
+            "Store not found",
+            "No store is served at this address. Check the address, or come back later."
+        ),
+        "404 Not Found: no store is served at this hostname\n",
+    ),
+    (
+        421,
+        "Misdirected Request",
+        page!(
+            "421",
+            "Misdirected Request",
+            "This connection cannot serve this hostname; please retry."
+        ),
+        "421 Misdirected Request: this connection was opened for another hostname\n",
+    ),
+    (
+        431,
+        "Request Header Fields Too Large",
+        page!(
+            "431",
+            "Request Header Fields Too Large",
+            "The request carried too many or too large headers."
+        ),
+        "431 Request Header Fields Too Large\n",
+    ),
+    (
+        500,
+        "Internal Server Error",
+        page!("500", "Internal Error", "Something went wrong on our side."),
+        "500 Internal Server Error\n",
+    ),
+    (
+        502,
+        "Bad Gateway",
+        page!(
+            "502",
+            "Store unavailable",
+            "The store could not be reached. Please try again in a moment."
+        ),
+        "502 Bad Gateway: the store's backend could not be reached\n",
+    ),
+    (
+        503,
+        "Service Unavailable",
+        page!(
+            "503",
+            "Store unavailable",
+            "This store is temporarily unavailable."
+        ),
+        "503 Service Unavailable\n",
+    ),
+    (
+        504,
+        "Gateway Timeout",
+        page!(
+            "504",
+            "Store timed out",
+            "The store took too long to answer. Please try again in a moment."
+        ),
+        "504 Gateway Timeout: the store's backend did not answer in time\n",
+    ),
+];
+
+/// The body and content type of the proxy's page for `status`.
+pub fn body(status: u16, html: bool) -> (&'static str, Bytes) {
+    let (_, _, h, t) = PAGES.iter().find(|p| p.0 == status).copied().unwrap_or((
+        status,
+        "",
+        page!("Error", "Error", "The request failed."),
+        "error\n",
+    ));
+    if html {
+        ("text/html; charset=utf-8", Bytes::from_static(h.as_bytes()))
+    } else {
+        (
+            "text/plain; charset=utf-8",
+            Bytes::from_static(t.as_bytes()),
+        )
+    }
+}
+
+/// Whether the client prefers HTML (a browser): its `Accept` names `text/html`.
+pub fn wants_html(accept: Option<&[u8]>) -> bool {
+    accept.is_some_and(|a| a.windows(9).any(|w| w.eq_ignore_ascii_case(b"text/html")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn browsers_get_html_others_text() {
+        assert!(wants_html(Some(b"text/html,application/xhtml+xml;q=0.9")));
+        assert!(!wants_html(Some(b"*/*")));
+        assert!(!wants_html(None));
+        let (ct, b) = body(404, true);
+        assert!(ct.starts_with("text/html"));
+        assert!(std::str::from_utf8(&b)
+            .expect("utf8")
+            .contains("Store not found"));
+        let (ct, b) = body(502, false);
+        assert!(ct.starts_with("text/plain"));
+        assert!(b.starts_with(b"502 Bad Gateway"));
+    }
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Quickstart: build, start two demo storefronts, and run tenantgate in front of them.
+#   http://shop1.localhost:8080/   https://shop2.localhost:8443/ (self-signed)   admin: 127.0.0.1:8081
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo build --release --workspace
+bin=target/release
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT INT TERM
+$bin/demo-storefront --listen 127.0.0.1:9001 --name "Shop One" --theme ocean & pids+=($!)
+$bin/demo-storefront --listen 127.0.0.1:9002 --name "Shop Two" --theme sunset & pids+=($!)
+cat <<MSG
+tenantgate quickstart
+  curl http://shop1.localhost:8080/
+  curl -k https://shop2.localhost:8443/
+  curl http://127.0.0.1:8081/metrics
+MSG
+$bin/tenantgate serve --config deploy/examples/quickstart.toml

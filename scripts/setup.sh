@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install what building and testing tenantgate needs, only when missing. Idempotent.
+#   scripts/setup.sh          build + test dependencies
+#   scripts/setup.sh bench    also the proxies the load harness compares against
+set -euo pipefail
+
+need=()
+command -v cmake >/dev/null || need+=(cmake)          # pingora's zlib-ng
+command -v curl >/dev/null || need+=(curl)            # end-to-end tests
+command -v cc >/dev/null || need+=(build-essential)
+if [ "${1:-}" = "bench" ]; then
+  command -v nginx >/dev/null || need+=(nginx-light)
+  command -v haproxy >/dev/null || need+=(haproxy)
+  command -v caddy >/dev/null || need+=(caddy)
+  command -v wrk >/dev/null || need+=(wrk)
+  command -v taskset >/dev/null || need+=(util-linux)
+fi
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "setup: cargo (Rust toolchain) is required" >&2; exit 1; }

@@ -1,0 +1,597 @@
+//! Shared harness of the end-to-end tests: real backends, a test CA, and a running tenantgate
+//! binary built from a config the test describes. Every test reads like a story:
+//! `let a = Backend::start("a").await; let tg = Tenantgate::new().route(&["a.test"], &[&a]).start().await;`
+
+#![allow(dead_code, missing_docs)]
+
+use std::convert::Infallible;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub fn init_crypto() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// Poll `f` until it returns `Some`, or panic after `deadline` with `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backends
+// ---------------------------------------------------------------------------------------------
+
+/// A real HTTP/1.1 + h2c backend. `GET /anything` answers JSON
+/// `{"backend": name, "method", "path", "headers": [[k, v], ...]}`; `/ws` is a WebSocket echo;
+/// `/slow/<ms>` answers after a delay; `POST` bodies are counted in `"body_len"`.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub name: String,
+    hits: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
+        let addr = listener.local_addr().expect("addr");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (n, h) = (Arc::<str>::from(name), hits.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (n, h) = (n.clone(), h.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        backend_handle(n.clone(), h.clone(), req)
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Backend {
+            addr,
+            name: name.into(),
+            hits,
+            task,
+        }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+async fn backend_handle(
+    name: Arc<str>,
+    hits: Arc<AtomicUsize>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    hits.fetch_add(1, Ordering::SeqCst);
+    let path = req.uri().path().to_string();
+    if path == "/ws" {
+        return Ok(websocket_upgrade(req));
+    }
+    if let Some(ms) = path
+        .strip_prefix("/slow/")
+        .and_then(|m| m.parse::<u64>().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let method = req.method().to_string();
+    let body_len = req
+        .body_mut()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
+    let body = serde_json::json!({
+        "backend": &*name,
+        "method": method,
+        "path": path,
+        "headers": headers,
+        "body_len": body_len,
+    });
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().expect("static"));
+    Ok(resp)
+}
+
+fn websocket_upgrade(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        let mut r = Response::new(Full::new(Bytes::from_static(b"not a websocket request")));
+        *r.status_mut() = hyper::StatusCode::BAD_REQUEST;
+        return r;
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        use futures_util::{SinkExt, StreamExt};
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert("connection", "upgrade".parse().expect("static"));
+    h.insert("upgrade", "websocket".parse().expect("static"));
+    h.insert(
+        "sec-websocket-accept",
+        derive_accept_key(key.as_bytes()).parse().expect("ascii"),
+    );
+    r
+}
+
+/// A raw TCP backend that records the exact request head bytes it receives (so tests can see
+/// what framing headers the proxy forwarded) and answers `200 ok` with `Connection: close`.
+pub struct RawBackend {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RawBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RawBackend {
+    pub async fn start() -> RawBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let rec = received.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    continue;
+                };
+                let rec = rec.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let deadline = Instant::now() + Duration::from_secs(2);
+                    // Read the head plus whatever body arrives shortly after.
+                    while Instant::now() < deadline {
+                        match tokio::time::timeout(Duration::from_millis(200), s.read(&mut chunk))
+                            .await
+                        {
+                            Ok(Ok(0)) | Ok(Err(_)) => break,
+                            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                            Err(_) if buf.windows(4).any(|w| w == b"\r\n\r\n") => break,
+                            Err(_) => {}
+                        }
+                    }
+                    rec.lock()
+                        .expect("lock")
+                        .push(String::from_utf8_lossy(&buf).into_owned());
+                    let _ = s
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        )
+                        .await;
+                });
+            }
+        });
+        RawBackend {
+            addr,
+            received,
+            task,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Certificates
+// ---------------------------------------------------------------------------------------------
+
+/// A throwaway certificate authority for the TLS tests.
+pub struct TestCa {
+    cert: rcgen::Certificate,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let key = rcgen::KeyPair::generate().expect("ca key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "tenantgate test CA");
+        let cert = params.self_signed(&key).expect("ca cert");
+        let issuer = rcgen::Issuer::new(params, key);
+        TestCa { cert, issuer }
+    }
+
+    /// A leaf for `names`: (chain PEM, key PEM).
+    pub fn issue(&self, names: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("leaf key");
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .expect("params");
+        let cert = params.signed_by(&key, &self.issuer).expect("leaf");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    pub fn root_der(&self) -> rustls_pki_types::CertificateDer<'static> {
+        self.cert.der().clone()
+    }
+
+    pub fn root_pem(&self) -> String {
+        self.cert.pem()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tenantgate binary
+// ---------------------------------------------------------------------------------------------
+
+/// Builder of a tenantgate config and process.
+#[derive(Default)]
+pub struct Tenantgate {
+    routes: Vec<String>,
+    certs: Vec<(String, String, bool)>,
+    https: bool,
+    proxy_extra: Vec<String>,
+}
+
+pub struct Running {
+    child: Option<Child>,
+    pub http: SocketAddr,
+    pub https: Option<SocketAddr>,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Tenantgate {
+    pub fn new() -> Tenantgate {
+        init_crypto();
+        Tenantgate::default()
+    }
+
+    pub fn route(self, hostnames: &[&str], upstreams: &[SocketAddr]) -> Tenantgate {
+        self.route_with(hostnames, upstreams, "")
+    }
+
+    /// A route with extra TOML lines (e.g. `https_redirect = true`).
+    pub fn route_with(
+        mut self,
+        hostnames: &[&str],
+        upstreams: &[SocketAddr],
+        extra: &str,
+    ) -> Tenantgate {
+        let q = |v: Vec<String>| {
+            v.iter()
+                .map(|s| format!("{s:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        self.routes.push(format!(
+            "[[routes]]\nhostnames = [{}]\nupstreams = [{}]\n{extra}\n",
+            q(hostnames.iter().map(|s| s.to_string()).collect()),
+            q(upstreams.iter().map(|a| a.to_string()).collect()),
+        ));
+        self
+    }
+
+    pub fn cert(mut self, chain_pem: String, key_pem: String, default: bool) -> Tenantgate {
+        self.certs.push((chain_pem, key_pem, default));
+        self.https = true;
+        self
+    }
+
+    /// An extra line in `[proxy]`, e.g. `read_timeout_ms = 300`.
+    pub fn proxy(mut self, line: &str) -> Tenantgate {
+        self.proxy_extra.push(line.to_string());
+        self
+    }
+
+    pub fn config_text(&self, dir: &std::path::Path, http: u16, https: u16, admin: u16) -> String {
+        let mut s = format!(
+            "[proxy]\nhttp_listen = \"127.0.0.1:{http}\"\nthreads = 2\ngrace_period_seconds = 1\n\
+             graceful_shutdown_timeout_seconds = 2\nupgrade_sock = \"{d}/upgrade.sock\"\npid_file = \"{d}/tg.pid\"\n",
+            d = dir.display()
+        );
+        if self.https {
+            s += &format!("https_listen = \"127.0.0.1:{https}\"\n");
+        }
+        for l in &self.proxy_extra {
+            s += l;
+            s += "\n";
+        }
+        s += &format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n[log]\nformat = \"json\"\n");
+        for (i, (c, k, d)) in self.certs.iter().enumerate() {
+            std::fs::write(dir.join(format!("c{i}.pem")), c).expect("write cert");
+            std::fs::write(dir.join(format!("c{i}.key")), k).expect("write key");
+            s += &format!("[[certificates]]\ncert_file = \"c{i}.pem\"\nkey_file = \"c{i}.key\"\ndefault = {d}\n");
+        }
+        for r in &self.routes {
+            s += r;
+        }
+        s
+    }
+
+    pub async fn start(self) -> Running {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (http, https, admin) = (free_port(), free_port(), free_port());
+        let config = dir.path().join("tenantgate.toml");
+        std::fs::write(&config, self.config_text(dir.path(), http, https, admin))
+            .expect("write config");
+        let mut running = Running {
+            child: None,
+            http: SocketAddr::from(([127, 0, 0, 1], http)),
+            https: self
+                .https
+                .then(|| SocketAddr::from(([127, 0, 0, 1], https))),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin)),
+            dir,
+            config,
+        };
+        running.child = Some(running.spawn(false));
+        running.wait_ready().await;
+        running
+    }
+}
+
+impl Running {
+    /// Start another tenantgate process on this config (`upgrade`: take over the sockets).
+    pub fn spawn(&self, upgrade: bool) -> Child {
+        let n = std::fs::read_dir(self.dir.path())
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let log = std::fs::File::create(self.dir.path().join(format!("tenantgate-{n}.log")))
+            .expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenantgate"));
+        cmd.arg("serve").arg("--config").arg(&self.config);
+        if upgrade {
+            cmd.arg("--upgrade");
+        }
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn tenantgate")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("running")
+    }
+
+    pub fn replace_child(&mut self, child: Child) -> Option<Child> {
+        self.child.replace(child)
+    }
+
+    pub fn child_mut(&mut self) -> &mut Child {
+        self.child.as_mut().expect("running")
+    }
+
+    pub async fn wait_ready(&mut self) {
+        let admin = self.admin;
+        let http = self.http;
+        wait_for(
+            "tenantgate to listen",
+            Duration::from_secs(20),
+            || async move {
+                let ok = TcpStream::connect(http).await.is_ok()
+                    && admin_get(admin, "/healthz").await.is_some();
+                ok.then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Everything the processes of this test wrote to stderr.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        if let Ok(dir) = std::fs::read_dir(self.dir.path()) {
+            let mut files: Vec<_> = dir
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "log"))
+                .collect();
+            files.sort();
+            for f in files {
+                out += &std::fs::read_to_string(&f).unwrap_or_default();
+            }
+        }
+        out
+    }
+
+    pub async fn metrics(&self) -> String {
+        admin_get(self.admin, "/metrics").await.expect("metrics")
+    }
+
+    /// A plain-HTTP reqwest client that sends every request to this proxy.
+    pub fn http_client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("client")
+    }
+
+    /// `http://127.0.0.1:<port><path>` with the given Host.
+    pub async fn get(&self, host: &str, path: &str) -> reqwest::Response {
+        self.http_client()
+            .get(format!("http://{}{path}", self.http))
+            .header("host", host)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// An HTTPS client that resolves `names` to this proxy and trusts `ca`.
+    pub fn https_client(&self, ca: &TestCa, names: &[&str]) -> reqwest::Client {
+        let addr = self.https.expect("https enabled");
+        let mut b = reqwest::Client::builder()
+            .no_proxy()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(ca.root_pem().as_bytes()).expect("root"),
+            )
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(10));
+        for n in names {
+            b = b.resolve(n, addr);
+        }
+        b.build().expect("client")
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!("---- tenantgate logs ----\n{}", self.logs());
+        }
+    }
+}
+
+pub async fn admin_get(admin: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(admin).await.ok()?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .ok()?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    text.starts_with("HTTP/1.1 200").then(|| {
+        text.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default()
+    })
+}
+
+/// Send raw bytes to `addr` and return everything read until the server closes or goes quiet.
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        match tokio::time::timeout(Duration::from_millis(1500), s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of the first response in a raw HTTP/1 answer (0 when there is none).
+pub fn status_of(raw_response: &str) -> u16 {
+    raw_response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The backend JSON of a proxied response.
+pub async fn backend_json(resp: reqwest::Response) -> serde_json::Value {
+    assert_eq!(resp.status(), 200, "expected a proxied 200");
+    resp.json().await.expect("backend json")
+}
+
+/// All values of header `name` the backend saw.
+pub fn seen(v: &serde_json::Value, name: &str) -> Vec<String> {
+    v["headers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|p| p[0].as_str() == Some(name))
+                .filter_map(|p| p[1].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn write_file(path: &std::path::Path, text: &str) {
+    let mut f = std::fs::File::create(path).expect("create");
+    f.write_all(text.as_bytes()).expect("write");
+}

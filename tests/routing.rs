@@ -1,0 +1,412 @@
+//! Hostname routing, the proxy's own answers, forwarding headers and request safety, tested
+//! against the real binary with real backends and clients.
+
+mod common;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_normalised_host_exact_before_wildcard() {
+    let a = Backend::start("a").await;
+    let w = Backend::start("w").await;
+    let x = Backend::start("x").await;
+    let tg = Tenantgate::new()
+        .route(&["shop1.platform.test", "www.shop1.com"], &[a.addr])
+        .route(&["*.shop2.platform.test"], &[w.addr])
+        .route(&["x.shop2.platform.test"], &[x.addr])
+        .start()
+        .await;
+
+    for host in [
+        "shop1.platform.test",
+        "SHOP1.Platform.Test",
+        "shop1.platform.test:8080",
+        "shop1.platform.test.",
+        "shop1.platform.test.:443",
+        "www.shop1.com",
+    ] {
+        let v = backend_json(tg.get(host, "/p?q=1").await).await;
+        assert_eq!(v["backend"], "a", "host {host:?}");
+        assert_eq!(v["path"], "/p", "host {host:?}");
+    }
+    let v = backend_json(tg.get("any.shop2.platform.test", "/").await).await;
+    assert_eq!(v["backend"], "w");
+    // Exact beats wildcard.
+    let v = backend_json(tg.get("x.shop2.platform.test", "/").await).await;
+    assert_eq!(v["backend"], "x");
+    // A wildcard covers exactly one label.
+    for host in ["shop2.platform.test", "a.b.shop2.platform.test"] {
+        assert_eq!(tg.get(host, "/").await.status(), 404, "host {host:?}");
+    }
+    // The unknown-host hits never reached a tenant.
+    assert_eq!(a.hits() + w.hits() + x.hits(), 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_host_gets_our_branded_404_never_a_tenant() {
+    let a = Backend::start("a").await;
+    let tg = Tenantgate::new()
+        .route(&["a.test"], &[a.addr])
+        .start()
+        .await;
+
+    let r = tg.get("nobody.test", "/").await;
+    assert_eq!(r.status(), 404);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    assert!(r.text().await.unwrap().contains("no store is served"));
+
+    let r = tg
+        .http_client()
+        .get(format!("http://{}/", tg.http))
+        .header("host", "nobody.test")
+        .header("accept", "text/html,application/xhtml+xml")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("<html") && body.contains("Store not found"),
+        "{body}"
+    );
+    assert_eq!(a.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_missing_or_duplicate_host_is_400() {
+    let a = Backend::start("a").await;
+    let tg = Tenantgate::new()
+        .route(&["a.test"], &[a.addr])
+        .start()
+        .await;
+
+    let cases: &[&[u8]] = &[
+        b"GET / HTTP/1.1\r\nHost: a.test\r\nHost: a.test\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a..test\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a_b.test\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a.test:notaport\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: -a.test\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: \xc3\xa4.test\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: \r\n\r\n",
+    ];
+    for req in cases {
+        let resp = raw(tg.http, req).await;
+        assert_eq!(
+            status_of(&resp),
+            400,
+            "request {:?} got {resp:?}",
+            String::from_utf8_lossy(req)
+        );
+    }
+    // Punycode A-labels are ordinary names.
+    let resp = raw(
+        tg.http,
+        b"GET / HTTP/1.1\r\nHost: xn--bcher-kva.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&resp), 404);
+    assert_eq!(a.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_are_ours_and_hop_by_hop_headers_are_dropped() {
+    let a = Backend::start("a").await;
+    let tg = Tenantgate::new()
+        .route(&["a.test"], &[a.addr])
+        .start()
+        .await;
+
+    let resp = tg
+        .http_client()
+        .get(format!("http://{}/", tg.http))
+        .header("host", "A.test:1234")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "evil.test")
+        .header("forwarded", "for=6.6.6.6;host=evil.test;proto=https")
+        .header("connection", "x-secret")
+        .header("x-secret", "must-not-pass")
+        .header("keep-alive", "timeout=5")
+        .send()
+        .await
+        .unwrap();
+    let request_id = resp
+        .headers()
+        .get("x-request-id")
+        .map(|v| v.to_str().unwrap().to_string());
+    let v = backend_json(resp).await;
+    assert_eq!(seen(&v, "x-forwarded-for"), vec!["127.0.0.1"]);
+    assert_eq!(seen(&v, "x-forwarded-proto"), vec!["http"]);
+    assert_eq!(seen(&v, "x-forwarded-host"), vec!["a.test"]);
+    assert_eq!(
+        seen(&v, "forwarded"),
+        vec!["for=127.0.0.1;host=a.test;proto=http"]
+    );
+    assert!(
+        seen(&v, "x-secret").is_empty(),
+        "Connection-named header forwarded: {v}"
+    );
+    assert!(
+        seen(&v, "keep-alive").is_empty(),
+        "hop-by-hop header forwarded: {v}"
+    );
+    // A request id is generated, sent upstream and returned to the client.
+    let ids = seen(&v, "x-request-id");
+    assert_eq!(ids.len(), 1);
+    assert!(ids[0].len() >= 16);
+    assert_eq!(request_id.as_deref(), Some(ids[0].as_str()));
+
+    // A client-supplied request id is kept.
+    let resp = tg
+        .http_client()
+        .get(format!("http://{}/", tg.http))
+        .header("host", "a.test")
+        .header("x-request-id", "trace-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        seen(&backend_json(resp).await, "x-request-id"),
+        vec!["trace-123"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_redirect_routes_answer_plain_http_with_308() {
+    let ca = TestCa::new();
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let (c, k) = ca.issue(&["secure.test", "plain.test"]);
+    let tg = Tenantgate::new()
+        .cert(c, k, true)
+        .route_with(&["secure.test"], &[a.addr], "https_redirect = true")
+        .route(&["plain.test"], &[b.addr])
+        .start()
+        .await;
+    let port = tg.https.unwrap().port();
+
+    let r = tg.get("secure.test", "/cart?item=7").await;
+    assert_eq!(r.status(), 308);
+    assert_eq!(
+        r.headers()["location"].to_str().unwrap(),
+        format!("https://secure.test:{port}/cart?item=7")
+    );
+    assert_eq!(a.hits(), 0);
+    // Over TLS the same route is proxied.
+    let client = tg.https_client(&ca, &["secure.test"]);
+    let r = client
+        .get(format!("https://secure.test:{port}/"))
+        .send()
+        .await
+        .unwrap();
+    let v = backend_json(r).await;
+    assert_eq!(v["backend"], "a");
+    assert_eq!(seen(&v, "x-forwarded-proto"), vec!["https"]);
+    // Routes without the flag serve plain HTTP.
+    assert_eq!(tg.get("plain.test", "/").await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_or_too_many_headers_are_refused() {
+    let a = Backend::start("a").await;
+    let tg = Tenantgate::new()
+        .proxy("max_request_header_bytes = 8192")
+        .proxy("max_request_headers = 50")
+        .route(&["a.test"], &[a.addr])
+        .start()
+        .await;
+
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: a.test\r\nX-Big: {}\r\n\r\n",
+        "x".repeat(10_000)
+    );
+    assert_eq!(status_of(&raw(tg.http, big.as_bytes()).await), 431);
+
+    let mut many = String::from("GET / HTTP/1.1\r\nHost: a.test\r\n");
+    for i in 0..60 {
+        many += &format!("X-H{i}: v\r\n");
+    }
+    many += "\r\n";
+    assert_eq!(status_of(&raw(tg.http, many.as_bytes()).await), 431);
+
+    // Beyond the HTTP/1 parser's own limits the request is refused too, never forwarded.
+    let mut huge = String::from("GET / HTTP/1.1\r\nHost: a.test\r\n");
+    for i in 0..300 {
+        huge += &format!("X-H{i}: v\r\n");
+    }
+    huge += "\r\n";
+    let resp = raw(tg.http, huge.as_bytes()).await;
+    assert!(matches!(status_of(&resp), 0 | 400 | 431), "{resp}");
+    assert_eq!(a.hits(), 0);
+
+    // Within the limits all is well.
+    assert_eq!(tg.get("a.test", "/").await.status(), 200);
+}
+
+/// Request smuggling: a request may never reach the backend with both Content-Length and
+/// Transfer-Encoding, nor with an obfuscated Transfer-Encoding the backend might read
+/// differently from us.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_or_obfuscated_framing_is_refused_or_normalised() {
+    let backend = RawBackend::start().await;
+    let tg = Tenantgate::new()
+        .route(&["a.test"], &[backend.addr])
+        .start()
+        .await;
+
+    let cases: &[&str] = &[
+        "POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a.test\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: xchunked\r\nContent-Length: 4\r\n\r\nabcd",
+        "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: identity, chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding:\tchunked\r\nTransfer-Encoding: x\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+        "POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: +4\r\n\r\nabcd",
+    ];
+    for req in cases {
+        let before = backend.received.lock().unwrap().len();
+        let resp = raw(tg.http, req.as_bytes()).await;
+        let status = status_of(&resp);
+        let after: Vec<String> = backend.received.lock().unwrap()[before..].to_vec();
+        assert!(
+            !after.iter().any(|r| r.contains("/smuggled")),
+            "smuggled request reached the backend for {req:?}: {after:?}"
+        );
+        if status == 400 || status == 0 {
+            assert!(
+                after.is_empty(),
+                "refused request still forwarded: {req:?} {after:?}"
+            );
+            continue;
+        }
+        assert_eq!(status, 200, "{req:?} → {resp}");
+        for head in &after {
+            let head_lc = head
+                .split("\r\n\r\n")
+                .next()
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            let te = head_lc
+                .lines()
+                .filter(|l| l.starts_with("transfer-encoding"))
+                .count();
+            let cl = head_lc
+                .lines()
+                .filter(|l| l.starts_with("content-length"))
+                .count();
+            assert!(
+                te + cl <= 1,
+                "forwarded with ambiguous framing for {req:?}: {head:?}"
+            );
+            if te == 1 {
+                assert!(
+                    head_lc.lines().any(|l| l == "transfer-encoding: chunked"),
+                    "{head:?}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_passes_through() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let a = Backend::start("a").await;
+    let tg = Tenantgate::new()
+        .route(&["ws.test"], &[a.addr])
+        .start()
+        .await;
+
+    let mut req = format!("ws://{}/ws", tg.http)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert("host", "ws.test".parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("websocket handshake");
+    assert_eq!(resp.status(), 101);
+    for i in 0..5 {
+        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
+        let echoed = ws.next().await.expect("echo").expect("frame");
+        assert_eq!(echoed.into_text().unwrap().as_str(), format!("hello {i}"));
+    }
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_stream_through() {
+    let a = Backend::start("a").await;
+    let tg = Tenantgate::new()
+        .route(&["a.test"], &[a.addr])
+        .start()
+        .await;
+    let body = vec![b'x'; 5 * 1024 * 1024];
+    let r = tg
+        .http_client()
+        .post(format!("http://{}/upload", tg.http))
+        .header("host", "a.test")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let v = backend_json(r).await;
+    assert_eq!(v["body_len"], 5 * 1024 * 1024);
+    assert_eq!(v["method"], "POST");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_by_route_and_status_class() {
+    let a = Backend::start("a").await;
+    let tg = Tenantgate::new()
+        .route(&["a.test"], &[a.addr])
+        .start()
+        .await;
+    for _ in 0..3 {
+        assert_eq!(tg.get("a.test", "/").await.status(), 200);
+    }
+    assert_eq!(tg.get("nobody.test", "/").await.status(), 404);
+    let m = wait_for("metrics", std::time::Duration::from_secs(5), || async {
+        let m = tg.metrics().await;
+        m.contains(r#"tenantgate_proxy_requests_total{class="2xx",route="a.test"} 3"#)
+            .then_some(m)
+    })
+    .await;
+    assert!(
+        m.contains(r#"tenantgate_proxy_requests_total{class="4xx",route="_unknown"} 1"#),
+        "{m}"
+    );
+    assert!(m.contains("tenantgate_proxy_routes 1"), "{m}");
+    assert!(
+        m.contains(r#"tenantgate_proxy_request_duration_seconds_count{route="a.test"} 3"#),
+        "{m}"
+    );
+    // The access log has one JSON line per request.
+    let logs = tg.logs();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "tenantgate::access")
+        .collect();
+    assert_eq!(lines.len(), 4, "{logs}");
+    assert!(lines
+        .iter()
+        .any(|l| l["status"] == 404 && l["host"] == "nobody.test"));
+    assert!(lines
+        .iter()
+        .any(|l| l["status"] == 200 && l["route"] == "a.test"));
+}
