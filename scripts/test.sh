@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --workspace --all-targets
-cargo test --workspace --all-targets -- --test-threads="${TEST_THREADS:-2}"
+cargo test --workspace

@@ -13,6 +13,7 @@
 //! - `logging`: metrics and the access log, written once per request.
 
 pub mod context;
+pub mod drain;
 pub mod pages;
 pub mod tls;
 

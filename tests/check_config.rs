@@ -1,0 +1,130 @@
+//! `tenantgate check-config`: every problem with its key and reason, exit 1; a one-line summary
+//! and exit 0 when valid.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn check(dir: &std::path::Path, toml: &str) -> (i32, String, String) {
+    let path = dir.join("t.toml");
+    write_file(&path, toml);
+    let out = Command::new(env!("CARGO_BIN_EXE_tenantgate"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run check-config");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_valid_file_passes_with_a_summary() {
+    init_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let (c, k) = ca.issue(&["a.test"]);
+    write_file(&dir.path().join("a.pem"), &c);
+    write_file(&dir.path().join("a.key"), &k);
+    let (code, out, err) = check(
+        dir.path(),
+        r#"
+        [proxy]
+        http_listen = "127.0.0.1:18080"
+        https_listen = "127.0.0.1:18443"
+        [[certificates]]
+        cert_file = "a.pem"
+        key_file = "a.key"
+        default = true
+        [[routes]]
+        hostnames = ["a.test", "*.b.test"]
+        upstreams = ["127.0.0.1:9001"]
+        "#,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(
+        out.starts_with("configuration OK: 1 routes, 2 hostnames, 1 certificates"),
+        "{out}"
+    );
+}
+
+#[test]
+fn every_problem_is_printed_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    write_file(&dir.path().join("garbage.pem"), "not a certificate");
+    let (code, _, err) = check(
+        dir.path(),
+        r#"
+        [proxy]
+        http_listen = "localhost"
+        https_listen = "127.0.0.1:18443"
+        threads = 0
+        [admin]
+        listen = "127.0.0.1:80"
+        [[certificates]]
+        cert_file = "garbage.pem"
+        key_file = "missing.key"
+        [[routes]]
+        hostnames = ["a.test", "not a host"]
+        upstreams = ["127.0.0.1:9001", "nowhere"]
+        [[routes]]
+        hostnames = ["A.test."]
+        upstreams = []
+        "#,
+    );
+    assert_eq!(code, 1);
+    for needle in [
+        "proxy.http_listen",
+        "proxy.threads",
+        "admin.listen",
+        "routes[0].hostnames[1]",
+        "routes[0].upstreams[1]",
+        "routes[1].hostnames[0]: \"A.test.\" is already listed by routes[0]",
+        "routes[1].upstreams: must list at least one upstream",
+        "missing.key",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn unknown_keys_and_syntax_errors_name_the_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = check(
+        dir.path(),
+        "[proxy]\nhttp_listen = \"127.0.0.1:8080\"\nthreadz = 4\n",
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("threadz") && err.contains("line 3"), "{err}");
+    let (code, _, err) = check(
+        dir.path(),
+        "[[routes]]\nhostnames = \"a.test\"\nupstreams = []\n",
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("hostnames") || err.contains("line 2"), "{err}");
+}
+
+#[test]
+fn a_key_that_does_not_match_its_certificate_is_refused() {
+    init_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let (c, _) = ca.issue(&["a.test"]);
+    let (_, k) = ca.issue(&["a.test"]);
+    write_file(&dir.path().join("a.pem"), &c);
+    write_file(&dir.path().join("a.key"), &k);
+    let (code, _, err) = check(
+        dir.path(),
+        "[proxy]\nhttps_listen = \"127.0.0.1:18443\"\n[[certificates]]\ncert_file = \"a.pem\"\nkey_file = \"a.key\"\n",
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("certificates[0]") && err.contains("does not match"),
+        "{err}"
+    );
+}
