@@ -166,6 +166,24 @@ async fn forwarding_headers_are_ours_and_hop_by_hop_headers_are_dropped() {
     assert!(ids[0].len() >= 16);
     assert_eq!(request_id.as_deref(), Some(ids[0].as_str()));
 
+    // Repeated client copies are all replaced, not appended to.
+    let resp = raw(
+        tg.http,
+        b"GET / HTTP/1.1\r\nHost: a.test\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 7.7.7.7\r\n\
+          Forwarded: for=6.6.6.6\r\nForwarded: for=7.7.7.7\r\nX-Forwarded-Host: evil.test\r\n\
+          Connection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(seen(&v, "x-forwarded-for"), vec!["127.0.0.1"]);
+    assert_eq!(
+        seen(&v, "forwarded"),
+        vec!["for=127.0.0.1;host=a.test;proto=http"]
+    );
+    assert_eq!(seen(&v, "x-forwarded-host"), vec!["a.test"]);
+
     // A client-supplied request id is kept.
     let resp = tg
         .http_client()

@@ -108,3 +108,45 @@ async fn a_slow_upstream_gives_our_504_page() {
         "{m}"
     );
 }
+
+/// Two tenants whose routes point at the same backend: with the default per-route pools a
+/// connection opened for one route is never reused for the other; with `upstream_pool =
+/// "address"` they share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_pooled_per_route_unless_shared_by_address() {
+    use std::collections::HashSet;
+    let shared = Backend::start("shared").await;
+    for (pool, expect_shared) in [("route", false), ("address", true)] {
+        let tg = Tenantgate::new()
+            .proxy(&format!("upstream_pool = {pool:?}"))
+            .route(&["a.test"], &[shared.addr])
+            .route(&["b.test"], &[shared.addr])
+            .start()
+            .await;
+        let (mut a, mut b) = (HashSet::new(), HashSet::new());
+        for _ in 0..4 {
+            a.insert(
+                backend_json(tg.get("a.test", "/").await).await["peer"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
+            b.insert(
+                backend_json(tg.get("b.test", "/").await).await["peer"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+        // Sequential requests reuse pooled connections in both modes.
+        assert!(
+            a.len() < 4 && b.len() < 4,
+            "no reuse with {pool}: {a:?} {b:?}"
+        );
+        assert_eq!(
+            !a.is_disjoint(&b),
+            expect_shared,
+            "pool {pool}: a={a:?} b={b:?}"
+        );
+    }
+}

@@ -88,6 +88,9 @@ pub struct ProxyConfig {
     pub https_listen: Option<String>,
     /// Worker threads of the proxy service.
     pub threads: usize,
+    /// Let idle worker threads steal tasks from busy ones (Tokio multi-thread scheduler);
+    /// `false` runs one single-threaded runtime per thread.
+    pub work_stealing: bool,
     /// Seconds between SIGTERM and closing listeners (in-flight requests finish meanwhile).
     pub grace_period_seconds: u64,
     /// Seconds the final step of a graceful stop may take.
@@ -106,6 +109,8 @@ pub struct ProxyConfig {
     pub upstream_idle_timeout_ms: u64,
     /// Pooled keep-alive connections per thread to all upstreams.
     pub upstream_keepalive_pool_size: usize,
+    /// How idle upstream connections are shared between routes.
+    pub upstream_pool: UpstreamPool,
     /// Seconds an upstream is skipped after a connect failure (passive health).
     pub unhealthy_cooldown_seconds: u64,
     /// Largest total size of request header names and values, bytes (431 beyond).
@@ -122,6 +127,7 @@ impl Default for ProxyConfig {
             http_listen: "0.0.0.0:80".into(),
             https_listen: None,
             threads: 2,
+            work_stealing: true,
             grace_period_seconds: 5,
             graceful_shutdown_timeout_seconds: 5,
             upgrade_sock: "/tmp/tenantgate_upgrade.sock".into(),
@@ -131,12 +137,25 @@ impl Default for ProxyConfig {
             write_timeout_ms: 60_000,
             upstream_idle_timeout_ms: 60_000,
             upstream_keepalive_pool_size: 256,
+            upstream_pool: UpstreamPool::Route,
             unhealthy_cooldown_seconds: 10,
             max_request_header_bytes: 32 * 1024,
             max_request_headers: 100,
             max_route_metric_labels: 1_000,
         }
     }
+}
+
+/// Scope of upstream keep-alive connection pools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamPool {
+    /// One pool per route: a connection is only ever reused for the route that opened it, so a
+    /// desynchronised backend connection cannot carry one tenant's response to another.
+    Route,
+    /// One pool per upstream address, shared by every route pointing at it (what nginx and
+    /// HAProxy do): fewer connections when many hostnames share backends.
+    Address,
 }
 
 /// `[admin]`

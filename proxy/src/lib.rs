@@ -49,6 +49,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub fn server_conf(cfg: &Config) -> ServerConf {
     ServerConf {
         threads: cfg.proxy.threads,
+        work_stealing: cfg.proxy.work_stealing,
         grace_period_seconds: Some(cfg.proxy.grace_period_seconds),
         graceful_shutdown_timeout_seconds: Some(cfg.proxy.graceful_shutdown_timeout_seconds),
         upgrade_sock: cfg.proxy.upgrade_sock.clone(),
@@ -86,6 +87,7 @@ pub fn add_services(server: &mut Server, cfg: &Config, edge: &Edge) -> Result<()
         max_headers: cfg.proxy.max_request_headers,
         https_port,
         access_log: cfg.log.access_log,
+        pool_per_route: cfg.proxy.upstream_pool == tenantgate_config::UpstreamPool::Route,
     };
     let proxy = EdgeProxy::new(edge.router.clone(), settings, edge.metrics.unknown.clone());
     let mut app = pingora::proxy::HttpProxy::new(proxy, server.configuration.clone());

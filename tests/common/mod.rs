@@ -56,7 +56,8 @@ pub fn free_port() -> u16 {
 // ---------------------------------------------------------------------------------------------
 
 /// A real HTTP/1.1 + h2c backend. `GET /anything` answers JSON
-/// `{"backend": name, "method", "path", "headers": [[k, v], ...]}`; `/ws` is a WebSocket echo;
+/// `{"backend": name, "method", "path", "headers": [[k, v], ...], "peer": "ip:port"}` (`peer`
+/// identifies the proxy's upstream connection); `/ws` is a WebSocket echo;
 /// `/slow/<ms>` answers after a delay; `POST` bodies are counted in `"body_len"`.
 pub struct Backend {
     pub addr: SocketAddr,
@@ -81,13 +82,13 @@ impl Backend {
         let (n, h) = (Arc::<str>::from(name), hits.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let Ok((stream, peer)) = listener.accept().await else {
                     continue;
                 };
                 let (n, h) = (n.clone(), h.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
-                        backend_handle(n.clone(), h.clone(), req)
+                        backend_handle(n.clone(), h.clone(), peer, req)
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
@@ -111,6 +112,7 @@ impl Backend {
 async fn backend_handle(
     name: Arc<str>,
     hits: Arc<AtomicUsize>,
+    peer: SocketAddr,
     mut req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     hits.fetch_add(1, Ordering::SeqCst);
@@ -147,6 +149,7 @@ async fn backend_handle(
         "path": path,
         "headers": headers,
         "body_len": body_len,
+        "peer": peer.to_string(),
     });
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     resp.headers_mut()

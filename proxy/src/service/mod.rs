@@ -58,6 +58,8 @@ pub struct ProxySettings {
     pub https_port: Option<u16>,
     /// Write an access-log line per request.
     pub access_log: bool,
+    /// Keep upstream connection pools separate per route (else shared per address).
+    pub pool_per_route: bool,
 }
 
 /// The edge proxy service.
@@ -251,7 +253,9 @@ impl ProxyHttp for EdgeProxy {
             ctx.tried |= 1 << i;
         }
         let mut peer = HttpPeer::new(route.upstreams[i].addr, false, String::new());
-        peer.group_key = route.group_key;
+        if self.settings.pool_per_route {
+            peer.group_key = route.group_key;
+        }
         let o = &mut peer.options;
         o.connection_timeout = Some(self.settings.connect_timeout);
         o.total_connection_timeout = Some(self.settings.connect_timeout);
@@ -284,33 +288,22 @@ impl ProxyHttp for EdgeProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestContext,
     ) -> Result<()> {
-        for name in [
-            "x-forwarded-for",
-            "x-forwarded-proto",
-            "x-forwarded-host",
-            "forwarded",
-        ] {
-            upstream_request.remove_header(name);
-        }
-        let proto = if ctx.tls { "https" } else { "http" };
-        let host = ctx.host.as_str();
+        // `insert_header` replaces every value a client may have sent under the same name, so
+        // client copies never survive. The three values share one buffer: one allocation.
         let client = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let forwarded = match client {
-            Some(ip) => {
-                upstream_request.insert_header("x-forwarded-for", ip.to_string())?;
-                match ip {
-                    IpAddr::V4(v4) => format!("for={v4};host={host};proto={proto}"),
-                    IpAddr::V6(v6) => format!("for=\"[{v6}]\";host={host};proto={proto}"),
-                }
+        let values = ForwardedValues::new(client, ctx.host.as_str(), ctx.tls);
+        match values.client() {
+            Some(ip) => upstream_request.insert_header("x-forwarded-for", ip)?,
+            None => {
+                upstream_request.remove_header("x-forwarded-for");
             }
-            None => format!("host={host};proto={proto}"),
-        };
-        upstream_request.insert_header("forwarded", forwarded)?;
-        upstream_request.insert_header("x-forwarded-proto", proto)?;
-        upstream_request.insert_header("x-forwarded-host", host)?;
+        }
+        upstream_request.insert_header("forwarded", values.forwarded())?;
+        upstream_request.insert_header("x-forwarded-host", values.host())?;
+        upstream_request.insert_header("x-forwarded-proto", values.proto())?;
         let id = match &ctx.request_id {
             Some(id) => id.clone(),
             None => {
@@ -420,8 +413,117 @@ impl ProxyHttp for EdgeProxy {
     }
 }
 
+/// The forwarding header values of one request, built in one buffer:
+/// `for=<ip>;host=<host>;proto=<proto>`, with `X-Forwarded-For` and `X-Forwarded-Host` as
+/// slices of it. IPv6 clients appear as `for="[v6]"` in `Forwarded` (RFC 7239).
+struct ForwardedValues {
+    buf: Bytes,
+    client: Option<std::ops::Range<usize>>,
+    host: std::ops::Range<usize>,
+    tls: bool,
+}
+
+impl ForwardedValues {
+    fn new(client: Option<IpAddr>, host: &str, tls: bool) -> Self {
+        use std::io::Write as _;
+        let mut buf = Vec::with_capacity(64 + host.len());
+        let mut client_range = None;
+        if let Some(ip) = client {
+            buf.extend_from_slice(b"for=");
+            match ip {
+                IpAddr::V4(v4) => {
+                    let start = buf.len();
+                    for (i, octet) in v4.octets().into_iter().enumerate() {
+                        if i > 0 {
+                            buf.push(b'.');
+                        }
+                        push_decimal(&mut buf, octet);
+                    }
+                    client_range = Some(start..buf.len());
+                }
+                IpAddr::V6(v6) => {
+                    buf.extend_from_slice(b"\"[");
+                    let start = buf.len();
+                    let _ = write!(buf, "{v6}");
+                    client_range = Some(start..buf.len());
+                    buf.extend_from_slice(b"]\"");
+                }
+            }
+            buf.push(b';');
+        }
+        buf.extend_from_slice(b"host=");
+        let start = buf.len();
+        buf.extend_from_slice(host.as_bytes());
+        let host_range = start..buf.len();
+        buf.extend_from_slice(if tls { b";proto=https" } else { b";proto=http" });
+        ForwardedValues {
+            buf: Bytes::from(buf),
+            client: client_range,
+            host: host_range,
+            tls,
+        }
+    }
+
+    fn value(b: Bytes) -> HeaderValue {
+        // Only digits, hex, dots, colons, brackets, quotes and normalised hostname bytes are
+        // ever written, all valid in a header value.
+        HeaderValue::from_maybe_shared(b).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    fn client(&self) -> Option<HeaderValue> {
+        self.client.clone().map(|r| Self::value(self.buf.slice(r)))
+    }
+
+    fn forwarded(&self) -> HeaderValue {
+        Self::value(self.buf.clone())
+    }
+
+    fn host(&self) -> HeaderValue {
+        Self::value(self.buf.slice(self.host.clone()))
+    }
+
+    fn proto(&self) -> HeaderValue {
+        HeaderValue::from_static(if self.tls { "https" } else { "http" })
+    }
+}
+
+fn push_decimal(buf: &mut Vec<u8>, n: u8) {
+    if n >= 100 {
+        buf.push(b'0' + n / 100);
+    }
+    if n >= 10 {
+        buf.push(b'0' + (n / 10) % 10);
+    }
+    buf.push(b'0' + n % 10);
+}
+
 /// A client-supplied request id is kept when it is short, visible ASCII.
 fn valid_request_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
     !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_values_share_one_buffer_and_quote_ipv6() {
+        let v = ForwardedValues::new(Some("10.0.255.7".parse().unwrap()), "a.test", false);
+        assert_eq!(v.client().unwrap(), "10.0.255.7");
+        assert_eq!(v.forwarded(), "for=10.0.255.7;host=a.test;proto=http");
+        assert_eq!(v.host(), "a.test");
+        assert_eq!(v.proto(), "http");
+        let v = ForwardedValues::new(Some("::1".parse().unwrap()), "b.test", true);
+        assert_eq!(v.client().unwrap(), "::1");
+        assert_eq!(v.forwarded(), "for=\"[::1]\";host=b.test;proto=https");
+        let v = ForwardedValues::new(None, "c.test", true);
+        assert!(v.client().is_none());
+        assert_eq!(v.forwarded(), "host=c.test;proto=https");
+        for n in [0u8, 9, 10, 99, 100, 255] {
+            let mut b = Vec::new();
+            push_decimal(&mut b, n);
+            assert_eq!(b, n.to_string().into_bytes());
+        }
+    }
 }

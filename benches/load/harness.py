@@ -1,0 +1,451 @@
+#!/usr/bin/env python3
+"""Load harness: tenantgate beside nginx, HAProxy and Caddy, same machine, same run.
+
+Layout on a 2-core machine: the proxy under test alone on core 0 (one worker each); the
+backend (an nginx answering a fixed 200) and the load generator (wrk) share core 1.
+For each proxy and each scenario it reports requests/s, p50/p99 latency and the proxy's CPU
+microseconds per request (utime+stime of the proxy's process tree from /proc, divided by the
+requests wrk completed), and each one's ratio to nginx.
+
+Scenarios: `1 route` (one hostname) and `100k hosts` (100,000 hostnames, Host rotated across
+them by a wrk Lua script; every proxy gets the same 100k-entry table).
+
+Usage: benches/load/run.sh [--duration S] [--connections N] [--only tenantgate,nginx]
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+TICK = os.sysconf("SC_CLK_TCK")
+HOSTS_100K = 100_000
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, timeout=120.0, proc=None):
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port} after {timeout}s")
+
+
+def tree_cpu_seconds(pid):
+    """utime+stime of pid and all its descendants, in seconds."""
+    u, k = tree_cpu_split(pid)
+    return u + k
+
+
+def tree_cpu_split(pid):
+    """(utime, stime) of pid and all its descendants, in seconds."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        children.setdefault(int(fields[1]), []).append((int(entry), fields))
+    user = kernel = 0
+    stack = [pid]
+    seen = set()
+    while stack:
+        p = stack.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                stat = f.read()
+            fields = stat[stat.rindex(")") + 2:].split()
+            user += int(fields[11])
+            kernel += int(fields[12])
+        except OSError:
+            pass
+        stack.extend(c for c, _ in children.get(p, []))
+    return user / TICK, kernel / TICK
+
+
+def rss_kib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def parse_latency(text, pct):
+    m = re.search(rf"^\s*{pct}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+    if not m:
+        return None
+    v, unit = float(m.group(1)), m.group(2)
+    return v * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+class Proc:
+    def __init__(self, argv, core, log, env=None, cwd=None):
+        self.log = open(log, "w")
+        self.p = subprocess.Popen(
+            ["taskset", "-c", str(core)] + argv,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+        )
+
+    def stop(self):
+        if self.p.poll() is None:
+            try:
+                os.killpg(self.p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.p.wait()
+        self.log.close()
+
+
+def hostnames(n):
+    return [f"shop{i}.bench.test" for i in range(n)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Proxy configurations. Each returns argv (and writes its config into `d`).
+# ----------------------------------------------------------------------------------------------
+
+def nginx_conf(d, port, backend, hosts, name="nginx"):
+    mapfile = os.path.join(d, f"{name}-hosts.map")
+    with open(mapfile, "w") as f:
+        for h in hosts:
+            f.write(f"{h} 1;\n")
+    conf = os.path.join(d, f"{name}.conf")
+    with open(conf, "w") as f:
+        f.write(f"""
+worker_processes 1;
+daemon off;
+master_process on;
+pid {d}/{name}.pid;
+error_log {d}/{name}-error.log warn;
+events {{ worker_connections 16384; }}
+http {{
+  access_log off;
+  map_hash_max_size 262144;
+  map_hash_bucket_size 128;
+  map $host $tenant {{ default 0; include {mapfile}; }}
+  upstream backend {{ server 127.0.0.1:{backend}; keepalive 256; keepalive_requests 10000000; }}
+  client_body_temp_path {d}/nginx-body; proxy_temp_path {d}/nginx-proxy;
+  fastcgi_temp_path {d}/nginx-fcgi; uwsgi_temp_path {d}/nginx-uwsgi; scgi_temp_path {d}/nginx-scgi;
+  keepalive_requests 10000000;
+  server {{
+    listen 127.0.0.1:{port} reuseport backlog=4096;
+    location / {{
+      if ($tenant = 0) {{ return 404; }}
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $remote_addr;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Request-Id $request_id;
+    }}
+  }}
+}}
+""")
+    return ["nginx", "-c", conf, "-p", d]
+
+
+def backend_conf(d, port):
+    conf = os.path.join(d, "backend.conf")
+    with open(conf, "w") as f:
+        f.write(f"""
+worker_processes 1;
+daemon off;
+pid {d}/backend.pid;
+error_log {d}/backend-error.log warn;
+events {{ worker_connections 16384; }}
+http {{
+  access_log off;
+  keepalive_requests 10000000;
+  client_body_temp_path {d}/b-body; proxy_temp_path {d}/b-proxy;
+  fastcgi_temp_path {d}/b-fcgi; uwsgi_temp_path {d}/b-uwsgi; scgi_temp_path {d}/b-scgi;
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location / {{ default_type text/plain; return 200 "hello from the backend\\n"; }}
+  }}
+}}
+""")
+    return ["nginx", "-c", conf, "-p", d]
+
+
+def haproxy_conf(d, port, backend, hosts):
+    mapfile = os.path.join(d, "haproxy-hosts.map")
+    with open(mapfile, "w") as f:
+        for h in hosts:
+            f.write(f"{h} be\n")
+    conf = os.path.join(d, "haproxy.cfg")
+    with open(conf, "w") as f:
+        f.write(f"""
+global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+  option http-keep-alive
+frontend fe
+  bind 127.0.0.1:{port}
+  option forwardfor
+  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Request-Id %[uuid()]
+  http-request return status 404 unless {{ req.hdr(host),lower,word(1,:),map({mapfile}) -m found }}
+  use_backend %[req.hdr(host),lower,word(1,:),map({mapfile})]
+backend be
+  server s1 127.0.0.1:{backend} maxconn 2000
+""")
+    return ["haproxy", "-f", conf, "-db"]
+
+
+def caddy_conf(d, port, backend, hosts):
+    conf = os.path.join(d, "caddy.json")
+    cfg = {
+        "admin": {"disabled": True},
+        "logging": {"logs": {"default": {"level": "ERROR"}}},
+        "apps": {
+            "http": {
+                "servers": {
+                    "bench": {
+                        "listen": [f"127.0.0.1:{port}"],
+                        "automatic_https": {"disable": True},
+                        "routes": [
+                            {
+                                "match": [{"host": hosts}],
+                                "handle": [
+                                    {
+                                        "handler": "reverse_proxy",
+                                        "upstreams": [{"dial": f"127.0.0.1:{backend}"}],
+                                        "headers": {"request": {"set": {"X-Request-Id": ["{http.request.uuid}"]}}},
+                                    }
+                                ],
+                            },
+                            {"handle": [{"handler": "static_response", "status_code": 404}]},
+                        ],
+                    }
+                }
+            }
+        },
+    }
+    with open(conf, "w") as f:
+        json.dump(cfg, f)
+    return ["caddy", "run", "--config", conf]
+
+
+def tenantgate_conf(d, port, backend, hosts, binary, extra=""):
+    conf = os.path.join(d, "tenantgate.toml")
+    admin = free_port()
+    with open(conf, "w") as f:
+        f.write(f"""
+[proxy]
+http_listen = "127.0.0.1:{port}"
+threads = 1
+upgrade_sock = "{d}/tg-upgrade.sock"
+pid_file = "{d}/tg.pid"
+max_route_metric_labels = 1000
+{extra}
+[admin]
+listen = "127.0.0.1:{admin}"
+[log]
+access_log = false
+level = "warn"
+""")
+        for i, h in enumerate(hosts):
+            f.write(f'[[routes]]\nid = "t{i}"\nhostnames = ["{h}"]\nupstreams = ["127.0.0.1:{backend}"]\n')
+    return [binary, "serve", "--config", conf]
+
+
+WRK_LUA = """
+local hosts = {}
+for line in io.lines("%s") do hosts[#hosts + 1] = line end
+local n = #hosts
+local i = 0
+request = function()
+  i = i + 1
+  if i > n then i = 1 end
+  return wrk.format("GET", "/", { ["Host"] = hosts[i] })
+end
+"""
+
+
+def run_wrk(port, duration, connections, hostfile, d):
+    script = os.path.join(d, "rotate.lua")
+    with open(script, "w") as f:
+        f.write(WRK_LUA % hostfile)
+    argv = ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
+            "-s", script, f"http://127.0.0.1:{port}/"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60).stdout
+    m = re.search(r"(\d+) requests in", out)
+    errs = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {
+        "requests": int(m.group(1)) if m else 0,
+        "p50_ms": parse_latency(out, 50),
+        "p99_ms": parse_latency(out, 99),
+        "non2xx": int(errs.group(1)) if errs else 0,
+        "socket_errors": sum(int(x) for x in sock.groups()) if sock else 0,
+        "raw": out,
+    }
+
+
+def measure(name, argv, port, hostfile, args, d):
+    proc = Proc(argv, 0, os.path.join(d, f"{name}.log"), cwd=d)
+    try:
+        t0 = time.time()
+        wait_port(port, timeout=600, proc=proc.p)
+        startup = time.time() - t0
+        # Warm up connections and caches, then measure.
+        run_wrk(port, 2, args.connections, hostfile, d)
+        u0, k0 = tree_cpu_split(proc.p.pid)
+        w0 = time.time()
+        r = run_wrk(port, args.duration, args.connections, hostfile, d)
+        wall = time.time() - w0
+        u1, k1 = tree_cpu_split(proc.p.pid)
+        cpu = (u1 - u0) + (k1 - k0)
+        n = r["requests"] or 1
+        r["user_us_per_req"] = (u1 - u0) * 1e6 / n
+        r["kernel_us_per_req"] = (k1 - k0) * 1e6 / n
+        rss = sum(rss_kib(p) for p in [proc.p.pid] + child_pids(proc.p.pid))
+        r.update({
+            "name": name,
+            "rps": r["requests"] / args.duration if r["requests"] else 0,
+            "cpu_us_per_req": cpu * 1e6 / r["requests"] if r["requests"] else None,
+            "cpu_util": cpu / wall,
+            "startup_s": startup,
+            "rss_mib": rss / 1024,
+        })
+        return r
+    finally:
+        proc.stop()
+
+
+def child_pids(pid):
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+                if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+                    out.append(int(entry))
+                    out.extend(child_pids(int(entry)))
+            except OSError:
+                pass
+    return out
+
+
+def fmt(v, spec):
+    return "n/a" if v is None else format(v, spec)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--only", default="nginx,haproxy,caddy,tenantgate")
+    ap.add_argument("--scenarios", default="1,100000")
+    ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "tenantgate"))
+    ap.add_argument("--json", help="also write raw results here")
+    ap.add_argument("--tg-proxy", action="append", default=[],
+                    help="extra line for tenantgate's [proxy] section, e.g. 'work_stealing = false'")
+    args = ap.parse_args()
+
+    for tool in ["taskset", "wrk", "nginx"]:
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is missing: run scripts/setup.sh bench")
+    if os.cpu_count() < 2:
+        sys.exit("needs at least 2 cores")
+
+    only = args.only.split(",")
+    results = []
+    d = tempfile.mkdtemp(prefix="tg-bench-")
+    backend_port = free_port()
+    backend = Proc(backend_conf(d, backend_port), 1, os.path.join(d, "backend.log"), cwd=d)
+    try:
+        wait_port(backend_port)
+        for n in [int(s) for s in args.scenarios.split(",")]:
+            hosts = hostnames(n)
+            hostfile = os.path.join(d, f"hosts-{n}.txt")
+            with open(hostfile, "w") as f:
+                f.write("\n".join(hosts) + "\n")
+            scenario = "1 route" if n == 1 else f"{n // 1000}k hosts"
+            builders = {
+                "nginx": lambda p: nginx_conf(d, p, backend_port, hosts),
+                "haproxy": lambda p: haproxy_conf(d, p, backend_port, hosts),
+                "caddy": lambda p: caddy_conf(d, p, backend_port, hosts),
+                "tenantgate": lambda p: tenantgate_conf(d, p, backend_port, hosts, args.binary, "\n".join(args.tg_proxy)),
+            }
+            for name in only:
+                if name != "tenantgate" and not shutil.which(name):
+                    print(f"# {name}: not installed, skipped", file=sys.stderr)
+                    continue
+                port = free_port()
+                print(f"# {scenario}: {name} ...", file=sys.stderr, flush=True)
+                try:
+                    r = measure(name, builders[name](port), port, hostfile, args, d)
+                except Exception as e:  # a proxy that cannot start is reported, not fatal
+                    print(f"# {name} failed: {e}", file=sys.stderr)
+                    r = {"name": name, "rps": 0, "cpu_us_per_req": None, "p50_ms": None, "p99_ms": None,
+                         "non2xx": 0, "socket_errors": 0, "startup_s": None, "rss_mib": None, "error": str(e)}
+                r["scenario"] = scenario
+                results.append(r)
+    finally:
+        backend.stop()
+
+    print(f"\nwrk: 1 thread, {args.connections} connections, {args.duration}s per run; proxy alone on core 0,"
+          f" backend + wrk on core 1\n")
+    print("| scenario | proxy | req/s | p50 ms | p99 ms | CPU µs/req (user+kernel) | × nginx CPU | errors | RSS MiB | start s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        base = next((x for x in results if x["scenario"] == r["scenario"] and x["name"] == "nginx"), None)
+        ratio = None
+        if base and base.get("cpu_us_per_req") and r.get("cpu_us_per_req"):
+            ratio = r["cpu_us_per_req"] / base["cpu_us_per_req"]
+        print(f"| {r['scenario']} | {r['name']} | {fmt(r['rps'], '.0f')} | {fmt(r['p50_ms'], '.2f')} | "
+              f"{fmt(r['p99_ms'], '.2f')} | {fmt(r['cpu_us_per_req'], '.1f')} ({fmt(r.get('user_us_per_req'), '.1f')}+{fmt(r.get('kernel_us_per_req'), '.1f')}) | {fmt(ratio, '.2f')} | "
+              f"{r['non2xx'] + r['socket_errors']} | {fmt(r.get('rss_mib'), '.0f')} | {fmt(r.get('startup_s'), '.1f')} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([{k: v for k, v in r.items() if k != "raw"} for r in results], f, indent=1)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
