@@ -145,7 +145,11 @@ fn init_logging(cfg: &Config) {
 }
 
 fn serve(path: Option<&Path>, upgrade: bool) -> anyhow::Result<()> {
-    let Loaded { cfg, table, certs } = load(path)?;
+    let Loaded {
+        mut cfg,
+        table,
+        certs,
+    } = load(path)?;
     init_logging(&cfg);
     pingora::tls::install_default_crypto_provider();
 
@@ -156,6 +160,11 @@ fn serve(path: Option<&Path>, upgrade: bool) -> anyhow::Result<()> {
     let all: Vec<ParsedCertificate> = certs.iter().map(|(c, _)| c.clone()).collect();
     store.replace_all(&all, default);
     metrics.certificates.set(store.len() as i64);
+    // `run_forever` never returns, so locals live as long as the process: keep only the
+    // lookup indexes, not the parsed configuration they were built from.
+    let (route_count, cert_count) = (table.routes.len(), all.len());
+    drop((table, certs, all));
+    cfg.routes = Vec::new();
 
     let opt = Opt {
         upgrade,
@@ -170,8 +179,8 @@ fn serve(path: Option<&Path>, upgrade: bool) -> anyhow::Result<()> {
     };
     tenantgate_proxy::add_services(&mut server, &cfg, &edge).context("setting up services")?;
     tracing::info!(
-        routes = table.routes.len(),
-        certificates = all.len(),
+        routes = route_count,
+        certificates = cert_count,
         http = %cfg.proxy.http_listen,
         https = %cfg.proxy.https_listen.as_deref().unwrap_or("off"),
         admin = %cfg.admin.listen,
