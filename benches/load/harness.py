@@ -292,6 +292,14 @@ level = "warn"
     return [binary, "serve", "--config", conf]
 
 
+def baseline_conf(d, port, backend, hosts, binary):
+    hostfile = os.path.join(d, f"baseline-hosts-{len(hosts)}.txt")
+    with open(hostfile, "w") as f:
+        for h in hosts:
+            f.write(f"{h}\n")
+    return [binary, f"127.0.0.1:{port}", f"127.0.0.1:{backend}", hostfile]
+
+
 WRK_LUA = """
 local hosts = {}
 for line in io.lines("%s") do hosts[#hosts + 1] = line end
@@ -379,9 +387,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=50)
-    ap.add_argument("--only", default="nginx,haproxy,caddy,tenantgate")
+    ap.add_argument("--only", default="nginx,haproxy,caddy,pingora-baseline,tenantgate")
     ap.add_argument("--scenarios", default="1,100000")
     ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "tenantgate"))
+    ap.add_argument("--baseline", default=os.path.join(ROOT, "target", "release", "examples", "pingora_baseline"))
     ap.add_argument("--json", help="also write raw results here")
     ap.add_argument("--tg-proxy", action="append", default=[],
                     help="extra line for tenantgate's [proxy] section, e.g. 'work_stealing = false'")
@@ -410,10 +419,11 @@ def main():
                 "nginx": lambda p: nginx_conf(d, p, backend_port, hosts),
                 "haproxy": lambda p: haproxy_conf(d, p, backend_port, hosts),
                 "caddy": lambda p: caddy_conf(d, p, backend_port, hosts),
+                "pingora-baseline": lambda p: baseline_conf(d, p, backend_port, hosts, args.baseline),
                 "tenantgate": lambda p: tenantgate_conf(d, p, backend_port, hosts, args.binary, "\n".join(args.tg_proxy)),
             }
             for name in only:
-                if name != "tenantgate" and not shutil.which(name):
+                if name not in ("tenantgate", "pingora-baseline") and not shutil.which(name):
                     print(f"# {name}: not installed, skipped", file=sys.stderr)
                     continue
                 port = free_port()

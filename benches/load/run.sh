@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 scripts/setup.sh bench
-cargo build --release -p tenantgate
+cargo build --release -p tenantgate --example pingora_baseline
 exec python3 benches/load/harness.py "$@"
