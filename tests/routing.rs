@@ -59,13 +59,12 @@ async fn unknown_host_gets_our_branded_404_never_a_tenant() {
     assert!(r.text().await.unwrap().contains("no store is served"));
 
     let r = tg
-        .http_client()
-        .get(format!("http://{}/", tg.http))
-        .header("host", "nobody.test")
-        .header("accept", "text/html,application/xhtml+xml")
-        .send()
-        .await
-        .unwrap();
+        .get_with(
+            "nobody.test",
+            "/",
+            &[("accept", "text/html,application/xhtml+xml")],
+        )
+        .await;
     assert_eq!(r.status(), 404);
     assert!(r.headers()["content-type"]
         .to_str()

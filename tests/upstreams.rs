@@ -71,13 +71,8 @@ async fn all_upstreams_down_gives_our_502_page() {
     assert_eq!(r.status(), 502);
     assert!(r.text().await.unwrap().starts_with("502 Bad Gateway"));
     let r = tg
-        .http_client()
-        .get(format!("http://{}/", tg.http))
-        .header("host", "down.test")
-        .header("accept", "text/html")
-        .send()
-        .await
-        .unwrap();
+        .get_with("down.test", "/", &[("accept", "text/html")])
+        .await;
     assert_eq!(r.status(), 502);
     assert!(r.text().await.unwrap().contains("Store unavailable"));
     // The proxy keeps serving afterwards.

@@ -488,12 +488,24 @@ impl Running {
 
     /// `http://127.0.0.1:<port><path>` with the given Host.
     pub async fn get(&self, host: &str, path: &str) -> reqwest::Response {
-        self.http_client()
+        self.get_with(host, path, &[]).await
+    }
+
+    /// Like [`Running::get`], with extra request headers.
+    pub async fn get_with(
+        &self,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut req = self
+            .http_client()
             .get(format!("http://{}{path}", self.http))
-            .header("host", host)
-            .send()
-            .await
-            .expect("request")
+            .header("host", host);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().await.expect("request")
     }
 
     /// An HTTPS client that resolves `names` to this proxy and trusts `ca`.

@@ -159,9 +159,10 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<bool> {
         let ssl = session.digest().and_then(|d| d.ssl_digest.as_ref());
         ctx.tls = ssl.is_some();
+        // Borrowed, not cloned: no allocation per TLS request.
         let sni = ssl
             .and_then(|s| s.extension.get::<Sni>())
-            .and_then(|s| s.0.clone());
+            .and_then(|s| s.0.as_deref());
         let req = session.req_header();
         if let Some(id) = req
             .headers
