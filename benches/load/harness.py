@@ -140,7 +140,7 @@ def hostnames(n):
 # Proxy configurations. Each returns argv (and writes its config into `d`).
 # ----------------------------------------------------------------------------------------------
 
-def nginx_conf(d, port, backend, hosts, name="nginx"):
+def nginx_conf(d, port, backend, hosts, name="nginx", master=True):
     mapfile = os.path.join(d, f"{name}-hosts.map")
     with open(mapfile, "w") as f:
         for h in hosts:
@@ -150,7 +150,7 @@ def nginx_conf(d, port, backend, hosts, name="nginx"):
         f.write(f"""
 worker_processes 1;
 daemon off;
-master_process on;
+master_process {"on" if master else "off"};
 pid {d}/{name}.pid;
 error_log {d}/{name}-error.log warn;
 events {{ worker_connections 16384; }}
