@@ -132,6 +132,24 @@ fn load(path: Option<&Path>) -> anyhow::Result<Loaded> {
     }
 }
 
+/// Pingora binds inside its service threads, where a failure panics that thread while the
+/// process keeps running without the port. Bind each address once here first so a taken or
+/// forbidden port is a clear error and exit 1. (With `--upgrade` the old process holds them.)
+fn check_listeners(cfg: &Config) -> anyhow::Result<()> {
+    let addrs = [
+        ("proxy.http_listen", Some(&cfg.proxy.http_listen)),
+        ("proxy.https_listen", cfg.proxy.https_listen.as_ref()),
+        ("admin.listen", Some(&cfg.admin.listen)),
+    ];
+    for (key, addr) in addrs {
+        if let Some(addr) = addr {
+            std::net::TcpListener::bind(addr.as_str())
+                .with_context(|| format!("{key}: cannot listen on {addr}"))?;
+        }
+    }
+    Ok(())
+}
+
 fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
@@ -150,6 +168,9 @@ fn serve(path: Option<&Path>, upgrade: bool) -> anyhow::Result<()> {
         table,
         certs,
     } = load(path)?;
+    if !upgrade {
+        check_listeners(&cfg)?;
+    }
     init_logging(&cfg);
     pingora::tls::install_default_crypto_provider();
 

@@ -151,3 +151,30 @@ async fn graceful_upgrade_under_load_fails_no_request() {
         "admin listener handed over too"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_port_is_a_clear_error_not_a_silent_half_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_tenantgate"))
+            .arg("serve")
+            .env("TENANTGATE_HTTP_LISTEN", addr.to_string())
+            .env(
+                "TENANTGATE_ADMIN_LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            )
+            .env_remove("TENANTGATE_CONFIG")
+            .output(),
+    )
+    .await
+    .expect("tenantgate must exit, not hang")
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("proxy.http_listen: cannot listen on {addr}")),
+        "{err}"
+    );
+}
