@@ -97,32 +97,20 @@ async fn sni_picks_exact_then_wildcard_then_default() {
         .await;
     let addr = tg.https.unwrap();
 
-    assert_eq!(
-        leaf(&handshake(addr, Some("a.test")).await.unwrap()),
-        der(&ca_pem)
-    );
-    assert_eq!(
-        leaf(&handshake(addr, Some("A.TEST")).await.unwrap()),
-        der(&ca_pem)
-    );
-    assert_eq!(
-        leaf(&handshake(addr, Some("x.w.test")).await.unwrap()),
-        der(&cw_pem)
-    );
-    // The wildcard covers one label only: deeper names and the apex get the default.
-    assert_eq!(
-        leaf(&handshake(addr, Some("y.x.w.test")).await.unwrap()),
-        der(&cd_pem)
-    );
-    assert_eq!(
-        leaf(&handshake(addr, Some("w.test")).await.unwrap()),
-        der(&cd_pem)
-    );
-    assert_eq!(
-        leaf(&handshake(addr, Some("other.test")).await.unwrap()),
-        der(&cd_pem)
-    );
-    assert_eq!(leaf(&handshake(addr, None).await.unwrap()), der(&cd_pem));
+    let cases: &[(Option<&str>, &str)] = &[
+        (Some("a.test"), &ca_pem),
+        (Some("A.TEST"), &ca_pem),
+        (Some("x.w.test"), &cw_pem),
+        // The wildcard covers one label only: deeper names and the apex get the default.
+        (Some("y.x.w.test"), &cd_pem),
+        (Some("w.test"), &cd_pem),
+        (Some("other.test"), &cd_pem),
+        (None, &cd_pem),
+    ];
+    for (sni, expected) in cases {
+        let served = leaf(&handshake(addr, *sni).await.unwrap());
+        assert_eq!(served, der(expected), "certificate served for SNI {sni:?}");
+    }
     assert!(tg
         .metrics()
         .await
