@@ -113,6 +113,9 @@ pub struct ProxyConfig {
     pub upstream_pool: UpstreamPool,
     /// Seconds an upstream is skipped after a connect failure (passive health).
     pub unhealthy_cooldown_seconds: u64,
+    /// Serve HTTP/1.1 pipelined requests in order (RFC 9112 §9.3.2) instead of answering the
+    /// first and closing the connection.
+    pub http1_pipelining: bool,
     /// Largest total size of request header names and values, bytes (431 beyond).
     pub max_request_header_bytes: usize,
     /// Largest number of request headers (431 beyond).
@@ -139,6 +142,7 @@ impl Default for ProxyConfig {
             upstream_keepalive_pool_size: 256,
             upstream_pool: UpstreamPool::Route,
             unhealthy_cooldown_seconds: 10,
+            http1_pipelining: true,
             max_request_header_bytes: 32 * 1024,
             max_request_headers: 100,
             max_route_metric_labels: 1_000,

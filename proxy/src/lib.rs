@@ -88,6 +88,7 @@ pub fn add_services(server: &mut Server, cfg: &Config, edge: &Edge) -> Result<()
         https_port,
         access_log: cfg.log.access_log,
         pool_per_route: cfg.proxy.upstream_pool == tenantgate_config::UpstreamPool::Route,
+        http1_pipelining: cfg.proxy.http1_pipelining,
     };
     let proxy = EdgeProxy::new(edge.router.clone(), settings, edge.metrics.unknown.clone());
     let mut app = pingora::proxy::HttpProxy::new(proxy, server.configuration.clone());

@@ -60,6 +60,8 @@ pub struct ProxySettings {
     pub access_log: bool,
     /// Keep upstream connection pools separate per route (else shared per address).
     pub pool_per_route: bool,
+    /// Serve pipelined HTTP/1.1 requests (sequentially, responses in order).
+    pub http1_pipelining: bool,
 }
 
 /// The edge proxy service.
@@ -150,6 +152,18 @@ impl ProxyHttp for EdgeProxy {
 
     fn new_ctx(&self) -> RequestContext {
         RequestContext::default()
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestContext,
+    ) -> Result<()> {
+        if self.settings.http1_pipelining {
+            // Pingora serves pipelined requests one after another, each routed on its own.
+            session.set_pipelining_enabled(true);
+        }
+        Ok(())
     }
 
     async fn request_filter(
