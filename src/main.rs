@@ -49,7 +49,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config } => match load(config.as_deref()) {
-            Ok(Loaded { cfg, table, certs }) => {
+            Ok(Loaded {
+                cfg, table, certs, ..
+            }) => {
                 println!(
                     "configuration OK: {} routes, {} hostnames, {} certificates, http {}, https {}, admin {}",
                     table.routes.len(),
@@ -80,8 +82,9 @@ fn main() -> ExitCode {
 struct Loaded {
     cfg: Config,
     table: RouteTable,
-    /// Certificates, each with its `default` flag.
-    certs: Vec<(ParsedCertificate, bool)>,
+    certs: Vec<ParsedCertificate>,
+    /// Index in `certs` of the one marked `default = true`.
+    default: Option<usize>,
 }
 
 /// Load, validate and load certificates; every problem is reported before failing.
@@ -98,6 +101,7 @@ fn load(path: Option<&Path>) -> anyhow::Result<Loaded> {
         Ok(_) => Vec::new(),
     };
     let mut certs = Vec::new();
+    let mut default = None;
     for (i, c) in cfg.certificates.iter().enumerate() {
         let cert_file = base.join(&c.cert_file);
         let key_file = base.join(&c.key_file);
@@ -112,7 +116,12 @@ fn load(path: Option<&Path>) -> anyhow::Result<Loaded> {
         };
         match (read(&cert_file), read(&key_file)) {
             (Ok(chain), Ok(key)) => match parse_pem(&chain, &key) {
-                Ok(parsed) => certs.push((parsed, c.default)),
+                Ok(parsed) => {
+                    if c.default {
+                        default = Some(certs.len());
+                    }
+                    certs.push(parsed);
+                }
                 Err(e) => problems.push(format!("certificates[{i}]: {}: {e}", cert_file.display())),
             },
             (a, b) => problems.extend(a.err().into_iter().chain(b.err())),
@@ -122,7 +131,12 @@ fn load(path: Option<&Path>) -> anyhow::Result<Loaded> {
         problems.push("proxy.https_listen: is set but no [[certificates]] are configured".into());
     }
     match table {
-        Ok(table) if problems.is_empty() => Ok(Loaded { cfg, table, certs }),
+        Ok(table) if problems.is_empty() => Ok(Loaded {
+            cfg,
+            table,
+            certs,
+            default,
+        }),
         _ => anyhow::bail!(
             "{} problem{} in the configuration:\n  {}",
             problems.len(),
@@ -167,6 +181,7 @@ fn serve(path: Option<&Path>, upgrade: bool) -> anyhow::Result<()> {
         mut cfg,
         table,
         certs,
+        default,
     } = load(path)?;
     if !upgrade {
         check_listeners(&cfg)?;
@@ -177,14 +192,12 @@ fn serve(path: Option<&Path>, upgrade: bool) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(cfg.proxy.max_route_metric_labels));
     let router = Arc::new(Router::new(&table, metrics.clone()));
     let store = Arc::new(CertificateStore::new());
-    let default = certs.iter().find(|(_, d)| *d).map(|(c, _)| c);
-    let all: Vec<ParsedCertificate> = certs.iter().map(|(c, _)| c.clone()).collect();
-    store.replace_all(&all, default);
+    store.replace_all(&certs, default.and_then(|i| certs.get(i)));
     metrics.certificates.set(store.len() as i64);
     // `run_forever` never returns, so locals live as long as the process: keep only the
     // lookup indexes, not the parsed configuration they were built from.
-    let (route_count, cert_count) = (table.routes.len(), all.len());
-    drop((table, certs, all));
+    let (route_count, cert_count) = (table.routes.len(), certs.len());
+    drop((table, certs));
     cfg.routes = Vec::new();
 
     let opt = Opt {

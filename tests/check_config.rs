@@ -22,14 +22,19 @@ fn check(dir: &std::path::Path, toml: &str) -> (i32, String, String) {
     )
 }
 
+/// Write `a.pem` (chain) and `a.key` into `dir`.
+fn write_cert_files(dir: &std::path::Path, chain: &str, key: &str) {
+    write_file(&dir.join("a.pem"), chain);
+    write_file(&dir.join("a.key"), key);
+}
+
 #[test]
 fn a_valid_file_passes_with_a_summary() {
     init_crypto();
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new();
     let (c, k) = ca.issue(&["a.test"]);
-    write_file(&dir.path().join("a.pem"), &c);
-    write_file(&dir.path().join("a.key"), &k);
+    write_cert_files(dir.path(), &c, &k);
     let (code, out, err) = check(
         dir.path(),
         r#"
@@ -116,8 +121,7 @@ fn a_key_that_does_not_match_its_certificate_is_refused() {
     let ca = TestCa::new();
     let (c, _) = ca.issue(&["a.test"]);
     let (_, k) = ca.issue(&["a.test"]);
-    write_file(&dir.path().join("a.pem"), &c);
-    write_file(&dir.path().join("a.key"), &k);
+    write_cert_files(dir.path(), &c, &k);
     let (code, _, err) = check(
         dir.path(),
         "[proxy]\nhttps_listen = \"127.0.0.1:18443\"\n[[certificates]]\ncert_file = \"a.pem\"\nkey_file = \"a.key\"\n",

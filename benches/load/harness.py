@@ -52,14 +52,8 @@ def wait_port(port, timeout=120.0, proc=None):
     raise RuntimeError(f"nothing listening on {port} after {timeout}s")
 
 
-def tree_cpu_seconds(pid):
-    """utime+stime of pid and all its descendants, in seconds."""
-    u, k = tree_cpu_split(pid)
-    return u + k
-
-
-def tree_cpu_split(pid):
-    """(utime, stime) of pid and all its descendants, in seconds."""
+def tree_pids(pid):
+    """pid and all its descendants, from one scan of /proc."""
     children = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -69,25 +63,29 @@ def tree_cpu_split(pid):
                 stat = f.read()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        children.setdefault(int(fields[1]), []).append((int(entry), fields))
-    user = kernel = 0
-    stack = [pid]
-    seen = set()
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, stack = [], [pid]
     while stack:
         p = stack.pop()
-        if p in seen:
-            continue
-        seen.add(p)
+        if p not in out:
+            out.append(p)
+            stack.extend(children.get(p, []))
+    return out
+
+
+def tree_cpu_split(pid):
+    """(utime, stime) of pid and all its descendants, in seconds."""
+    user = kernel = 0
+    for p in tree_pids(pid):
         try:
             with open(f"/proc/{p}/stat") as f:
                 stat = f.read()
-            fields = stat[stat.rindex(")") + 2:].split()
-            user += int(fields[11])
-            kernel += int(fields[12])
         except OSError:
-            pass
-        stack.extend(c for c, _ in children.get(p, []))
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        user += int(fields[11])
+        kernel += int(fields[12])
     return user / TICK, kernel / TICK
 
 
@@ -350,7 +348,7 @@ def measure(name, argv, port, hostfile, args, d):
         n = r["requests"] or 1
         r["user_us_per_req"] = (u1 - u0) * 1e6 / n
         r["kernel_us_per_req"] = (k1 - k0) * 1e6 / n
-        rss = sum(rss_kib(p) for p in [proc.p.pid] + child_pids(proc.p.pid))
+        rss = sum(rss_kib(p) for p in tree_pids(proc.p.pid))
         r.update({
             "name": name,
             "rps": r["requests"] / args.duration if r["requests"] else 0,
@@ -362,21 +360,6 @@ def measure(name, argv, port, hostfile, args, d):
         return r
     finally:
         proc.stop()
-
-
-def child_pids(pid):
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    stat = f.read()
-                if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
-                    out.append(int(entry))
-                    out.extend(child_pids(int(entry)))
-            except OSError:
-                pass
-    return out
 
 
 def fmt(v, spec):

@@ -26,7 +26,7 @@ use tenantgate_config::Config;
 use crate::admin::AdminApp;
 use crate::metrics::Metrics;
 use crate::router::Router;
-use crate::service::drain::Draining;
+use crate::service::drain::{drain_window, Draining};
 use crate::service::{EdgeProxy, ProxySettings};
 
 /// Errors of this crate.
@@ -93,8 +93,7 @@ pub fn add_services(server: &mut Server, cfg: &Config, edge: &Edge) -> Result<()
     let proxy = EdgeProxy::new(edge.router.clone(), settings, edge.metrics.unknown.clone());
     let mut app = pingora::proxy::HttpProxy::new(proxy, server.configuration.clone());
     app.handle_init_modules();
-    // Half the grace period, at most one second: ample for request bytes already in flight.
-    let window = Duration::from_millis((cfg.proxy.grace_period_seconds * 500).min(1_000));
+    let window = drain_window(cfg.proxy.grace_period_seconds);
     let mut svc = Service::new("tenantgate proxy".to_string(), Draining::new(app, window));
     svc.add_tcp(&cfg.proxy.http_listen);
     if let Some(addr) = &cfg.proxy.https_listen {

@@ -174,9 +174,11 @@ impl Router {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// `now_ms()` plus a cooldown.
+    /// `now_ms()` plus a cooldown, saturating (a huge configured cooldown means "until
+    /// restart", not an overflow).
     pub fn until_ms(&self, cooldown: Duration) -> u64 {
-        self.now_ms() + cooldown.as_millis() as u64
+        let cooldown = u64::try_from(cooldown.as_millis()).unwrap_or(u64::MAX);
+        self.now_ms().saturating_add(cooldown)
     }
 }
 
@@ -241,6 +243,13 @@ mod tests {
         assert!(!a.has_untried(0b111));
         // After the cooldown it is back.
         assert!((0..3).any(|_| a.pick(2_000, 0) == Some(1)));
+    }
+
+    #[test]
+    fn cooldown_deadline_saturates() {
+        let r = Router::new(&table(), Arc::new(Metrics::new(10)));
+        assert_eq!(r.until_ms(Duration::from_secs(u64::MAX)), u64::MAX);
+        assert!(r.until_ms(Duration::from_secs(1)) >= 1_000);
     }
 
     #[test]

@@ -18,6 +18,12 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 
+/// The drain window for a grace period: half of it, at most one second. Ample for request
+/// bytes already in flight, and never longer than the grace period that bounds it.
+pub fn drain_window(grace_period_seconds: u64) -> Duration {
+    Duration::from_millis(grace_period_seconds.saturating_mul(500).min(1_000))
+}
+
 /// Wraps an HTTP app and delays its shutdown cleanup by `window`.
 pub struct Draining<A> {
     inner: Arc<A>,
@@ -69,5 +75,19 @@ where
             .clone()
             .process_custom_session(stream, shutdown)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_is_half_the_grace_period_capped_at_one_second() {
+        assert_eq!(drain_window(0), Duration::ZERO);
+        assert_eq!(drain_window(1), Duration::from_millis(500));
+        assert_eq!(drain_window(5), Duration::from_secs(1));
+        // A huge configured grace period must not overflow.
+        assert_eq!(drain_window(u64::MAX), Duration::from_secs(1));
     }
 }
