@@ -25,6 +25,7 @@ fn table(n: usize) -> RouteTable {
                 ],
                 upstreams: vec![up.clone()],
                 https_redirect: false,
+                suspended: false,
             })
             .collect(),
     }

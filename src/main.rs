@@ -10,9 +10,13 @@ use pingora::server::configuration::Opt;
 use pingora::server::Server;
 use tenantgate_certs::{generate_self_signed, parse_pem, CertificateStore, ParsedCertificate};
 use tenantgate_config::{Config, LogFormat, RouteTable};
+use tenantgate_control::publish::{follow, Event, FollowSettings, Wake};
+use tenantgate_control::store::Store;
+use tenantgate_control::{api, setup};
 use tenantgate_proxy::metrics::Metrics;
 use tenantgate_proxy::router::Router;
-use tenantgate_proxy::Edge;
+use tenantgate_proxy::sync::EdgeState;
+use tenantgate_proxy::{BackgroundTask, Edge};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -37,11 +41,67 @@ enum Command {
         #[arg(short, long)]
         upgrade: bool,
     },
+    /// Edge node of a fleet: proxy only, routes and certificates from PostgreSQL (LISTEN for
+    /// changes), booting from its last-known-good snapshot when PostgreSQL is down.
+    Proxy {
+        /// Configuration file (TOML).
+        #[arg(short, long, env = "TENANTGATE_CONFIG")]
+        config: Option<PathBuf>,
+        /// PostgreSQL URL of the shared store (overrides `store.url`).
+        #[arg(long)]
+        store_url: Option<String>,
+        /// Take the listening sockets over from a running tenantgate.
+        #[arg(short, long)]
+        upgrade: bool,
+    },
+    /// Control plane of a fleet: the admin API on PostgreSQL, no proxy listeners.
+    Control {
+        /// Configuration file (TOML).
+        #[arg(short, long, env = "TENANTGATE_CONFIG")]
+        config: Option<PathBuf>,
+        /// PostgreSQL URL of the shared store (overrides `store.url`).
+        #[arg(long)]
+        store_url: Option<String>,
+    },
     /// Validate a configuration file: print every problem with its key, exit 1 if any.
     CheckConfig {
         /// Configuration file (TOML).
         #[arg(short, long, env = "TENANTGATE_CONFIG")]
         config: Option<PathBuf>,
+    },
+    /// Manage tenants through the admin API of a running node.
+    Tenants {
+        /// Configuration file (TOML): the admin address and token come from it.
+        #[arg(short, long, env = "TENANTGATE_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: TenantsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantsAction {
+    /// List tenants as JSON lines.
+    List {
+        /// Only tenants with this status (active, suspended, deleted).
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Create a tenant; prints it as JSON.
+    Create {
+        /// URL-safe short name; the tenant gets <slug>.<platform domain>.
+        slug: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// Backend address (ip:port); repeat for several.
+        #[arg(long = "upstream", required = true)]
+        upstreams: Vec<String>,
+    },
+    /// Delete a tenant by id.
+    Delete {
+        /// Tenant id.
+        id: String,
     },
 }
 
@@ -68,14 +128,82 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Serve { config, upgrade } => match serve(config.as_deref(), upgrade) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("tenantgate: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Serve { config, upgrade } => exit(serve(config.as_deref(), upgrade, Role::Single)),
+        Command::Proxy {
+            config,
+            store_url,
+            upgrade,
+        } => exit(serve(config.as_deref(), upgrade, Role::Proxy(store_url))),
+        Command::Control { config, store_url } => {
+            exit(serve(config.as_deref(), false, Role::Control(store_url)))
+        }
+        Command::Tenants { config, action } => exit(tenants(config.as_deref(), action)),
     }
+}
+
+fn exit(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tenantgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What a process runs.
+enum Role {
+    /// `serve`: proxy + control in one process.
+    Single,
+    /// `proxy`: fleet edge node (store URL override).
+    Proxy(Option<String>),
+    /// `control`: fleet control plane (store URL override).
+    Control(Option<String>),
+}
+
+/// `tenantgate tenants ...`: the admin API over loopback.
+fn tenants(path: Option<&Path>, action: TenantsAction) -> anyhow::Result<()> {
+    let cfg = match path {
+        Some(p) => Config::load(p)?,
+        None => Config::from_env_only()?,
+    };
+    let (token, _) = setup::admin_token(&cfg)?;
+    let client = tenantgate_control::client::AdminClient::new(&cfg.admin.listen, &token);
+    match action {
+        TenantsAction::List { status } => {
+            let mut after: Option<String> = None;
+            loop {
+                let mut q = String::from("/v1/tenants?limit=500");
+                if let Some(s) = &status {
+                    q += &format!("&status={s}");
+                }
+                if let Some(a) = &after {
+                    q += &format!("&after={a}");
+                }
+                let page = client.call("GET", &q, None)?;
+                for t in page["items"].as_array().into_iter().flatten() {
+                    println!("{t}");
+                }
+                match page["next"].as_str() {
+                    Some(n) => after = Some(n.to_owned()),
+                    None => break,
+                }
+            }
+        }
+        TenantsAction::Create {
+            slug,
+            name,
+            upstreams,
+        } => {
+            let body = serde_json::json!({"slug": slug, "name": name, "upstreams": upstreams});
+            println!("{}", client.call("POST", "/v1/tenants", Some(&body))?);
+        }
+        TenantsAction::Delete { id } => {
+            client.call("DELETE", &format!("/v1/tenants/{id}"), None)?;
+            println!("deleted {id}");
+        }
+    }
+    Ok(())
 }
 
 /// A configuration that validated, with its route table and certificates.
@@ -149,10 +277,16 @@ fn load(path: Option<&Path>) -> anyhow::Result<Loaded> {
 /// Pingora binds inside its service threads, where a failure panics that thread while the
 /// process keeps running without the port. Bind each address once here first so a taken or
 /// forbidden port is a clear error and exit 1. (With `--upgrade` the old process holds them.)
-fn check_listeners(cfg: &Config) -> anyhow::Result<()> {
+fn check_listeners(cfg: &Config, proxy: bool) -> anyhow::Result<()> {
     let addrs = [
-        ("proxy.http_listen", Some(&cfg.proxy.http_listen)),
-        ("proxy.https_listen", cfg.proxy.https_listen.as_ref()),
+        (
+            "proxy.http_listen",
+            Some(&cfg.proxy.http_listen).filter(|_| proxy),
+        ),
+        (
+            "proxy.https_listen",
+            cfg.proxy.https_listen.as_ref().filter(|_| proxy),
+        ),
         ("admin.listen", Some(&cfg.admin.listen)),
     ];
     for (key, addr) in addrs {
@@ -176,29 +310,74 @@ fn init_logging(cfg: &Config) {
     }
 }
 
-fn serve(path: Option<&Path>, upgrade: bool) -> anyhow::Result<()> {
+fn serve(path: Option<&Path>, upgrade: bool, role: Role) -> anyhow::Result<()> {
     let Loaded {
         mut cfg,
         table,
         certs,
         default,
     } = load(path)?;
+    match &role {
+        Role::Proxy(Some(url)) | Role::Control(Some(url)) => cfg.store.url = Some(url.clone()),
+        _ => {}
+    }
+    if matches!(role, Role::Proxy(_) | Role::Control(_)) && cfg.store.url.is_none() {
+        anyhow::bail!("store.url: a fleet node needs the shared PostgreSQL store (--store-url or [store] url)");
+    }
+    let is_proxy = !matches!(role, Role::Control(_));
     if !upgrade {
-        check_listeners(&cfg)?;
+        check_listeners(&cfg, is_proxy)?;
     }
     init_logging(&cfg);
     pingora::tls::install_default_crypto_provider();
 
+    let sealing = setup::sealing_key(&cfg)?;
     let metrics = Arc::new(Metrics::new(cfg.proxy.max_route_metric_labels));
     let router = Arc::new(Router::new(&table, metrics.clone()));
-    let store = Arc::new(CertificateStore::new());
-    store.replace_all(&certs, default.and_then(|i| certs.get(i)));
-    metrics.certificates.set(store.len() as i64);
-    // `run_forever` never returns, so locals live as long as the process: keep only the
-    // lookup indexes, not the parsed configuration they were built from.
+    let store_certs = Arc::new(CertificateStore::new());
+    let default_cert = default.and_then(|i| certs.get(i)).cloned();
     let (route_count, cert_count) = (table.routes.len(), certs.len());
-    drop((table, certs));
+    // Fleet proxies keep a last-known-good copy; a single node's store is local.
+    let snapshot_path = matches!(role, Role::Proxy(_)).then(|| cfg.store.snapshot_path.clone());
+    let state = Arc::new(EdgeState::new(
+        router.clone(),
+        store_certs.clone(),
+        Some(sealing.clone()),
+        table,
+        certs,
+        default_cert,
+        snapshot_path,
+    ));
+    metrics.certificates.set(store_certs.len() as i64);
     cfg.routes = Vec::new();
+
+    // Stores are opened inside the runtime that will use them (Pingora's, once it runs);
+    // migrations run here first so a broken store stops the start with a clear error.
+    let store = match role {
+        Role::Proxy(_) => {
+            if state.load_snapshot_file()? {
+                tracing::info!(
+                    version = state.version(),
+                    "booted from the last-known-good snapshot"
+                );
+            }
+            Arc::new(block_on(setup::open_store(&cfg, false))??)
+        }
+        Role::Single | Role::Control(_) => Arc::new(block_on(setup::open_store(&cfg, true))??),
+    };
+    let api_router = match role {
+        Role::Proxy(_) => None,
+        Role::Single | Role::Control(_) => {
+            let (token, from) = setup::admin_token(&cfg)?;
+            tracing::info!(token_from = %from, "admin API enabled on {}", cfg.admin.listen);
+            Some(api::router(api::ApiState::new(
+                store.clone(),
+                setup::input_rules(&cfg),
+                sealing,
+                &token,
+            )))
+        }
+    };
 
     let opt = Opt {
         upgrade,
@@ -208,18 +387,60 @@ fn serve(path: Option<&Path>, upgrade: bool) -> anyhow::Result<()> {
     server.bootstrap();
     let edge = Edge {
         router,
-        certs: store,
+        certs: store_certs,
         metrics,
+        state: Some(state.clone()),
     };
-    tenantgate_proxy::add_services(&mut server, &cfg, &edge).context("setting up services")?;
+    if is_proxy {
+        let wake = match (&role, &cfg.store.url) {
+            (Role::Proxy(_), Some(url)) => Wake::Postgres(url.clone()),
+            _ => Wake::InProcess,
+        };
+        server.add_service(pingora::services::background::background_service(
+            "store follower",
+            BackgroundTask::new(follow_store(store, wake, state)),
+        ));
+        tenantgate_proxy::add_services(&mut server, &cfg, &edge, api_router)
+            .context("setting up services")?;
+    } else {
+        tenantgate_proxy::add_admin_only(&mut server, &cfg, &edge, api_router);
+    }
     tracing::info!(
-        routes = route_count,
-        certificates = cert_count,
+        static_routes = route_count,
+        static_certificates = cert_count,
         http = %cfg.proxy.http_listen,
         https = %cfg.proxy.https_listen.as_deref().unwrap_or("off"),
         admin = %cfg.admin.listen,
+        store = cfg.store.url.as_deref().map_or("sqlite", |_| "postgres"),
         upgrade,
         "tenantgate serving"
     );
     server.run_forever()
+}
+
+/// Follow the store and apply what it publishes to this node's routes and certificates.
+async fn follow_store(store: Arc<Store>, wake: Wake, state: Arc<EdgeState>) {
+    follow(store, wake, FollowSettings::default(), move |event| {
+        let applied = match event {
+            Event::Snapshot(s) => state.apply_snapshot(&s),
+            Event::Delta(d) => state.apply_delta(&d),
+            Event::SourceDown(reason) => {
+                state.source_down(reason);
+                Ok(())
+            }
+        };
+        if let Err(e) = applied {
+            tracing::error!("cannot keep the last-known-good snapshot: {e}");
+        }
+    })
+    .await;
+}
+
+/// Run setup work that needs async I/O before the server's runtimes exist.
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> anyhow::Result<T> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the setup runtime")?
+        .block_on(f))
 }

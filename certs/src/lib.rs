@@ -10,9 +10,11 @@
 #![deny(clippy::unwrap_used)]
 
 mod pem;
+pub mod seal;
 mod store;
 
 pub use pem::{generate_self_signed, parse_pem, ParsedCertificate};
+pub use seal::SealingKey;
 pub use store::{CertificateStore, SniResolver};
 
 use std::path::PathBuf;
@@ -52,6 +54,12 @@ pub enum Error {
     /// Certificate generation failed.
     #[error("cannot generate certificate: {0}")]
     Generate(String),
+    /// A sealed private key could not be opened (wrong encryption key, or corrupted).
+    #[error("cannot decrypt a stored private key: wrong encryption key or corrupted data")]
+    Unseal,
+    /// The encryption key is malformed.
+    #[error("encryption key: {0}")]
+    BadKey(String),
 }
 
 /// Result alias of this crate.

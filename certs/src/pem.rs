@@ -21,6 +21,8 @@ pub struct ParsedCertificate {
     pub names: Vec<HostPattern>,
     /// Leaf expiry, unix seconds.
     pub not_after: i64,
+    /// The leaf's issuer distinguished name, for reports.
+    pub issuer: String,
 }
 
 impl std::fmt::Debug for ParsedCertificate {
@@ -45,6 +47,7 @@ pub fn parse_pem(chain_pem: &[u8], key_pem: &[u8]) -> Result<ParsedCertificate> 
     let (_, x509) = x509_parser::parse_x509_certificate(leaf.as_ref())
         .map_err(|e| Error::Decode(format!("leaf certificate: {e}")))?;
     let not_after = x509.validity().not_after.timestamp();
+    let issuer = x509.issuer().to_string();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
@@ -75,6 +78,7 @@ pub fn parse_pem(chain_pem: &[u8], key_pem: &[u8]) -> Result<ParsedCertificate> 
         key: Arc::new(certified),
         names,
         not_after,
+        issuer,
     })
 }
 

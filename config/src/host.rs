@@ -181,6 +181,19 @@ impl HostPattern {
     }
 }
 
+impl serde::Serialize for HostPattern {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_display())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for HostPattern {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        HostPattern::parse(&raw).map_err(|e| serde::de::Error::custom(format!("{raw:?}: {e}")))
+    }
+}
+
 /// For `a.b.c` returns `b.c`: the key a one-label wildcard `*.b.c` is stored under.
 /// Names of a single label have no wildcard parent.
 #[inline]

@@ -8,6 +8,7 @@
 #![deny(clippy::unwrap_used)]
 
 pub mod host;
+pub mod net;
 pub mod route;
 
 use std::collections::HashMap;
@@ -18,7 +19,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use host::{HostError, HostPattern};
-pub use route::{Route, RouteTable, Upstream};
+pub use net::IpNet;
+pub use route::{
+    CertificateChange, Delta, Route, RouteChange, RouteTable, Snapshot, StoredCertificate, Upstream,
+};
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
@@ -68,8 +72,12 @@ impl fmt::Display for Problem {
 pub struct Config {
     /// Listeners, threads, timeouts and limits of the proxy.
     pub proxy: ProxyConfig,
-    /// The admin listener (metrics, health).
+    /// The admin listener (metrics, health, admin API).
     pub admin: AdminConfig,
+    /// The platform: its domain and the names tenants may not take.
+    pub platform: PlatformConfig,
+    /// Where tenants, hostnames and certificates are kept.
+    pub store: StoreConfig,
     /// Logging and the access log.
     pub log: LogConfig,
     /// Static certificates.
@@ -166,14 +174,90 @@ pub enum UpstreamPool {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
-    /// Listener of `/metrics` and `/healthz`; never on the proxy's ports.
+    /// Listener of `/metrics`, `/healthz`, `/readyz` and the admin API; never on the proxy's
+    /// ports.
     pub listen: String,
+    /// Bearer token of the admin API (or `TENANTGATE_ADMIN_TOKEN`, or `token_file`). When none
+    /// is given, a random one is generated into `admin.token` beside the embedded store.
+    pub token: Option<String>,
+    /// File holding the bearer token (first line).
+    pub token_file: Option<PathBuf>,
+    /// Networks tenant upstreams may point into. Empty: any address except link-local
+    /// (cloud metadata endpoints), unspecified, multicast and broadcast ones.
+    pub upstream_networks: Vec<String>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: "127.0.0.1:8081".into(),
+            token: None,
+            token_file: None,
+            upstream_networks: Vec::new(),
+        }
+    }
+}
+
+/// `[platform]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlatformConfig {
+    /// Tenants get `<slug>.<domain>`.
+    pub domain: String,
+    /// Slugs (first labels under `domain`) no tenant may take; the apex is always refused.
+    pub reserved: Vec<String>,
+}
+
+impl Default for PlatformConfig {
+    fn default() -> Self {
+        PlatformConfig {
+            domain: "localhost".into(),
+            reserved: ["admin", "www", "api", "app", "dashboard", "mail", "status"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// File of the embedded (SQLite) store, used when `url` is not set.
+    pub path: PathBuf,
+    /// `postgres://...`: the shared store of a fleet.
+    pub url: Option<String>,
+    /// Connections in the PostgreSQL pool.
+    pub pool_size: usize,
+    /// Where a proxy keeps its last-known-good copy of the routes and certificates.
+    pub snapshot_path: PathBuf,
+    /// 64 hex digits: the key that encrypts certificate private keys at rest (or
+    /// `TENANTGATE_ENCRYPTION_KEY`, or `encryption_key_file`). Every node of a fleet needs the
+    /// same one. With the embedded store and none given, one is generated beside the file.
+    pub encryption_key: Option<String>,
+    /// File holding the encryption key.
+    pub encryption_key_file: Option<PathBuf>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: PathBuf::from("./data/tenantgate.db"),
+            url: None,
+            pool_size: 8,
+            snapshot_path: PathBuf::from("./data/routes.snapshot.json"),
+            encryption_key: None,
+            encryption_key_file: None,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Directory of the node's own files (embedded store, generated token and key).
+    pub fn data_dir(&self) -> &Path {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
         }
     }
 }
@@ -250,6 +334,12 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("TENANTGATE_THREADS", "proxy.threads"),
     ("TENANTGATE_ADMIN_LISTEN", "admin.listen"),
     ("TENANTGATE_LOG_LEVEL", "log.level"),
+    ("TENANTGATE_ADMIN_TOKEN", "admin.token"),
+    ("TENANTGATE_PLATFORM_DOMAIN", "platform.domain"),
+    ("TENANTGATE_STORE_PATH", "store.path"),
+    ("TENANTGATE_STORE_URL", "store.url"),
+    ("TENANTGATE_SNAPSHOT_PATH", "store.snapshot_path"),
+    ("TENANTGATE_ENCRYPTION_KEY", "store.encryption_key"),
 ];
 
 impl Config {
@@ -300,6 +390,24 @@ impl Config {
         }
         if let Some(v) = get("TENANTGATE_LOG_LEVEL") {
             self.log.level = v;
+        }
+        if let Some(v) = get("TENANTGATE_ADMIN_TOKEN") {
+            self.admin.token = Some(v);
+        }
+        if let Some(v) = get("TENANTGATE_PLATFORM_DOMAIN") {
+            self.platform.domain = v;
+        }
+        if let Some(v) = get("TENANTGATE_STORE_PATH") {
+            self.store.path = v.into();
+        }
+        if let Some(v) = get("TENANTGATE_STORE_URL") {
+            self.store.url = (!v.is_empty()).then_some(v);
+        }
+        if let Some(v) = get("TENANTGATE_SNAPSHOT_PATH") {
+            self.store.snapshot_path = v.into();
+        }
+        if let Some(v) = get("TENANTGATE_ENCRYPTION_KEY") {
+            self.store.encryption_key = Some(v);
         }
         Ok(())
     }
@@ -394,6 +502,59 @@ impl Config {
             );
         }
 
+        match HostPattern::parse(&self.platform.domain) {
+            Ok(HostPattern::Exact(_)) => {}
+            Ok(HostPattern::Wildcard(_)) => p(
+                "platform.domain".into(),
+                "must be a domain name, not a wildcard".into(),
+            ),
+            Err(e) => p(
+                "platform.domain".into(),
+                format!("{:?}: {e}", self.platform.domain),
+            ),
+        }
+        for (i, n) in self.admin.upstream_networks.iter().enumerate() {
+            if let Err(e) = n.parse::<IpNet>() {
+                p(format!("admin.upstream_networks[{i}]"), e);
+            }
+        }
+        if let Some(t) = &self.admin.token {
+            if t.len() < 16 {
+                p(
+                    "admin.token".into(),
+                    "must be at least 16 characters (use a random value)".into(),
+                );
+            }
+        }
+        if let Some(url) = &self.store.url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                p(
+                    "store.url".into(),
+                    "must start with postgres:// or postgresql://".into(),
+                );
+            }
+            if self.store.encryption_key.is_none() && self.store.encryption_key_file.is_none() {
+                p(
+                    "store.encryption_key".into(),
+                    "is required with store.url: every node of a fleet must use the same key (or set encryption_key_file / TENANTGATE_ENCRYPTION_KEY)".into(),
+                );
+            }
+        }
+        if self.store.pool_size == 0 || self.store.pool_size > 1000 {
+            p(
+                "store.pool_size".into(),
+                "must be between 1 and 1000".into(),
+            );
+        }
+        if let Some(k) = &self.store.encryption_key {
+            if k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()) {
+                p(
+                    "store.encryption_key".into(),
+                    "must be 64 hex digits (32 bytes), e.g. from `openssl rand -hex 32`".into(),
+                );
+            }
+        }
+
         let defaults = self.certificates.iter().filter(|c| c.default).count();
         if defaults > 1 {
             p(
@@ -479,6 +640,7 @@ impl Config {
                 hostnames,
                 upstreams,
                 https_redirect: r.https_redirect,
+                suspended: false,
             });
         }
         if problems.is_empty() {

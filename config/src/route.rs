@@ -1,21 +1,28 @@
-//! The route model shared by the proxy and (later) the control plane: what a route is once
+//! The route model shared by the proxy and the control plane: what a route is once
 //! configuration or the store has been validated. Values here are already normalised and
-//! resolved; the proxy builds its lookup index from a [`RouteTable`] snapshot.
+//! resolved; the proxy builds its lookup index from a [`RouteTable`] snapshot and keeps it
+//! current with [`RouteDelta`]s.
+//!
+//! Invariants: a route id is unique in a table; no hostname pattern appears in two routes of
+//! one source (static config or store). Deltas carry whole routes (upsert) or ids (remove), so
+//! applying the same delta twice gives the same table.
 
 use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
 
 use crate::host::HostPattern;
 
 /// One upstream of a route: a resolved socket address (never a name: name resolution must not
-/// happen on the hot path) and a weight for future weighted balancing.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// happen on the hot path).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Upstream {
     /// Resolved address of the backend.
     pub addr: SocketAddr,
 }
 
 /// A route: the hostnames one tenant answers on and where its backends listen.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
     /// Stable identifier, unique in the table; used as the connection-pool key and, bounded,
     /// as a metrics label.
@@ -25,14 +32,195 @@ pub struct Route {
     /// Backends, tried round robin.
     pub upstreams: Vec<Upstream>,
     /// Answer plain HTTP with a 308 to the https:// URL.
+    #[serde(default)]
     pub https_redirect: bool,
+    /// The tenant is suspended: the proxy answers its own 503 page, never the backends.
+    #[serde(default)]
+    pub suspended: bool,
 }
 
 /// A complete, versioned set of routes, as the proxy sees it at one moment.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteTable {
     /// Monotonic version of the table; 0 for a table built from static configuration.
     pub version: u64,
     /// The routes; no hostname pattern appears in two of them.
     pub routes: Vec<Route>,
+}
+
+/// One change to a route table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum RouteChange {
+    /// Add the route, or replace the route with the same id.
+    Upsert(Route),
+    /// Remove the route with this id (no-op when absent).
+    Remove {
+        /// Id of the route.
+        id: String,
+    },
+}
+
+/// A certificate as the store keeps it and hands it to proxies: the PEM chain and the private
+/// key sealed with the fleet's encryption key (never in clear outside a node's memory).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredCertificate {
+    /// Id of the certificate in the store.
+    pub id: String,
+    /// PEM chain, leaf first.
+    pub chain_pem: String,
+    /// The PEM private key, sealed (see `tenantgate_certs::seal`).
+    #[serde(with = "hex_bytes")]
+    pub sealed_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for StoredCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredCertificate")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One change to the stored certificates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum CertificateChange {
+    /// Add, or replace the certificate with the same id.
+    Upsert(StoredCertificate),
+    /// Remove the certificate with this id (no-op when absent).
+    Remove {
+        /// Id of the certificate.
+        id: String,
+    },
+}
+
+/// Everything the store publishes to proxies, at one version.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Change-log version this snapshot reflects.
+    pub version: u64,
+    /// Every stored route.
+    pub routes: Vec<Route>,
+    /// Every stored certificate.
+    pub certificates: Vec<StoredCertificate>,
+}
+
+/// The changes that take a proxy's state from one version to `version`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delta {
+    /// Version once the changes are applied.
+    pub version: u64,
+    /// Route changes in commit order.
+    pub routes: Vec<RouteChange>,
+    /// Certificate changes in commit order.
+    pub certificates: Vec<CertificateChange>,
+}
+
+/// Serde helper: bytes as a lowercase hex string.
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.len() % 2 != 0 {
+            return Err(serde::de::Error::custom("odd number of hex digits"));
+        }
+        (0..s.len())
+            .step_by(2)
+            .map(|i| {
+                s.get(i..i + 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| serde::de::Error::custom("not hex"))
+            })
+            .collect()
+    }
+}
+
+impl RouteTable {
+    /// Apply a delta's route changes in place (routes keep their order; new ones are
+    /// appended).
+    pub fn apply(&mut self, delta: &Delta) {
+        for change in &delta.routes {
+            match change {
+                RouteChange::Upsert(route) => {
+                    match self.routes.iter_mut().find(|r| r.id == route.id) {
+                        Some(slot) => *slot = route.clone(),
+                        None => self.routes.push(route.clone()),
+                    }
+                }
+                RouteChange::Remove { id } => self.routes.retain(|r| &r.id != id),
+            }
+        }
+        self.version = self.version.max(delta.version);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(id: &str, host: &str) -> Route {
+        Route {
+            id: id.into(),
+            hostnames: vec![HostPattern::Exact(host.into())],
+            upstreams: vec![Upstream {
+                addr: SocketAddr::from(([127, 0, 0, 1], 9000)),
+            }],
+            https_redirect: false,
+            suspended: false,
+        }
+    }
+
+    #[test]
+    fn deltas_upsert_replace_and_remove_idempotently() {
+        let mut t = RouteTable::default();
+        let d = Delta {
+            version: 2,
+            certificates: vec![],
+            routes: vec![
+                RouteChange::Upsert(route("a", "a.test")),
+                RouteChange::Upsert(route("b", "b.test")),
+                RouteChange::Upsert(route("a", "a2.test")),
+                RouteChange::Remove { id: "b".into() },
+            ],
+        };
+        t.apply(&d);
+        t.apply(&d);
+        assert_eq!(t.version, 2);
+        assert_eq!(t.routes, vec![route("a", "a2.test")]);
+    }
+
+    #[test]
+    fn sealed_keys_round_trip_as_hex() {
+        let c = StoredCertificate {
+            id: "c1".into(),
+            chain_pem: "PEM".into(),
+            sealed_key: vec![0, 1, 0xab, 0xff],
+        };
+        let text = serde_json::to_string(&c).expect("json");
+        assert!(text.contains("\"0001abff\""), "{text}");
+        assert_eq!(
+            serde_json::from_str::<StoredCertificate>(&text).expect("back"),
+            c
+        );
+        assert!(
+            serde_json::from_str::<StoredCertificate>(&text.replace("0001abff", "0g")).is_err()
+        );
+    }
+
+    #[test]
+    fn routes_round_trip_through_json() {
+        let mut r = route("a", "a.test");
+        r.hostnames.push(HostPattern::Wildcard("w.test".into()));
+        let text = serde_json::to_string(&r).expect("json");
+        assert!(text.contains("\"*.w.test\""), "{text}");
+        let back: Route = serde_json::from_str(&text).expect("parse");
+        assert_eq!(back, r);
+        assert!(serde_json::from_str::<Route>(&text.replace("a.test", "a_b.test")).is_err());
+    }
 }

@@ -1,83 +1,183 @@
-//! The admin listener's HTTP app: `/metrics` (Prometheus text) and `/healthz`. It runs as its
-//! own Pingora service on `[admin] listen`, never on the proxy's ports. The control plane's
-//! admin API joins this listener in a later step.
+//! The admin listener's HTTP app: `/metrics` (Prometheus text), `/healthz`, `/readyz`, and,
+//! on nodes that run the control plane, its admin API (an axum router handed in from outside,
+//! so this crate never depends on control).
+//!
+//! It runs as its own Pingora service on `[admin] listen`, never on the proxy's ports, so it
+//! takes part in graceful upgrades like the proxy listeners. Requests are bridged into axum:
+//! the body is read whole (at most [`MAX_BODY`] bytes; 413 beyond), the answer collected.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Json;
 use http::{header, Response, StatusCode};
+use http_body_util::BodyExt;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use tenantgate_certs::CertificateStore;
+use tower::ServiceExt;
 
 use crate::metrics::Metrics;
 use crate::router::Router;
+use crate::sync::EdgeState;
 
-/// Serves the admin endpoints.
-pub struct AdminApp {
+/// Largest request body the admin listener accepts.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+#[derive(Clone)]
+struct AdminState {
     metrics: Arc<Metrics>,
     router: Arc<Router>,
     certs: Arc<CertificateStore>,
+    edge: Option<Arc<EdgeState>>,
+}
+
+/// Serves the admin endpoints.
+pub struct AdminApp {
+    app: axum::Router,
 }
 
 impl AdminApp {
-    /// An app reporting on these components.
-    pub fn new(metrics: Arc<Metrics>, router: Arc<Router>, certs: Arc<CertificateStore>) -> Self {
-        AdminApp {
+    /// An app reporting on these components; `api` (the control plane's routes) is merged in.
+    pub fn new(
+        metrics: Arc<Metrics>,
+        router: Arc<Router>,
+        certs: Arc<CertificateStore>,
+        edge: Option<Arc<EdgeState>>,
+        api: Option<axum::Router>,
+    ) -> Self {
+        let state = AdminState {
             metrics,
             router,
             certs,
+            edge,
+        };
+        let mut app = axum::Router::new()
+            .route("/metrics", get(metrics_text))
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .with_state(state);
+        if let Some(api) = api {
+            app = app.merge(api);
         }
+        let app = app.fallback(|uri: http::Uri| async move {
+            error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                &format!("no admin endpoint at {}", uri.path()),
+            )
+        });
+        AdminApp { app }
     }
 }
 
-fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
-    let mut r = Response::new(body);
-    *r.status_mut() = status;
-    if let Ok(v) = content_type.parse() {
-        r.headers_mut().insert(header::CONTENT_TYPE, v);
-    }
-    if let Ok(v) = r.body().len().to_string().parse() {
-        r.headers_mut().insert(header::CONTENT_LENGTH, v);
-    }
-    r
+/// A JSON error body in the admin API's shape.
+fn error(status: StatusCode, code: &str, message: &str) -> axum::response::Response {
+    let body = serde_json::json!({"error": {"code": code, "message": message}});
+    (status, Json(body)).into_response()
+}
+
+async fn metrics_text(State(s): State<AdminState>) -> impl IntoResponse {
+    s.metrics.certificates.set(s.certs.len() as i64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+}
+
+async fn healthz(State(s): State<AdminState>) -> impl IntoResponse {
+    let idx = s.router.load();
+    Json(serde_json::json!({
+        "status": "ok",
+        "routes": idx.routes,
+        "route_version": idx.version,
+        "certificates": s.certs.len(),
+    }))
+}
+
+/// Ready once a table is being served. A node serving its last-known-good snapshot because
+/// the store is down stays ready (taking every proxy out of rotation when the database fails
+/// would turn a control-plane outage into a traffic outage); the body says which.
+async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
+    let status = s.edge.as_ref().map(|e| e.status());
+    let body = match status {
+        Some(st) => serde_json::json!({
+            "ready": true,
+            "source": st.source,
+            "version": st.version,
+            "stored_routes": st.stored_routes,
+            "stored_certificates": st.stored_certificates,
+            "store_error": st.store_error,
+        }),
+        None => serde_json::json!({"ready": true, "source": "static", "version": 0}),
+    };
+    Json(body)
 }
 
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let path = session.req_header().uri.path();
-        match path {
-            "/metrics" => {
-                self.metrics.certificates.set(self.certs.len() as i64);
-                reply(
-                    StatusCode::OK,
-                    "text/plain; version=0.0.4",
-                    self.metrics.render(),
-                )
-            }
-            "/healthz" => {
-                let idx = self.router.load();
-                let body = serde_json::json!({
-                    "status": "ok",
-                    "routes": idx.routes,
-                    "route_version": idx.version,
-                    "certificates": self.certs.len(),
-                });
-                reply(
-                    StatusCode::OK,
-                    "application/json",
-                    body.to_string().into_bytes(),
-                )
-            }
-            _ => {
-                let body = serde_json::json!({"error": {"code": "not_found", "message": format!("no admin endpoint at {path}")}});
-                reply(
-                    StatusCode::NOT_FOUND,
-                    "application/json",
-                    body.to_string().into_bytes(),
-                )
+        let head = session.req_header();
+        let mut req = http::Request::builder()
+            .method(head.method.clone())
+            .uri(head.uri.clone());
+        for (k, v) in &head.headers {
+            req = req.header(k, v);
+        }
+        let mut body = Vec::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > MAX_BODY {
+                        session.set_keepalive(None);
+                        return finish(error(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "payload_too_large",
+                            &format!("request bodies are limited to {MAX_BODY} bytes"),
+                        ))
+                        .await;
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    session.set_keepalive(None);
+                    return finish(error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        &format!("cannot read the request body: {e}"),
+                    ))
+                    .await;
+                }
             }
         }
+        let resp = match req.body(Body::from(body)) {
+            Ok(req) => match self.app.clone().oneshot(req).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            },
+            Err(e) => error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+        };
+        finish(resp).await
     }
+}
+
+async fn finish(resp: axum::response::Response) -> Response<Vec<u8>> {
+    let (mut parts, body) = resp.into_parts();
+    let bytes = match body.collect().await {
+        Ok(b) => b.to_bytes().to_vec(),
+        Err(e) => {
+            parts.status = StatusCode::INTERNAL_SERVER_ERROR;
+            format!("{{\"error\":{{\"code\":\"internal\",\"message\":\"{e}\"}}}}").into_bytes()
+        }
+    };
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, bytes.len().into());
+    Response::from_parts(parts, bytes)
 }

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod metrics;
 pub mod router;
 pub mod service;
+pub mod sync;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,10 +68,66 @@ pub struct Edge {
     pub certs: Arc<CertificateStore>,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
+    /// Static plus stored state, when a store feeds this node.
+    pub state: Option<Arc<sync::EdgeState>>,
 }
 
-/// Add the proxy (HTTP and, when configured, HTTPS) and admin services to `server`.
-pub fn add_services(server: &mut Server, cfg: &Config, edge: &Edge) -> Result<()> {
+/// A task that runs beside the proxy in its own runtime (e.g. following the store) and is
+/// dropped at shutdown.
+pub struct BackgroundTask {
+    task: std::sync::Mutex<Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>>,
+}
+
+impl BackgroundTask {
+    /// Wrap a future; it is polled only once the server runs.
+    pub fn new(fut: impl std::future::Future<Output = ()> + Send + 'static) -> Self {
+        BackgroundTask {
+            task: std::sync::Mutex::new(Some(Box::pin(fut))),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for BackgroundTask {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            tokio::select! {
+                _ = task => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+}
+
+/// Add the admin listener alone (a control-plane node without proxy listeners).
+pub fn add_admin_only(server: &mut Server, cfg: &Config, edge: &Edge, api: Option<axum::Router>) {
+    let mut admin = Service::new(
+        "tenantgate admin".to_string(),
+        AdminApp::new(
+            edge.metrics.clone(),
+            edge.router.clone(),
+            edge.certs.clone(),
+            edge.state.clone(),
+            api,
+        ),
+    );
+    admin.add_tcp(&cfg.admin.listen);
+    server.add_service(admin);
+}
+
+/// Add the proxy (HTTP and, when configured, HTTPS) and admin services to `server`; `api`
+/// (the control plane's admin API, if this node runs one) joins the admin listener.
+pub fn add_services(
+    server: &mut Server,
+    cfg: &Config,
+    edge: &Edge,
+    api: Option<axum::Router>,
+) -> Result<()> {
     let https_port = cfg
         .proxy
         .https_listen
@@ -109,16 +166,6 @@ pub fn add_services(server: &mut Server, cfg: &Config, edge: &Edge) -> Result<()
         svc.add_tls_with_settings(addr, None, tls);
     }
     server.add_service(svc);
-
-    let mut admin = Service::new(
-        "tenantgate admin".to_string(),
-        AdminApp::new(
-            edge.metrics.clone(),
-            edge.router.clone(),
-            edge.certs.clone(),
-        ),
-    );
-    admin.add_tcp(&cfg.admin.listen);
-    server.add_service(admin);
+    add_admin_only(server, cfg, edge, api);
     Ok(())
 }

@@ -308,7 +308,11 @@ pub struct Tenantgate {
     certs: Vec<(String, String, bool)>,
     https: bool,
     proxy_extra: Vec<String>,
+    extra_sections: Vec<String>,
 }
+
+/// The admin token every test node is configured with.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 pub struct Running {
     child: Option<Child>,
@@ -356,6 +360,12 @@ impl Tenantgate {
         self
     }
 
+    /// An extra TOML section, e.g. `[platform]\ndomain = "platform.test"`.
+    pub fn section(mut self, text: &str) -> Tenantgate {
+        self.extra_sections.push(text.to_string());
+        self
+    }
+
     /// An extra line in `[proxy]`, e.g. `read_timeout_ms = 300`.
     pub fn proxy(mut self, line: &str) -> Tenantgate {
         self.proxy_extra.push(line.to_string());
@@ -375,7 +385,15 @@ impl Tenantgate {
             s += l;
             s += "\n";
         }
-        s += &format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n[log]\nformat = \"json\"\n");
+        s += &format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"{ADMIN_TOKEN}\"\n[log]\nformat = \"json\"\n\
+             [store]\npath = \"{d}/data/tenantgate.db\"\nsnapshot_path = \"{d}/data/snapshot.json\"\n",
+            d = dir.display()
+        );
+        for l in &self.extra_sections {
+            s += l;
+            s += "\n";
+        }
         for (i, (c, k, d)) in self.certs.iter().enumerate() {
             std::fs::write(dir.join(format!("c{i}.pem")), c).expect("write cert");
             std::fs::write(dir.join(format!("c{i}.key")), k).expect("write key");

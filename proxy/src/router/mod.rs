@@ -38,6 +38,8 @@ pub struct RouteEntry {
     pub group_key: u64,
     /// Answer plain HTTP with 308 to https.
     pub https_redirect: bool,
+    /// The tenant is suspended: answer our 503 page.
+    pub suspended: bool,
     /// Backends in configured order.
     pub upstreams: Box<[UpstreamState]>,
     /// Pre-resolved metric children (shared by routes beyond the label budget).
@@ -138,6 +140,7 @@ impl Router {
                 group_key: foldhash::fast::FixedState::with_seed(0x7465_6e61_6e74)
                     .hash_one(&route.id),
                 https_redirect: route.https_redirect,
+                suspended: route.suspended,
                 upstreams: route
                     .upstreams
                     .iter()
@@ -199,6 +202,7 @@ mod tests {
                     hostnames: vec![HostPattern::Exact("a.test".into())],
                     upstreams: vec![up(1), up(2), up(3)],
                     https_redirect: false,
+                    suspended: false,
                 },
                 Route {
                     id: "w".into(),
@@ -208,6 +212,7 @@ mod tests {
                     ],
                     upstreams: vec![up(4)],
                     https_redirect: true,
+                    suspended: false,
                 },
             ],
         }

@@ -2,7 +2,8 @@
 //!
 //! Phase contract (see Pingora's `proxy_trait.rs` for the engine's side):
 //! - `request_filter`: header limits (431), Host extraction and normalisation (400), route
-//!   lookup (404), SNI/Host consistency (421), HTTP→HTTPS redirect (308). Everything the proxy
+//!   lookup (404), SNI/Host consistency (421), suspended tenant (503), HTTP→HTTPS redirect
+//!   (308). Everything the proxy
 //!   answers itself is answered here or in `fail_to_proxy`, never by a tenant.
 //! - `upstream_peer`: round robin over the route's healthy upstreams, pooled per route.
 //! - `fail_to_connect`: passive health — the upstream sits out a cooldown and the request is
@@ -226,6 +227,9 @@ impl ProxyHttp for EdgeProxy {
                 }
             }
             ctx.route = Some(route.clone());
+            if route.suspended {
+                break 'v Verdict::Answer(503);
+            }
             if route.https_redirect && !ctx.tls {
                 if let Some(port) = self.settings.https_port {
                     let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());

@@ -1,0 +1,85 @@
+//! `/v1/certificates`: upload (PEM), list, delete.
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ApiJson, ErrorBody};
+use super::{ApiState, ACTOR};
+use crate::model::CertificateInfo;
+use crate::store::NewCertificate;
+
+/// Body of `POST /v1/certificates`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UploadCertificate {
+    /// PEM chain, leaf first.
+    pub chain_pem: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) matching the leaf.
+    pub key_pem: String,
+}
+
+/// Upload a certificate: the chain must parse, the key must match, the leaf must not be
+/// expired; the names it serves come from its DNS subjectAltNames.
+#[utoipa::path(post, path = "/v1/certificates", tag = "certificates", request_body = UploadCertificate,
+    responses((status = 201, body = CertificateInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create_certificate(
+    State(s): State<ApiState>,
+    ApiJson(body): ApiJson<UploadCertificate>,
+) -> Result<impl IntoResponse, ApiError> {
+    let parsed = tenantgate_certs::parse_pem(body.chain_pem.as_bytes(), body.key_pem.as_bytes())
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_certificate",
+                e.to_string(),
+            )
+        })?;
+    let sealed_key = s
+        .sealing
+        .seal(body.key_pem.as_bytes())
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let info = s
+        .store
+        .add_certificate(
+            ACTOR,
+            &NewCertificate {
+                chain_pem: body.chain_pem,
+                sealed_key,
+                names: parsed.names.iter().map(|n| n.to_display()).collect(),
+                issuer: parsed.issuer.clone(),
+                not_after: parsed.not_after,
+                source: "uploaded",
+            },
+        )
+        .await?;
+    let location = format!("/v1/certificates/{}", info.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(info),
+    ))
+}
+
+/// Every stored certificate (never the keys).
+#[utoipa::path(get, path = "/v1/certificates", tag = "certificates",
+    responses((status = 200, body = Vec<CertificateInfo>), (status = 401, body = ErrorBody)))]
+pub async fn list_certificates(
+    State(s): State<ApiState>,
+) -> Result<Json<Vec<CertificateInfo>>, ApiError> {
+    Ok(Json(s.store.list_certificates().await?))
+}
+
+/// Delete a certificate; every proxy stops serving it.
+#[utoipa::path(delete, path = "/v1/certificates/{id}", tag = "certificates", params(("id" = String, Path)),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn delete_certificate(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    s.store.delete_certificate(ACTOR, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

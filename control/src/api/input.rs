@@ -1,0 +1,220 @@
+//! Input rules of the admin API: slugs, names, hostnames, upstream addresses. Each rule
+//! returns a specific error naming the field; nothing is stored until all of them pass.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use tenantgate_config::net::canonical;
+use tenantgate_config::{HostPattern, IpNet};
+
+use crate::{Error, Result};
+
+/// Longest display name.
+pub const MAX_NAME: usize = 200;
+/// Most upstreams per tenant.
+pub const MAX_UPSTREAMS: usize = 64;
+
+/// The rules a deployment configured.
+#[derive(Debug, Clone)]
+pub struct InputRules {
+    /// Platform domain (tenants get `<slug>.<domain>`).
+    pub platform_domain: String,
+    /// Slugs nobody may take.
+    pub reserved: Vec<String>,
+    /// Networks upstreams may point into (empty: the default deny-list applies).
+    pub upstream_networks: Vec<IpNet>,
+}
+
+impl InputRules {
+    /// Check a slug and return the tenant's platform hostname.
+    pub fn slug(&self, slug: &str) -> Result<String> {
+        let ok_chars = slug
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if slug.is_empty()
+            || slug.len() > 63
+            || !ok_chars
+            || slug.starts_with('-')
+            || slug.ends_with('-')
+            || slug.starts_with("xn--")
+        {
+            return Err(Error::invalid(
+                "invalid_slug",
+                format!("slug {slug:?}: use 1 to 63 lowercase letters, digits and inner hyphens (not starting with xn--)"),
+            ));
+        }
+        if self.reserved.iter().any(|r| r == slug) {
+            return Err(Error::invalid(
+                "reserved_slug",
+                format!("slug {slug:?} is reserved by the platform"),
+            ));
+        }
+        let host = format!("{slug}.{}", self.platform_domain);
+        match HostPattern::parse(&host) {
+            Ok(HostPattern::Exact(h)) => Ok(h),
+            _ => Err(Error::invalid(
+                "invalid_slug",
+                format!("slug {slug:?} makes the hostname {host:?} invalid (too long?)"),
+            )),
+        }
+    }
+
+    /// Check a display name.
+    pub fn name(&self, name: &str) -> Result<String> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > MAX_NAME || name.chars().any(char::is_control)
+        {
+            return Err(Error::invalid(
+                "invalid_name",
+                format!("name must be 1 to {MAX_NAME} characters without control characters"),
+            ));
+        }
+        Ok(name.to_owned())
+    }
+
+    /// Check a list of upstream addresses.
+    pub fn upstreams(&self, list: &[String]) -> Result<Vec<SocketAddr>> {
+        if list.is_empty() || list.len() > MAX_UPSTREAMS {
+            return Err(Error::invalid(
+                "invalid_upstreams",
+                format!("upstreams must list 1 to {MAX_UPSTREAMS} addresses"),
+            ));
+        }
+        let mut out: Vec<SocketAddr> = Vec::with_capacity(list.len());
+        for (i, raw) in list.iter().enumerate() {
+            let addr: SocketAddr = raw.parse().map_err(|_| {
+                Error::invalid(
+                    "invalid_upstream",
+                    format!("upstreams[{i}]: {raw:?} is not an IP:port address (names are not resolved; IPv6 as [::1]:80)"),
+                )
+            })?;
+            if addr.port() == 0 {
+                return Err(Error::invalid(
+                    "invalid_upstream",
+                    format!("upstreams[{i}]: port 0 is not a valid upstream port"),
+                ));
+            }
+            if let Some(reason) = self.refused(addr.ip()) {
+                return Err(Error::invalid(
+                    "forbidden_upstream",
+                    format!("upstreams[{i}]: {raw:?} {reason}"),
+                ));
+            }
+            if out.contains(&addr) {
+                return Err(Error::invalid(
+                    "invalid_upstream",
+                    format!("upstreams[{i}]: {raw:?} is listed twice"),
+                ));
+            }
+            out.push(addr);
+        }
+        Ok(out)
+    }
+
+    /// Why an upstream address is not allowed, if it is not.
+    fn refused(&self, ip: IpAddr) -> Option<String> {
+        let ip = canonical(ip);
+        if ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::V4(Ipv4Addr::BROADCAST) {
+            return Some("is not a unicast address".into());
+        }
+        if !self.upstream_networks.is_empty() {
+            return (!self.upstream_networks.iter().any(|n| n.contains(ip))).then(|| {
+                "is outside the allowed upstream networks (admin.upstream_networks)".into()
+            });
+        }
+        let link_local = match ip {
+            IpAddr::V4(v4) => v4.is_link_local(),
+            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+        };
+        link_local.then(|| {
+            "is link-local (cloud metadata endpoints live there); allow it explicitly with admin.upstream_networks".into()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> InputRules {
+        InputRules {
+            platform_domain: "platform.test".into(),
+            reserved: vec!["admin".into(), "www".into()],
+            upstream_networks: vec![],
+        }
+    }
+
+    fn code(r: Result<impl std::fmt::Debug>) -> &'static str {
+        match r {
+            Err(Error::Invalid { code, .. }) => code,
+            other => panic!("expected an input error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn slugs() {
+        assert_eq!(rules().slug("shop-1").expect("ok"), "shop-1.platform.test");
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "Shop",
+            "a_b",
+            "a.b",
+            "xn--abc",
+            &"a".repeat(64),
+        ] {
+            assert_eq!(code(rules().slug(bad)), "invalid_slug", "{bad}");
+        }
+        assert_eq!(code(rules().slug("admin")), "reserved_slug");
+    }
+
+    #[test]
+    fn upstreams() {
+        let r = rules();
+        let ok = r
+            .upstreams(&["127.0.0.1:9001".into(), "[::1]:80".into()])
+            .expect("ok");
+        assert_eq!(ok.len(), 2);
+        assert_eq!(code(r.upstreams(&[])), "invalid_upstreams");
+        assert_eq!(
+            code(r.upstreams(&["localhost:80".into()])),
+            "invalid_upstream"
+        );
+        assert_eq!(
+            code(r.upstreams(&["127.0.0.1:0".into()])),
+            "invalid_upstream"
+        );
+        assert_eq!(
+            code(r.upstreams(&["169.254.169.254:80".into()])),
+            "forbidden_upstream"
+        );
+        assert_eq!(
+            code(r.upstreams(&["[fe80::1]:80".into()])),
+            "forbidden_upstream"
+        );
+        assert_eq!(
+            code(r.upstreams(&["0.0.0.0:80".into()])),
+            "forbidden_upstream"
+        );
+        assert_eq!(
+            code(r.upstreams(&["10.0.0.1:80".into(), "10.0.0.1:80".into()])),
+            "invalid_upstream"
+        );
+        let only10 = InputRules {
+            upstream_networks: vec!["10.0.0.0/8".parse().expect("net")],
+            ..rules()
+        };
+        assert!(only10.upstreams(&["10.9.9.9:80".into()]).is_ok());
+        assert_eq!(
+            code(only10.upstreams(&["127.0.0.1:80".into()])),
+            "forbidden_upstream"
+        );
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(rules().name("  Shop One ").expect("ok"), "Shop One");
+        assert_eq!(code(rules().name("")), "invalid_name");
+        assert_eq!(code(rules().name("a\nb")), "invalid_name");
+    }
+}

@@ -1,0 +1,222 @@
+//! The admin API (axum, JSON, OpenAPI 3 from the code via utoipa): tenants, upstreams,
+//! certificates, the route table as proxies see it, and the audit trail. It is served on
+//! `[admin] listen` beside `/metrics` and `/healthz`, never on the proxy's ports.
+//!
+//! Invariants: every `/v1/` route except the OpenAPI document requires the bearer token,
+//! compared in constant time; the document is generated from the same router that serves
+//! requests (`utoipa_axum::routes!`), so the two cannot drift; every error is
+//! `{"error": {"code", "message"}}` with its status.
+
+mod certificates;
+pub mod error;
+pub mod input;
+mod tenants;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use tenantgate_certs::SealingKey;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::model::AuditEvent;
+use crate::store::Store;
+pub use error::{ApiError, ApiJson};
+pub use input::InputRules;
+
+/// Who the audit trail names for API calls.
+pub const ACTOR: &str = "admin-api";
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The store.
+    pub store: Arc<Store>,
+    /// Input rules of this deployment.
+    pub rules: Arc<InputRules>,
+    /// Seals uploaded private keys.
+    pub sealing: Arc<SealingKey>,
+    /// SHA-256 of the bearer token.
+    token_digest: [u8; 32],
+}
+
+impl ApiState {
+    /// State for the API with this token.
+    pub fn new(
+        store: Arc<Store>,
+        rules: InputRules,
+        sealing: Arc<SealingKey>,
+        token: &str,
+    ) -> Self {
+        ApiState {
+            store,
+            rules: Arc::new(rules),
+            sealing,
+            token_digest: digest(token.as_bytes()),
+        }
+    }
+}
+
+fn digest(b: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, b);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Equal digests, in time independent of where they differ (the digests also hide the
+/// token's length).
+fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_token(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
+    match presented {
+        Some(tok) if same(&digest(tok.trim().as_bytes()), &s.token_digest) => next.run(req).await,
+        Some(_) => unauthorized("the bearer token is not valid"),
+        None => unauthorized("send Authorization: Bearer <admin token>"),
+    }
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut r = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    r
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "tenantgate admin API",
+        description = "Tenants, hostnames, upstreams and certificates of a tenantgate edge. Every change reaches every proxy without a reload."
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags((name = "tenants"), (name = "certificates"), (name = "routes"))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The API's routes and the OpenAPI document describing exactly them.
+fn api_routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(tenants::create_tenant, tenants::list_tenants))
+        .routes(routes!(
+            tenants::get_tenant,
+            tenants::patch_tenant,
+            tenants::delete_tenant
+        ))
+        .routes(routes!(tenants::put_upstreams))
+        .routes(routes!(tenants::suspend_tenant))
+        .routes(routes!(tenants::resume_tenant))
+        .routes(routes!(
+            certificates::create_certificate,
+            certificates::list_certificates
+        ))
+        .routes(routes!(certificates::delete_certificate))
+        .routes(routes!(get_routes))
+        .routes(routes!(list_audit))
+}
+
+/// The OpenAPI document of the admin API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_routes().into_openapi()
+}
+
+/// The admin API as an axum router (state applied), to merge into the admin listener.
+pub fn router(state: ApiState) -> axum::Router {
+    let (api, doc) = api_routes().split_for_parts();
+    let doc = Arc::new(doc);
+    let api = api.layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        require_token,
+    ));
+    axum::Router::new()
+        .merge(api)
+        .route(
+            "/v1/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { Json(doc.as_ref().clone()) }
+            }),
+        )
+        .with_state(state)
+}
+
+/// The route table as proxies see it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RoutesView {
+    /// Change-log version of this table.
+    pub version: u64,
+    /// Stored routes.
+    pub routes: Vec<RouteView>,
+}
+
+/// One route.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RouteView {
+    /// Route id (the tenant id).
+    pub id: String,
+    /// Hostnames it serves.
+    pub hostnames: Vec<String>,
+    /// Backends.
+    pub upstreams: Vec<String>,
+    /// Answered with the 503 page.
+    pub suspended: bool,
+}
+
+/// The stored route table, with its version.
+#[utoipa::path(get, path = "/v1/routes", tag = "routes",
+    responses((status = 200, body = RoutesView), (status = 401, body = error::ErrorBody), (status = 503, body = error::ErrorBody)))]
+async fn get_routes(State(s): State<ApiState>) -> Result<Json<RoutesView>, ApiError> {
+    let snap = s.store.snapshot().await?;
+    Ok(Json(RoutesView {
+        version: snap.version,
+        routes: snap
+            .routes
+            .into_iter()
+            .map(|r| RouteView {
+                id: r.id,
+                hostnames: r.hostnames.iter().map(|h| h.to_display()).collect(),
+                upstreams: r.upstreams.iter().map(|u| u.addr.to_string()).collect(),
+                suspended: r.suspended,
+            })
+            .collect(),
+    }))
+}
+
+/// The newest audit events.
+#[utoipa::path(get, path = "/v1/audit", tag = "routes",
+    responses((status = 200, body = Vec<AuditEvent>), (status = 401, body = error::ErrorBody)))]
+async fn list_audit(State(s): State<ApiState>) -> Result<Json<Vec<AuditEvent>>, ApiError> {
+    Ok(Json(s.store.audit_events(100).await?))
+}

@@ -1,0 +1,117 @@
+//! The objects the control plane keeps, as the admin API shows them.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Lifecycle of a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantStatus {
+    /// Served.
+    Active,
+    /// Answered with the proxy's 503 page; the backends are not contacted.
+    Suspended,
+    /// Gone: hostnames released, not routed. Kept for the audit trail.
+    Deleted,
+}
+
+impl TenantStatus {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantStatus::Active => "active",
+            TenantStatus::Suspended => "suspended",
+            TenantStatus::Deleted => "deleted",
+        }
+    }
+
+    /// Parse the stored spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(TenantStatus::Active),
+            "suspended" => Some(TenantStatus::Suspended),
+            "deleted" => Some(TenantStatus::Deleted),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a hostname is the platform subdomain or a merchant's own domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HostnameKind {
+    /// `<slug>.<platform domain>`, created with the tenant.
+    Platform,
+    /// A merchant's domain.
+    Custom,
+}
+
+/// A tenant with its hostnames and upstreams.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Tenant {
+    /// Stable id (`t_` + 16 hex digits).
+    pub id: String,
+    /// URL-safe short name; the platform hostname is `<slug>.<platform domain>`.
+    pub slug: String,
+    /// Display name.
+    pub name: String,
+    /// Lifecycle status.
+    pub status: TenantStatus,
+    /// Hostnames routed to this tenant (A-labels).
+    pub hostnames: Vec<String>,
+    /// Backends as `ip:port`, tried round robin.
+    pub upstreams: Vec<String>,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+    /// Last change, RFC 3339.
+    pub updated_at: String,
+}
+
+/// A stored certificate, without its key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CertificateInfo {
+    /// Stable id (`c_` + 16 hex digits).
+    pub id: String,
+    /// DNS names from the certificate's subjectAltName (`*.x` for wildcards).
+    pub names: Vec<String>,
+    /// Issuer distinguished name.
+    pub issuer: String,
+    /// Expiry, RFC 3339.
+    pub not_after: String,
+    /// `uploaded` or `acme`.
+    pub source: String,
+    /// When it was stored, RFC 3339.
+    pub created_at: String,
+}
+
+/// One audit event: who changed what, when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AuditEvent {
+    /// When, RFC 3339.
+    pub at: String,
+    /// Who (e.g. `admin-api`).
+    pub actor: String,
+    /// What was done, e.g. `tenant.create`.
+    pub action: String,
+    /// The object's id.
+    pub target: String,
+    /// Details (JSON text).
+    pub detail: String,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Page<T> {
+    /// The items, ordered by id.
+    pub items: Vec<T>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    pub next: Option<String>,
+}
+
+/// RFC 3339 text of a unix-milliseconds time.
+pub(crate) fn rfc3339(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

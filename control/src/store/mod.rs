@@ -1,0 +1,840 @@
+//! The durable store: tenants, hostnames, upstreams, certificates, the change log and the
+//! audit trail. The logic is written once in [`Store`] over a small [`Backend`] interface with
+//! two implementations: embedded SQLite ([`sqlite`], the zero-configuration default) and
+//! PostgreSQL ([`postgres`], shared by a fleet). Both run the same conformance suite
+//! (`tests/store_conformance.rs`).
+//!
+//! Invariants:
+//! - every write opens its transaction by incrementing the single `meta.version` row, which
+//!   serialises writers: versions are gapless and commit in version order, so "changes after
+//!   N" read at any moment is complete;
+//! - the change-log row and the audit row commit with the change they describe;
+//! - reads that feed proxies (snapshot, delta) see one consistent state (one transaction,
+//!   REPEATABLE READ on PostgreSQL).
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tenantgate_config::{
+    CertificateChange, Delta, HostPattern, Route, RouteChange, Snapshot, StoredCertificate,
+    Upstream,
+};
+
+use crate::model::{rfc3339, AuditEvent, CertificateInfo, Page, Tenant, TenantStatus};
+use crate::{now_ms, random_id, Error, Result};
+
+/// A value bound to, or read from, a statement.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// SQL NULL.
+    Null,
+    /// An integer.
+    Int(i64),
+    /// Text.
+    Text(String),
+    /// Bytes.
+    Bytes(Vec<u8>),
+}
+
+/// One result row.
+pub type Row = Vec<Value>;
+
+/// An open transaction. Dropping it without [`Tx::commit`] rolls it back.
+#[async_trait]
+pub trait Tx: Send {
+    /// Run a statement and return its rows. Statements are written with `$1, $2, ...`.
+    async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>>;
+    /// Commit.
+    async fn commit(self: Box<Self>) -> Result<()>;
+}
+
+/// A database the store can run on.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// Begin a transaction; `write` ones are serialised, read ones see a consistent state.
+    async fn begin(&self, write: bool) -> Result<Box<dyn Tx + '_>>;
+    /// Called inside a write transaction after the version was taken: lets other nodes know
+    /// once it commits (PostgreSQL: `NOTIFY`).
+    async fn announce(&self, tx: &mut dyn Tx, version: u64) -> Result<()>;
+    /// Name for logs and `/readyz`.
+    fn kind(&self) -> &'static str;
+}
+
+/// A change committed by this process; the in-process publisher waits on these.
+pub type Committed = tokio::sync::watch::Receiver<u64>;
+
+/// The store.
+pub struct Store {
+    backend: Arc<dyn Backend>,
+    committed: tokio::sync::watch::Sender<u64>,
+}
+
+/// What a new tenant is made of, already validated.
+#[derive(Debug, Clone)]
+pub struct NewTenant {
+    /// Slug.
+    pub slug: String,
+    /// Display name.
+    pub name: String,
+    /// Its platform hostname (`<slug>.<platform domain>`).
+    pub platform_hostname: String,
+    /// Backends.
+    pub upstreams: Vec<SocketAddr>,
+}
+
+/// A certificate to store, already parsed and checked, its key sealed.
+#[derive(Debug, Clone)]
+pub struct NewCertificate {
+    /// PEM chain.
+    pub chain_pem: String,
+    /// Sealed PEM private key.
+    pub sealed_key: Vec<u8>,
+    /// SAN names (display form).
+    pub names: Vec<String>,
+    /// Issuer DN.
+    pub issuer: String,
+    /// Expiry, unix seconds.
+    pub not_after: i64,
+    /// `uploaded` or `acme`.
+    pub source: &'static str,
+}
+
+/// Filter of a tenant listing.
+#[derive(Debug, Clone, Default)]
+pub struct TenantFilter {
+    /// Only tenants with this status (default: all but deleted).
+    pub status: Option<TenantStatus>,
+    /// Only the tenant owning this hostname.
+    pub hostname: Option<String>,
+    /// Ids greater than this (the previous page's `next`).
+    pub after: Option<String>,
+    /// Page size.
+    pub limit: usize,
+}
+
+fn text(row: &Row, i: usize) -> Result<String> {
+    match row.get(i) {
+        Some(Value::Text(s)) => Ok(s.clone()),
+        other => Err(Error::Internal(format!(
+            "column {i}: expected text, got {other:?}"
+        ))),
+    }
+}
+
+fn int(row: &Row, i: usize) -> Result<i64> {
+    match row.get(i) {
+        Some(Value::Int(n)) => Ok(*n),
+        other => Err(Error::Internal(format!(
+            "column {i}: expected integer, got {other:?}"
+        ))),
+    }
+}
+
+fn bytes(row: &Row, i: usize) -> Result<Vec<u8>> {
+    match row.get(i) {
+        Some(Value::Bytes(b)) => Ok(b.clone()),
+        other => Err(Error::Internal(format!(
+            "column {i}: expected bytes, got {other:?}"
+        ))),
+    }
+}
+
+fn t(s: &str) -> Value {
+    Value::Text(s.to_owned())
+}
+
+fn version_of(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+/// `$first, $first+1, ...` for `n` values.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Store {
+    /// A store over `backend` (already migrated).
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        let (committed, _) = tokio::sync::watch::channel(0);
+        Store { backend, committed }
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn kind(&self) -> &'static str {
+        self.backend.kind()
+    }
+
+    /// Versions committed through this `Store` value, as they commit.
+    pub fn committed(&self) -> Committed {
+        self.committed.subscribe()
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<u64> {
+        let mut tx = self.backend.begin(false).await?;
+        let v = current_version(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(v)
+    }
+
+    /// Open a write transaction, take the next version and log the change.
+    async fn begin_write(&self, entity: &str, entity_id: &str) -> Result<(Box<dyn Tx + '_>, u64)> {
+        let mut tx = self.backend.begin(true).await?;
+        let rows = tx
+            .query(
+                "UPDATE meta SET version = version + 1 WHERE id = 1 RETURNING version",
+                &[],
+            )
+            .await?;
+        let version = version_of(int(
+            rows.first()
+                .ok_or_else(|| Error::Internal("meta row missing".into()))?,
+            0,
+        )?);
+        tx.query(
+            "INSERT INTO changes (version, entity, entity_id, at) VALUES ($1, $2, $3, $4)",
+            &[
+                Value::Int(version as i64),
+                t(entity),
+                t(entity_id),
+                Value::Int(now_ms()),
+            ],
+        )
+        .await?;
+        self.backend.announce(&mut *tx, version).await?;
+        Ok((tx, version))
+    }
+
+    async fn finish(&self, tx: Box<dyn Tx + '_>, version: u64) -> Result<()> {
+        tx.commit().await?;
+        self.committed.send_if_modified(|v| {
+            let newer = version > *v;
+            if newer {
+                *v = version;
+            }
+            newer
+        });
+        Ok(())
+    }
+
+    /// Create a tenant with its platform hostname and upstreams.
+    pub async fn create_tenant(&self, actor: &str, new: &NewTenant) -> Result<Tenant> {
+        let id = random_id("t_")?;
+        let (mut tx, version) = self.begin_write("tenant", &id).await?;
+        let now = Value::Int(now_ms());
+        let taken = tx
+            .query(
+                "SELECT 1 FROM tenants WHERE slug = $1 AND status <> 'deleted'",
+                &[t(&new.slug)],
+            )
+            .await?;
+        if !taken.is_empty() {
+            return Err(Error::Conflict(format!(
+                "the slug {:?} is already taken",
+                new.slug
+            )));
+        }
+        let host_taken = tx
+            .query(
+                "SELECT 1 FROM hostnames WHERE hostname = $1",
+                &[t(&new.platform_hostname)],
+            )
+            .await?;
+        if !host_taken.is_empty() {
+            return Err(Error::Conflict(format!(
+                "the hostname {:?} is already in use",
+                new.platform_hostname
+            )));
+        }
+        tx.query(
+            "INSERT INTO tenants (id, slug, name, status, created_at, updated_at) VALUES ($1, $2, $3, 'active', $4, $4)",
+            &[t(&id), t(&new.slug), t(&new.name), now.clone()],
+        )
+        .await?;
+        tx.query(
+            "INSERT INTO hostnames (hostname, tenant_id, kind, status, created_at) VALUES ($1, $2, 'platform', 'active', $3)",
+            &[t(&new.platform_hostname), t(&id), now],
+        )
+        .await?;
+        write_upstreams(&mut *tx, &id, &new.upstreams).await?;
+        audit(
+            &mut *tx,
+            actor,
+            "tenant.create",
+            &id,
+            serde_json::json!({"slug": new.slug, "name": new.name, "version": version}),
+        )
+        .await?;
+        let tenant = load_tenant(&mut *tx, &id).await?;
+        self.finish(tx, version).await?;
+        Ok(tenant)
+    }
+
+    /// One tenant.
+    pub async fn get_tenant(&self, id: &str) -> Result<Tenant> {
+        let mut tx = self.backend.begin(false).await?;
+        let tenant = load_tenant(&mut *tx, id).await?;
+        tx.commit().await?;
+        Ok(tenant)
+    }
+
+    /// A page of tenants ordered by id.
+    pub async fn list_tenants(&self, f: &TenantFilter) -> Result<Page<Tenant>> {
+        let limit = f.limit.clamp(1, 500);
+        let mut sql = String::from("SELECT id FROM tenants WHERE ");
+        let mut params = Vec::new();
+        match f.status {
+            Some(s) => {
+                params.push(t(s.as_str()));
+                sql += &format!("status = ${}", params.len());
+            }
+            None => sql += "status <> 'deleted'",
+        }
+        if let Some(h) = &f.hostname {
+            params.push(t(h));
+            sql += &format!(
+                " AND id IN (SELECT tenant_id FROM hostnames WHERE hostname = ${})",
+                params.len()
+            );
+        }
+        if let Some(a) = &f.after {
+            params.push(t(a));
+            sql += &format!(" AND id > ${}", params.len());
+        }
+        sql += &format!(" ORDER BY id LIMIT {}", limit + 1);
+        let mut tx = self.backend.begin(false).await?;
+        let rows = tx.query(&sql, &params).await?;
+        let mut ids = rows
+            .iter()
+            .map(|r| text(r, 0))
+            .collect::<Result<Vec<_>>>()?;
+        let next = if ids.len() > limit {
+            ids.truncate(limit);
+            ids.last().cloned()
+        } else {
+            None
+        };
+        let items = load_tenants(&mut *tx, &ids).await?;
+        tx.commit().await?;
+        Ok(Page { items, next })
+    }
+
+    /// Change a tenant's display name.
+    pub async fn rename_tenant(&self, actor: &str, id: &str, name: &str) -> Result<Tenant> {
+        let (mut tx, version) = self.begin_write("tenant", id).await?;
+        live_tenant(&mut *tx, id).await?;
+        tx.query(
+            "UPDATE tenants SET name = $1, updated_at = $2 WHERE id = $3",
+            &[t(name), Value::Int(now_ms()), t(id)],
+        )
+        .await?;
+        audit(
+            &mut *tx,
+            actor,
+            "tenant.rename",
+            id,
+            serde_json::json!({"name": name, "version": version}),
+        )
+        .await?;
+        let tenant = load_tenant(&mut *tx, id).await?;
+        self.finish(tx, version).await?;
+        Ok(tenant)
+    }
+
+    /// Replace a tenant's upstreams.
+    pub async fn set_upstreams(
+        &self,
+        actor: &str,
+        id: &str,
+        upstreams: &[SocketAddr],
+    ) -> Result<Tenant> {
+        let (mut tx, version) = self.begin_write("tenant", id).await?;
+        live_tenant(&mut *tx, id).await?;
+        tx.query("DELETE FROM upstreams WHERE tenant_id = $1", &[t(id)])
+            .await?;
+        write_upstreams(&mut *tx, id, upstreams).await?;
+        tx.query(
+            "UPDATE tenants SET updated_at = $1 WHERE id = $2",
+            &[Value::Int(now_ms()), t(id)],
+        )
+        .await?;
+        let list: Vec<String> = upstreams.iter().map(ToString::to_string).collect();
+        audit(
+            &mut *tx,
+            actor,
+            "tenant.upstreams",
+            id,
+            serde_json::json!({"upstreams": list, "version": version}),
+        )
+        .await?;
+        let tenant = load_tenant(&mut *tx, id).await?;
+        self.finish(tx, version).await?;
+        Ok(tenant)
+    }
+
+    /// Suspend (`Suspended`) or resume (`Active`) a tenant.
+    pub async fn set_status(&self, actor: &str, id: &str, status: TenantStatus) -> Result<Tenant> {
+        if status == TenantStatus::Deleted {
+            return Err(Error::Internal("use delete_tenant".into()));
+        }
+        let (mut tx, version) = self.begin_write("tenant", id).await?;
+        live_tenant(&mut *tx, id).await?;
+        tx.query(
+            "UPDATE tenants SET status = $1, updated_at = $2 WHERE id = $3",
+            &[t(status.as_str()), Value::Int(now_ms()), t(id)],
+        )
+        .await?;
+        let action = if status == TenantStatus::Suspended {
+            "tenant.suspend"
+        } else {
+            "tenant.resume"
+        };
+        audit(
+            &mut *tx,
+            actor,
+            action,
+            id,
+            serde_json::json!({"version": version}),
+        )
+        .await?;
+        let tenant = load_tenant(&mut *tx, id).await?;
+        self.finish(tx, version).await?;
+        Ok(tenant)
+    }
+
+    /// Delete a tenant: its hostnames are released at once and it stops routing everywhere.
+    pub async fn delete_tenant(&self, actor: &str, id: &str) -> Result<()> {
+        let (mut tx, version) = self.begin_write("tenant", id).await?;
+        live_tenant(&mut *tx, id).await?;
+        tx.query("DELETE FROM hostnames WHERE tenant_id = $1", &[t(id)])
+            .await?;
+        tx.query(
+            "UPDATE tenants SET status = 'deleted', updated_at = $1 WHERE id = $2",
+            &[Value::Int(now_ms()), t(id)],
+        )
+        .await?;
+        audit(
+            &mut *tx,
+            actor,
+            "tenant.delete",
+            id,
+            serde_json::json!({"version": version}),
+        )
+        .await?;
+        self.finish(tx, version).await
+    }
+
+    /// Store a certificate.
+    pub async fn add_certificate(
+        &self,
+        actor: &str,
+        c: &NewCertificate,
+    ) -> Result<CertificateInfo> {
+        let id = random_id("c_")?;
+        let (mut tx, version) = self.begin_write("certificate", &id).await?;
+        tx.query(
+            "INSERT INTO certificates (id, names, issuer, chain_pem, sealed_key, not_after, source, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                t(&id),
+                t(&c.names.join(" ")),
+                t(&c.issuer),
+                t(&c.chain_pem),
+                Value::Bytes(c.sealed_key.clone()),
+                Value::Int(c.not_after),
+                t(c.source),
+                Value::Int(now_ms()),
+            ],
+        )
+        .await?;
+        audit(
+            &mut *tx,
+            actor,
+            "certificate.add",
+            &id,
+            serde_json::json!({"names": c.names, "version": version}),
+        )
+        .await?;
+        let info = load_certificates(&mut *tx, Some(&id))
+            .await?
+            .pop()
+            .ok_or_else(|| Error::Internal("certificate vanished".into()))?;
+        self.finish(tx, version).await?;
+        Ok(info)
+    }
+
+    /// Every stored certificate (without keys).
+    pub async fn list_certificates(&self) -> Result<Vec<CertificateInfo>> {
+        let mut tx = self.backend.begin(false).await?;
+        let list = load_certificates(&mut *tx, None).await?;
+        tx.commit().await?;
+        Ok(list)
+    }
+
+    /// Remove a certificate from the store and from every proxy.
+    pub async fn delete_certificate(&self, actor: &str, id: &str) -> Result<()> {
+        let (mut tx, version) = self.begin_write("certificate", id).await?;
+        let gone = tx
+            .query(
+                "DELETE FROM certificates WHERE id = $1 RETURNING id",
+                &[t(id)],
+            )
+            .await?;
+        if gone.is_empty() {
+            return Err(Error::NotFound(format!("certificate {id:?}")));
+        }
+        audit(
+            &mut *tx,
+            actor,
+            "certificate.delete",
+            id,
+            serde_json::json!({"version": version}),
+        )
+        .await?;
+        self.finish(tx, version).await
+    }
+
+    /// The newest audit events, newest first.
+    pub async fn audit_events(&self, limit: usize) -> Result<Vec<AuditEvent>> {
+        let mut tx = self.backend.begin(false).await?;
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT at, actor, action, target, detail FROM audit ORDER BY id DESC LIMIT {}",
+                    limit.clamp(1, 1000)
+                ),
+                &[],
+            )
+            .await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEvent {
+                    at: rfc3339(int(r, 0)?),
+                    actor: text(r, 1)?,
+                    action: text(r, 2)?,
+                    target: text(r, 3)?,
+                    detail: text(r, 4)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Everything proxies serve from the store, at one version.
+    pub async fn snapshot(&self) -> Result<Snapshot> {
+        let mut tx = self.backend.begin(false).await?;
+        let version = current_version(&mut *tx).await?;
+        let routes = load_routes(&mut *tx, None).await?;
+        let certificates = load_stored_certificates(&mut *tx, None).await?;
+        tx.commit().await?;
+        Ok(Snapshot {
+            version,
+            routes,
+            certificates,
+        })
+    }
+
+    /// The changes after `version`, as current state of every object that changed, at the
+    /// store's current version. `None` when the caller must take a full snapshot instead
+    /// (it is ahead of the store, e.g. after a restore from backup).
+    pub async fn delta_since(&self, version: u64) -> Result<Option<Delta>> {
+        let mut tx = self.backend.begin(false).await?;
+        let current = current_version(&mut *tx).await?;
+        if version > current {
+            tx.commit().await?;
+            return Ok(None);
+        }
+        let rows = tx
+            .query(
+                "SELECT entity, entity_id, version FROM changes WHERE version > $1 ORDER BY version",
+                &[Value::Int(version as i64)],
+            )
+            .await?;
+        let mut tenants = BTreeSet::new();
+        let mut certs = BTreeSet::new();
+        for r in &rows {
+            match text(r, 0)?.as_str() {
+                "tenant" => tenants.insert(text(r, 1)?),
+                _ => certs.insert(text(r, 1)?),
+            };
+        }
+        let ids: Vec<String> = tenants.into_iter().collect();
+        let routes = load_routes(&mut *tx, Some(&ids)).await?;
+        let mut by_id: HashMap<&str, &Route> = routes.iter().map(|r| (r.id.as_str(), r)).collect();
+        let route_changes = ids
+            .iter()
+            .map(|id| match by_id.remove(id.as_str()) {
+                Some(r) => RouteChange::Upsert(r.clone()),
+                None => RouteChange::Remove { id: id.clone() },
+            })
+            .collect();
+        let cert_ids: Vec<String> = certs.into_iter().collect();
+        let stored = load_stored_certificates(&mut *tx, Some(&cert_ids)).await?;
+        let mut by_id: HashMap<&str, &StoredCertificate> =
+            stored.iter().map(|c| (c.id.as_str(), c)).collect();
+        let cert_changes = cert_ids
+            .iter()
+            .map(|id| match by_id.remove(id.as_str()) {
+                Some(c) => CertificateChange::Upsert(c.clone()),
+                None => CertificateChange::Remove { id: id.clone() },
+            })
+            .collect();
+        tx.commit().await?;
+        Ok(Some(Delta {
+            version: current,
+            routes: route_changes,
+            certificates: cert_changes,
+        }))
+    }
+}
+
+async fn current_version(tx: &mut dyn Tx) -> Result<u64> {
+    let rows = tx
+        .query("SELECT version FROM meta WHERE id = 1", &[])
+        .await?;
+    Ok(version_of(int(
+        rows.first()
+            .ok_or_else(|| Error::Internal("meta row missing".into()))?,
+        0,
+    )?))
+}
+
+async fn audit(
+    tx: &mut dyn Tx,
+    actor: &str,
+    action: &str,
+    target: &str,
+    detail: serde_json::Value,
+) -> Result<()> {
+    tx.query(
+        "INSERT INTO audit (at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)",
+        &[
+            Value::Int(now_ms()),
+            t(actor),
+            t(action),
+            t(target),
+            t(&detail.to_string()),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn write_upstreams(tx: &mut dyn Tx, id: &str, upstreams: &[SocketAddr]) -> Result<()> {
+    for (i, u) in upstreams.iter().enumerate() {
+        tx.query(
+            "INSERT INTO upstreams (tenant_id, position, address, weight) VALUES ($1, $2, $3, 1)",
+            &[t(id), Value::Int(i as i64), t(&u.to_string())],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The tenant must exist and not be deleted.
+async fn live_tenant(tx: &mut dyn Tx, id: &str) -> Result<()> {
+    let rows = tx
+        .query("SELECT status FROM tenants WHERE id = $1", &[t(id)])
+        .await?;
+    match rows.first().map(|r| text(r, 0)).transpose()?.as_deref() {
+        None | Some("deleted") => Err(Error::NotFound(format!("tenant {id:?}"))),
+        Some(_) => Ok(()),
+    }
+}
+
+async fn load_tenant(tx: &mut dyn Tx, id: &str) -> Result<Tenant> {
+    load_tenants(tx, &[id.to_owned()])
+        .await?
+        .pop()
+        .ok_or_else(|| Error::NotFound(format!("tenant {id:?}")))
+}
+
+async fn load_tenants(tx: &mut dyn Tx, ids: &[String]) -> Result<Vec<Tenant>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let params: Vec<Value> = ids.iter().map(|i| t(i)).collect();
+    let inlist = placeholders(1, ids.len());
+    let rows = tx
+        .query(
+            &format!("SELECT id, slug, name, status, created_at, updated_at FROM tenants WHERE id IN ({inlist}) ORDER BY id"),
+            &params,
+        )
+        .await?;
+    let hosts = tx
+        .query(
+            &format!("SELECT tenant_id, hostname FROM hostnames WHERE tenant_id IN ({inlist}) ORDER BY kind DESC, hostname"),
+            &params,
+        )
+        .await?;
+    let ups = tx
+        .query(
+            &format!("SELECT tenant_id, address FROM upstreams WHERE tenant_id IN ({inlist}) ORDER BY tenant_id, position"),
+            &params,
+        )
+        .await?;
+    let mut hostnames: HashMap<String, Vec<String>> = HashMap::new();
+    for r in &hosts {
+        hostnames.entry(text(r, 0)?).or_default().push(text(r, 1)?);
+    }
+    let mut upstreams: HashMap<String, Vec<String>> = HashMap::new();
+    for r in &ups {
+        upstreams.entry(text(r, 0)?).or_default().push(text(r, 1)?);
+    }
+    rows.iter()
+        .map(|r| {
+            let id = text(r, 0)?;
+            let status = text(r, 3)?;
+            Ok(Tenant {
+                slug: text(r, 1)?,
+                name: text(r, 2)?,
+                status: TenantStatus::parse(&status)
+                    .ok_or_else(|| Error::Internal(format!("unknown tenant status {status:?}")))?,
+                hostnames: hostnames.remove(&id).unwrap_or_default(),
+                upstreams: upstreams.remove(&id).unwrap_or_default(),
+                created_at: rfc3339(int(r, 4)?),
+                updated_at: rfc3339(int(r, 5)?),
+                id,
+            })
+        })
+        .collect()
+}
+
+/// Routes of live tenants (all, or those among `ids`). A tenant id in `ids` without a route
+/// in the result is deleted or gone.
+async fn load_routes(tx: &mut dyn Tx, ids: Option<&[String]>) -> Result<Vec<Route>> {
+    let (filter, params): (String, Vec<Value>) = match ids {
+        Some([]) => return Ok(Vec::new()),
+        Some(ids) => (
+            format!(" AND t.id IN ({})", placeholders(1, ids.len())),
+            ids.iter().map(|i| t(i)).collect(),
+        ),
+        None => (String::new(), Vec::new()),
+    };
+    let tenants = tx
+        .query(
+            &format!("SELECT t.id, t.status FROM tenants t WHERE t.status <> 'deleted'{filter} ORDER BY t.id"),
+            &params,
+        )
+        .await?;
+    let hosts = tx
+        .query(
+            &format!(
+                "SELECT h.tenant_id, h.hostname FROM hostnames h JOIN tenants t ON t.id = h.tenant_id \
+                 WHERE h.status = 'active' AND t.status <> 'deleted'{filter}"
+            ),
+            &params,
+        )
+        .await?;
+    let ups = tx
+        .query(
+            &format!(
+                "SELECT u.tenant_id, u.address FROM upstreams u JOIN tenants t ON t.id = u.tenant_id \
+                 WHERE t.status <> 'deleted'{filter} ORDER BY u.tenant_id, u.position"
+            ),
+            &params,
+        )
+        .await?;
+    let mut routes: BTreeMap<String, Route> = BTreeMap::new();
+    for r in &tenants {
+        let id = text(r, 0)?;
+        routes.insert(
+            id.clone(),
+            Route {
+                id,
+                hostnames: Vec::new(),
+                upstreams: Vec::new(),
+                https_redirect: false,
+                suspended: text(r, 1)? == "suspended",
+            },
+        );
+    }
+    for r in &hosts {
+        if let Some(route) = routes.get_mut(&text(r, 0)?) {
+            let h = text(r, 1)?;
+            match HostPattern::parse(&h) {
+                Ok(p) => route.hostnames.push(p),
+                Err(e) => tracing::error!(hostname = %h, "stored hostname not routed: {e}"),
+            }
+        }
+    }
+    for r in &ups {
+        if let Some(route) = routes.get_mut(&text(r, 0)?) {
+            let a = text(r, 1)?;
+            match a.parse::<SocketAddr>() {
+                Ok(addr) => route.upstreams.push(Upstream { addr }),
+                Err(e) => tracing::error!(upstream = %a, "stored upstream not used: {e}"),
+            }
+        }
+    }
+    for r in routes.values_mut() {
+        r.hostnames.sort_by_key(HostPattern::to_display);
+    }
+    Ok(routes.into_values().collect())
+}
+
+async fn load_certificates(tx: &mut dyn Tx, id: Option<&str>) -> Result<Vec<CertificateInfo>> {
+    let (filter, params) = match id {
+        Some(id) => (" WHERE id = $1", vec![t(id)]),
+        None => ("", vec![]),
+    };
+    let rows = tx
+        .query(
+            &format!("SELECT id, names, issuer, not_after, source, created_at FROM certificates{filter} ORDER BY id"),
+            &params,
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(CertificateInfo {
+                id: text(r, 0)?,
+                names: text(r, 1)?
+                    .split(' ')
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect(),
+                issuer: text(r, 2)?,
+                not_after: rfc3339(int(r, 3)?.saturating_mul(1000)),
+                source: text(r, 4)?,
+                created_at: rfc3339(int(r, 5)?),
+            })
+        })
+        .collect()
+}
+
+async fn load_stored_certificates(
+    tx: &mut dyn Tx,
+    ids: Option<&[String]>,
+) -> Result<Vec<StoredCertificate>> {
+    let (filter, params): (String, Vec<Value>) = match ids {
+        Some([]) => return Ok(Vec::new()),
+        Some(ids) => (
+            format!(" WHERE id IN ({})", placeholders(1, ids.len())),
+            ids.iter().map(|i| t(i)).collect(),
+        ),
+        None => (String::new(), Vec::new()),
+    };
+    let rows = tx
+        .query(
+            &format!("SELECT id, chain_pem, sealed_key FROM certificates{filter} ORDER BY id"),
+            &params,
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(StoredCertificate {
+                id: text(r, 0)?,
+                chain_pem: text(r, 1)?,
+                sealed_key: bytes(r, 2)?,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,435 @@
+//! Applying route and certificate changes to the live [`Router`] and [`CertificateStore`],
+//! and keeping the node's last-known-good copy on disk.
+//!
+//! The proxy does not know where changes come from (the in-process control plane, or a
+//! PostgreSQL subscriber on a fleet node): a source hands it a full [`Snapshot`] or an ordered
+//! [`Delta`]. Invariants:
+//! - the served table is the static routes from the config file plus the stored ones; a
+//!   hostname claimed by both is served by the stored route;
+//! - a change is applied whole: the router and the certificate store are each swapped once
+//!   per snapshot or delta, so a request sees the old or the new version, never half of one;
+//! - after every change from the store the snapshot file is rewritten atomically (write to a
+//!   temporary file, fsync, rename, fsync the directory), so a crash leaves the old or the new
+//!   file, never a torn one;
+//! - a certificate that cannot be opened (wrong encryption key, damaged PEM) is skipped with
+//!   an error in the log: it must not take the other certificates down with it.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use tenantgate_certs::{parse_pem, CertificateStore, ParsedCertificate, SealingKey};
+use tenantgate_config::{
+    CertificateChange, Delta, HostPattern, Route, RouteChange, RouteTable, Snapshot,
+    StoredCertificate,
+};
+
+use crate::router::Router;
+
+/// Where the routes being served came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// Only the config file (no store attached yet, or a proxy-only node without one).
+    Static,
+    /// The store, and the node is following its changes.
+    Store,
+    /// The last-known-good file: the store could not be reached.
+    Snapshot,
+}
+
+/// What `/readyz` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncStatus {
+    /// Where the served routes came from.
+    pub source: Source,
+    /// Version of the stored state being served (0: none).
+    pub version: u64,
+    /// Number of stored routes and certificates being served.
+    pub stored_routes: usize,
+    /// Stored certificates being served.
+    pub stored_certificates: usize,
+    /// Why the store is not being followed, when it is not.
+    pub store_error: Option<String>,
+}
+
+/// Errors of applying state.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The snapshot file could not be read, written or parsed.
+    #[error("snapshot file {path}: {reason}")]
+    SnapshotFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+#[derive(Default)]
+struct Stored {
+    version: u64,
+    routes: BTreeMap<String, Route>,
+    certificates: BTreeMap<String, (StoredCertificate, Option<ParsedCertificate>)>,
+}
+
+/// The node's served state: static configuration plus what the store published.
+pub struct EdgeState {
+    router: Arc<Router>,
+    certs: Arc<CertificateStore>,
+    key: Option<Arc<SealingKey>>,
+    static_routes: Vec<Route>,
+    static_certs: Vec<ParsedCertificate>,
+    default_cert: Option<ParsedCertificate>,
+    snapshot_path: Option<PathBuf>,
+    stored: Mutex<Stored>,
+    status: ArcSwap<SyncStatus>,
+}
+
+impl EdgeState {
+    /// State serving `static_routes` and `static_certs` until a source publishes more.
+    /// `key` opens stored private keys; `snapshot_path` is where the last-known-good copy goes.
+    pub fn new(
+        router: Arc<Router>,
+        certs: Arc<CertificateStore>,
+        key: Option<Arc<SealingKey>>,
+        static_table: RouteTable,
+        static_certs: Vec<ParsedCertificate>,
+        default_cert: Option<ParsedCertificate>,
+        snapshot_path: Option<PathBuf>,
+    ) -> Self {
+        let state = EdgeState {
+            router,
+            certs,
+            key,
+            static_routes: static_table.routes,
+            static_certs,
+            default_cert,
+            snapshot_path,
+            stored: Mutex::new(Stored::default()),
+            status: ArcSwap::from_pointee(SyncStatus {
+                source: Source::Static,
+                version: 0,
+                stored_routes: 0,
+                stored_certificates: 0,
+                store_error: None,
+            }),
+        };
+        state.publish(&Stored::default(), Source::Static, None);
+        state
+    }
+
+    /// What `/readyz` reports.
+    pub fn status(&self) -> Arc<SyncStatus> {
+        self.status.load_full()
+    }
+
+    /// Version of the stored state being served.
+    pub fn version(&self) -> u64 {
+        self.status.load().version
+    }
+
+    /// Replace the stored state with a full snapshot from the store, and persist it.
+    pub fn apply_snapshot(&self, snap: &Snapshot) -> Result<(), SyncError> {
+        let mut stored = self.lock();
+        let old = std::mem::take(&mut stored.certificates);
+        *stored = Stored {
+            version: snap.version,
+            routes: snap
+                .routes
+                .iter()
+                .map(|r| (r.id.clone(), r.clone()))
+                .collect(),
+            certificates: BTreeMap::new(),
+        };
+        for c in &snap.certificates {
+            // Unchanged certificates keep their parsed form: no re-parse on every resync.
+            let parsed = match old.get(&c.id) {
+                Some((prev, parsed)) if prev == c => parsed.clone(),
+                _ => self.open(c),
+            };
+            stored
+                .certificates
+                .insert(c.id.clone(), (c.clone(), parsed));
+        }
+        self.publish(&stored, Source::Store, None);
+        self.persist(&stored)
+    }
+
+    /// Apply an ordered delta from the store, and persist the result. A delta whose version
+    /// is not newer than the served one was already applied and is ignored.
+    pub fn apply_delta(&self, delta: &Delta) -> Result<(), SyncError> {
+        let mut stored = self.lock();
+        if delta.version <= stored.version {
+            return Ok(());
+        }
+        for change in &delta.routes {
+            match change {
+                RouteChange::Upsert(r) => {
+                    stored.routes.insert(r.id.clone(), r.clone());
+                }
+                RouteChange::Remove { id } => {
+                    stored.routes.remove(id);
+                }
+            }
+        }
+        for change in &delta.certificates {
+            match change {
+                CertificateChange::Upsert(c) => {
+                    let parsed = self.open(c);
+                    stored
+                        .certificates
+                        .insert(c.id.clone(), (c.clone(), parsed));
+                }
+                CertificateChange::Remove { id } => {
+                    stored.certificates.remove(id);
+                }
+            }
+        }
+        stored.version = delta.version;
+        self.publish(&stored, Source::Store, None);
+        self.persist(&stored)
+    }
+
+    /// The store cannot be reached: keep serving what we have and say so in `/readyz`.
+    pub fn source_down(&self, reason: String) {
+        let cur = self.status.load_full();
+        let source = match cur.source {
+            Source::Static if cur.version == 0 => Source::Static,
+            _ => Source::Snapshot,
+        };
+        self.status.store(Arc::new(SyncStatus {
+            source,
+            store_error: Some(reason),
+            ..(*cur).clone()
+        }));
+    }
+
+    /// Boot from the last-known-good file, if there is one. Returns whether it was loaded.
+    pub fn load_snapshot_file(&self) -> Result<bool, SyncError> {
+        let Some(path) = &self.snapshot_path else {
+            return Ok(false);
+        };
+        let err = |reason: String| SyncError::SnapshotFile {
+            path: path.clone(),
+            reason,
+        };
+        let text = match std::fs::read(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(err(e.to_string())),
+        };
+        let snap: Snapshot = serde_json::from_slice(&text).map_err(|e| err(e.to_string()))?;
+        let mut stored = self.lock();
+        *stored = Stored {
+            version: snap.version,
+            routes: snap
+                .routes
+                .iter()
+                .map(|r| (r.id.clone(), r.clone()))
+                .collect(),
+            certificates: snap
+                .certificates
+                .iter()
+                .map(|c| (c.id.clone(), (c.clone(), self.open(c))))
+                .collect(),
+        };
+        self.publish(
+            &stored,
+            Source::Snapshot,
+            Some("serving the last-known-good snapshot until the store answers".into()),
+        );
+        Ok(true)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Stored> {
+        // A panic while applying leaves a consistent `Stored` (fields are replaced whole), so
+        // a poisoned lock is still usable.
+        self.stored
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn open(&self, c: &StoredCertificate) -> Option<ParsedCertificate> {
+        let Some(key) = &self.key else {
+            tracing::error!(certificate = %c.id, "no encryption key configured: stored certificate not served");
+            return None;
+        };
+        let parsed = key
+            .open(&c.sealed_key)
+            .and_then(|k| parse_pem(c.chain_pem.as_bytes(), &k));
+        match parsed {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::error!(certificate = %c.id, "stored certificate not served: {e}");
+                None
+            }
+        }
+    }
+
+    /// Build the served table and certificate set from static + stored, and swap them in.
+    fn publish(&self, stored: &Stored, source: Source, store_error: Option<String>) {
+        let claimed: HashSet<&HostPattern> = stored
+            .routes
+            .values()
+            .flat_map(|r| r.hostnames.iter())
+            .collect();
+        let mut routes: Vec<Route> =
+            Vec::with_capacity(self.static_routes.len() + stored.routes.len());
+        for r in &self.static_routes {
+            if stored.routes.contains_key(&r.id) {
+                continue;
+            }
+            let mut r = r.clone();
+            r.hostnames.retain(|h| !claimed.contains(h));
+            if !r.hostnames.is_empty() {
+                routes.push(r);
+            }
+        }
+        routes.extend(stored.routes.values().cloned());
+        self.router.replace(&RouteTable {
+            version: stored.version,
+            routes,
+        });
+        let mut certs = self.static_certs.clone();
+        certs.extend(stored.certificates.values().filter_map(|(_, p)| p.clone()));
+        self.certs.replace_all(&certs, self.default_cert.as_ref());
+        self.status.store(Arc::new(SyncStatus {
+            source,
+            version: stored.version,
+            stored_routes: stored.routes.len(),
+            stored_certificates: stored.certificates.len(),
+            store_error,
+        }));
+    }
+
+    fn persist(&self, stored: &Stored) -> Result<(), SyncError> {
+        let Some(path) = &self.snapshot_path else {
+            return Ok(());
+        };
+        let snap = Snapshot {
+            version: stored.version,
+            routes: stored.routes.values().cloned().collect(),
+            certificates: stored
+                .certificates
+                .values()
+                .map(|(c, _)| c.clone())
+                .collect(),
+        };
+        write_atomically(path, &snap).map_err(|e| SyncError::SnapshotFile {
+            path: path.clone(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Write, fsync, rename, fsync the directory: the file is the old or the new one, whole.
+fn write_atomically(path: &Path, snap: &Snapshot) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        serde_json::to_writer(&mut f, snap)?;
+        f.flush()?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use std::net::SocketAddr;
+    use tenantgate_config::Upstream;
+
+    fn route(id: &str, hosts: &[&str], port: u16) -> Route {
+        Route {
+            id: id.into(),
+            hostnames: hosts
+                .iter()
+                .map(|h| HostPattern::parse(h).expect("host"))
+                .collect(),
+            upstreams: vec![Upstream {
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            }],
+            https_redirect: false,
+            suspended: false,
+        }
+    }
+
+    fn state(dir: &Path) -> (EdgeState, Arc<Router>) {
+        let router = Arc::new(Router::new(
+            &RouteTable::default(),
+            Arc::new(Metrics::new(10)),
+        ));
+        let s = EdgeState::new(
+            router.clone(),
+            Arc::new(CertificateStore::new()),
+            None,
+            RouteTable {
+                version: 0,
+                routes: vec![route("static", &["a.test", "s.test"], 1)],
+            },
+            vec![],
+            None,
+            Some(dir.join("snap.json")),
+        );
+        (s, router)
+    }
+
+    fn port_of(router: &Router, host: &str) -> Option<u16> {
+        router
+            .load()
+            .lookup(host)
+            .map(|r| r.upstreams[0].addr.port())
+    }
+
+    #[test]
+    fn stored_routes_win_over_static_ones_and_deltas_apply_in_order() {
+        let dir = std::env::temp_dir().join(format!("tg-sync-{}", std::process::id()));
+        let (s, router) = state(&dir);
+        assert_eq!(port_of(&router, "a.test"), Some(1));
+        s.apply_snapshot(&Snapshot {
+            version: 5,
+            routes: vec![route("t1", &["a.test"], 2)],
+            certificates: vec![],
+        })
+        .expect("snapshot");
+        assert_eq!(port_of(&router, "a.test"), Some(2));
+        assert_eq!(port_of(&router, "s.test"), Some(1));
+        s.apply_delta(&Delta {
+            version: 6,
+            routes: vec![RouteChange::Remove { id: "t1".into() }],
+            certificates: vec![],
+        })
+        .expect("delta");
+        assert_eq!(port_of(&router, "a.test"), Some(1));
+        // An old delta is ignored.
+        s.apply_delta(&Delta {
+            version: 6,
+            routes: vec![RouteChange::Upsert(route("t1", &["a.test"], 3))],
+            certificates: vec![],
+        })
+        .expect("delta");
+        assert_eq!(port_of(&router, "a.test"), Some(1));
+        assert_eq!(s.status().source, Source::Store);
+
+        // A new node boots from the file the first one wrote.
+        let (s2, router2) = state(&dir);
+        assert!(s2.load_snapshot_file().expect("load"));
+        assert_eq!(s2.version(), 6);
+        assert_eq!(s2.status().source, Source::Snapshot);
+        assert_eq!(port_of(&router2, "a.test"), Some(1));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
