@@ -121,6 +121,9 @@ fn main() -> ExitCode {
                     cfg.proxy.https_listen.as_deref().unwrap_or("off"),
                     cfg.admin.listen,
                 );
+                for note in stored_conflicts(&cfg, &table) {
+                    println!("note: {note}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -139,6 +142,46 @@ fn main() -> ExitCode {
         }
         Command::Tenants { config, action } => exit(tenants(config.as_deref(), action)),
     }
+}
+
+/// Static routes whose hostnames the store also routes (the stored route wins), as notes.
+/// Only a store that already exists is opened: checking a config creates nothing.
+fn stored_conflicts(cfg: &Config, table: &RouteTable) -> Vec<String> {
+    if cfg.store.url.is_none() && !cfg.store.path.exists() {
+        return Vec::new();
+    }
+    let snapshot = block_on(async {
+        let store = setup::open_store(cfg, false).await?;
+        tokio::time::timeout(std::time::Duration::from_secs(5), store.snapshot())
+            .await
+            .map_err(|_| tenantgate_control::Error::Unavailable("timed out".into()))?
+    });
+    let snap = match snapshot {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return vec![format!(
+                "store not checked for conflicts with static routes: {e}"
+            )]
+        }
+        Err(e) => {
+            return vec![format!(
+                "store not checked for conflicts with static routes: {e:#}"
+            )]
+        }
+    };
+    let mut notes = Vec::new();
+    for (i, r) in table.routes.iter().enumerate() {
+        for (j, h) in r.hostnames.iter().enumerate() {
+            if let Some(owner) = snap.routes.iter().find(|s| s.hostnames.contains(h)) {
+                notes.push(format!(
+                    "routes[{i}].hostnames[{j}]: {:?} is also stored for tenant {}; the stored route wins",
+                    h.to_display(),
+                    owner.id
+                ));
+            }
+        }
+    }
+    notes
 }
 
 fn exit(r: anyhow::Result<()>) -> ExitCode {

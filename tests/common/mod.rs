@@ -4,6 +4,8 @@
 
 #![allow(dead_code, missing_docs)]
 
+pub mod postgres;
+
 use std::convert::Infallible;
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -627,4 +629,83 @@ pub fn seen(v: &serde_json::Value, name: &str) -> Vec<String> {
 pub fn write_file(path: &std::path::Path, text: &str) {
     let mut f = std::fs::File::create(path).expect("create");
     f.write_all(text.as_bytes()).expect("write");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The admin API
+// ---------------------------------------------------------------------------------------------
+
+/// Call the admin API at `admin` with `token` (None: no Authorization header); returns the
+/// status and the JSON body (`null` when empty).
+pub async fn api_call(
+    admin: SocketAddr,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client");
+    let mut req = client.request(
+        method.parse().expect("method"),
+        format!("http://{admin}{path}"),
+    );
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("admin API request");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("body");
+    let json = if text.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("non-JSON answer {text:?}: {e}"))
+    };
+    (status, json)
+}
+
+impl Running {
+    /// Call this node's admin API with the test token.
+    pub async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        api_call(self.admin, Some(ADMIN_TOKEN), method, path, body).await
+    }
+
+    /// Wait until `host` answers `status` through the plain-HTTP listener; returns the body.
+    pub async fn wait_status(&self, host: &str, status: u16) -> String {
+        let http = self.http;
+        let host = host.to_string();
+        wait_for(
+            &format!("{host} to answer {status}"),
+            Duration::from_secs(10),
+            || {
+                let host = host.clone();
+                async move {
+                    let client = reqwest::Client::builder().no_proxy().build().ok()?;
+                    let r = client
+                        .get(format!("http://{http}/"))
+                        .header("host", &host)
+                        .send()
+                        .await
+                        .ok()?;
+                    if r.status().as_u16() == status {
+                        r.text().await.ok()
+                    } else {
+                        None
+                    }
+                }
+            },
+        )
+        .await
+    }
 }

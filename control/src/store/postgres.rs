@@ -165,11 +165,14 @@ fn from_row(r: &tokio_postgres::Row) -> Result<Row> {
         } else if *ty == Type::BYTEA {
             r.try_get::<_, Option<Vec<u8>>>(i)
                 .map(|v| v.map(Value::Bytes))
+        } else if *ty == Type::VOID {
+            Ok(None)
         } else {
             r.try_get::<_, Option<String>>(i)
                 .map(|v| v.map(Value::Text))
         };
-        row.push(v.map_err(db_err)?.unwrap_or(Value::Null));
+        let v = v.map_err(|e| Error::Internal(format!("column {} ({ty}): {e}", c.name())))?;
+        row.push(v.unwrap_or(Value::Null));
     }
     Ok(row)
 }

@@ -1,0 +1,394 @@
+//! One conformance suite, run on both store backends: the embedded SQLite file and a real
+//! PostgreSQL cluster started by the harness.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use common::postgres::PgCluster;
+use tenantgate_config::{CertificateChange, RouteChange};
+use tenantgate_control::model::TenantStatus;
+use tenantgate_control::store::postgres::Postgres;
+use tenantgate_control::store::sqlite::Sqlite;
+use tenantgate_control::store::{NewCertificate, NewTenant, Store, TenantFilter};
+use tenantgate_control::Error;
+
+fn addr(p: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], p))
+}
+
+fn new_tenant(slug: &str, port: u16) -> NewTenant {
+    NewTenant {
+        slug: slug.into(),
+        name: format!("Shop {slug}"),
+        platform_hostname: format!("{slug}.platform.test"),
+        upstreams: vec![addr(port)],
+    }
+}
+
+fn sqlite_store(dir: &tempfile::TempDir) -> Store {
+    Store::new(Arc::new(
+        Sqlite::open(&dir.path().join("data/tenantgate.db")).expect("open sqlite"),
+    ))
+}
+
+async fn postgres_store(pg: &PgCluster, db: &str) -> Store {
+    let url = pg.database(db).await;
+    Postgres::migrate(&url).await.expect("migrate");
+    Store::new(Arc::new(Postgres::new(&url, 8).expect("pool")))
+}
+
+/// Everything a backend must do the same way.
+async fn conformance(store: &Store) {
+    assert_eq!(store.ping().await.expect("ping"), 0);
+    let snap = store.snapshot().await.expect("snapshot");
+    assert_eq!((snap.version, snap.routes.len()), (0, 0));
+
+    // Create: platform hostname, upstreams, version 1, audit event.
+    let a = store
+        .create_tenant("test", &new_tenant("alpha", 9001))
+        .await
+        .expect("create alpha");
+    assert!(a.id.starts_with("t_"));
+    assert_eq!(a.status, TenantStatus::Active);
+    assert_eq!(a.hostnames, vec!["alpha.platform.test"]);
+    assert_eq!(a.upstreams, vec!["127.0.0.1:9001"]);
+    assert_eq!(store.get_tenant(&a.id).await.expect("get"), a);
+    let b = store
+        .create_tenant("test", &new_tenant("beta", 9002))
+        .await
+        .expect("create beta");
+
+    // Duplicates change nothing and never name the owner.
+    let before = store.ping().await.expect("version");
+    match store
+        .create_tenant("test", &new_tenant("alpha", 9009))
+        .await
+    {
+        Err(Error::Conflict(m)) => assert!(!m.contains(&a.id), "{m}"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let mut same_host = new_tenant("gamma", 9003);
+    same_host.platform_hostname = "beta.platform.test".into();
+    assert!(matches!(
+        store.create_tenant("test", &same_host).await,
+        Err(Error::Conflict(_))
+    ));
+    assert_eq!(
+        store.ping().await.expect("version"),
+        before,
+        "a refused write took a version"
+    );
+
+    // Updates.
+    let a2 = store
+        .set_upstreams("test", &a.id, &[addr(9011), addr(9012)])
+        .await
+        .expect("upstreams");
+    assert_eq!(a2.upstreams, vec!["127.0.0.1:9011", "127.0.0.1:9012"]);
+    let a3 = store
+        .rename_tenant("test", &a.id, "Alpha Two")
+        .await
+        .expect("rename");
+    assert_eq!(a3.name, "Alpha Two");
+    let s = store
+        .set_status("test", &b.id, TenantStatus::Suspended)
+        .await
+        .expect("suspend");
+    assert_eq!(s.status, TenantStatus::Suspended);
+    assert!(matches!(
+        store.rename_tenant("test", "t_missing", "x").await,
+        Err(Error::NotFound(_))
+    ));
+
+    // Listing, filters and pagination.
+    for i in 0..5 {
+        store
+            .create_tenant("test", &new_tenant(&format!("page{i}"), 9100 + i))
+            .await
+            .expect("create page tenant");
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_tenants(&TenantFilter {
+                after: after.clone(),
+                limit: 3,
+                ..TenantFilter::default()
+            })
+            .await
+            .expect("list");
+        assert!(page.items.len() <= 3);
+        seen.extend(page.items.iter().map(|t| t.id.clone()));
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 7);
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted, "pages come in id order");
+    let suspended = store
+        .list_tenants(&TenantFilter {
+            status: Some(TenantStatus::Suspended),
+            limit: 50,
+            ..TenantFilter::default()
+        })
+        .await
+        .expect("list suspended");
+    assert_eq!(suspended.items.len(), 1);
+    assert_eq!(suspended.items[0].id, b.id);
+    let by_host = store
+        .list_tenants(&TenantFilter {
+            hostname: Some("alpha.platform.test".into()),
+            limit: 50,
+            ..TenantFilter::default()
+        })
+        .await
+        .expect("list by hostname");
+    assert_eq!(by_host.items.len(), 1);
+    assert_eq!(by_host.items[0].id, a.id);
+
+    // Routes as proxies see them.
+    let v_before_delete = store.ping().await.expect("version");
+    let snap = store.snapshot().await.expect("snapshot");
+    assert_eq!(snap.version, v_before_delete);
+    assert_eq!(snap.routes.len(), 7);
+    let beta = snap
+        .routes
+        .iter()
+        .find(|r| r.id == b.id)
+        .expect("beta route");
+    assert!(beta.suspended);
+
+    // Delete: gone from routes, slug and hostname free again, deletion in the delta.
+    store.delete_tenant("test", &a.id).await.expect("delete");
+    assert!(matches!(
+        store.delete_tenant("test", &a.id).await,
+        Err(Error::NotFound(_))
+    ));
+    let d = store
+        .delta_since(v_before_delete)
+        .await
+        .expect("delta")
+        .expect("some delta");
+    assert_eq!(d.version, v_before_delete + 1);
+    assert_eq!(d.routes, vec![RouteChange::Remove { id: a.id.clone() }]);
+    let again = store
+        .create_tenant("test", &new_tenant("alpha", 9001))
+        .await
+        .expect("slug reusable after delete");
+    assert_ne!(again.id, a.id);
+    assert_eq!(
+        store.get_tenant(&a.id).await.expect("deleted kept").status,
+        TenantStatus::Deleted
+    );
+
+    // A delta covers every object changed after the version, as its current state.
+    let d = store.delta_since(1).await.expect("delta").expect("some");
+    assert!(d
+        .routes
+        .iter()
+        .any(|c| matches!(c, RouteChange::Upsert(r) if r.id == again.id)));
+    assert!(d.routes.contains(&RouteChange::Remove { id: a.id.clone() }));
+    let now = store.ping().await.expect("version");
+    assert!(store
+        .delta_since(now)
+        .await
+        .expect("delta")
+        .expect("empty")
+        .routes
+        .is_empty());
+    assert!(store.delta_since(now + 10).await.expect("ahead").is_none());
+
+    // Certificates: stored sealed, listed without keys, removable.
+    let c = store
+        .add_certificate(
+            "test",
+            &NewCertificate {
+                chain_pem: "-----BEGIN CERTIFICATE-----".into(),
+                sealed_key: vec![1, 2, 3],
+                names: vec!["*.platform.test".into(), "platform.test".into()],
+                issuer: "CN=test".into(),
+                not_after: 4_000_000_000,
+                source: "uploaded",
+            },
+        )
+        .await
+        .expect("add certificate");
+    assert_eq!(c.names, vec!["*.platform.test", "platform.test"]);
+    assert_eq!(store.list_certificates().await.expect("list").len(), 1);
+    let snap = store.snapshot().await.expect("snapshot");
+    assert_eq!(snap.certificates[0].sealed_key, vec![1, 2, 3]);
+    let v = store.ping().await.expect("version");
+    store
+        .delete_certificate("test", &c.id)
+        .await
+        .expect("delete cert");
+    let d = store.delta_since(v).await.expect("delta").expect("some");
+    assert_eq!(
+        d.certificates,
+        vec![CertificateChange::Remove { id: c.id.clone() }]
+    );
+    assert!(matches!(
+        store.delete_certificate("test", &c.id).await,
+        Err(Error::NotFound(_))
+    ));
+
+    // The audit trail names every change, newest first.
+    let events = store.audit_events(100).await.expect("audit");
+    assert_eq!(events[0].action, "certificate.delete");
+    for action in [
+        "tenant.create",
+        "tenant.upstreams",
+        "tenant.rename",
+        "tenant.suspend",
+        "tenant.delete",
+        "certificate.add",
+    ] {
+        assert!(
+            events.iter().any(|e| e.action == action),
+            "no {action} event"
+        );
+    }
+}
+
+/// Writers racing on one store: every acknowledged change is there, versions are gapless.
+async fn concurrent_writers(store: Arc<Store>) {
+    let mut tasks = Vec::new();
+    for w in 0..4u16 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..10u16 {
+                let t = store
+                    .create_tenant(
+                        "test",
+                        &new_tenant(&format!("w{w}-{i}"), 9000 + w * 100 + i),
+                    )
+                    .await
+                    .expect("create");
+                ids.push(t.id);
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.extend(t.await.expect("writer"));
+    }
+    assert_eq!(store.ping().await.expect("version"), 40);
+    let snap = store.snapshot().await.expect("snapshot");
+    assert_eq!(snap.routes.len(), 40);
+    for id in &ids {
+        assert!(snap.routes.iter().any(|r| &r.id == id), "lost {id}");
+    }
+    // Every version from 1 to 40 is in the change log exactly once.
+    let d = store.delta_since(0).await.expect("delta").expect("some");
+    assert_eq!(d.version, 40);
+    assert_eq!(d.routes.len(), 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_store_conforms() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    conformance(&sqlite_store(&dir)).await;
+    // Reopening the file (migrations already applied) keeps everything.
+    let reopened = sqlite_store(&dir);
+    assert_eq!(reopened.snapshot().await.expect("snapshot").routes.len(), 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_conforms() {
+    let pg = PgCluster::start().await;
+    conformance(&postgres_store(&pg, "conformance").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_concurrent_writers_never_lose_a_change() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    concurrent_writers(Arc::new(sqlite_store(&dir))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_concurrent_writers_never_lose_a_change() {
+    let pg = PgCluster::start().await;
+    let url = pg.database("writers").await;
+    // Several nodes migrating at the same moment migrate once.
+    let migrations: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { Postgres::migrate(&url).await })
+        })
+        .collect();
+    for m in migrations {
+        m.await.expect("task").expect("migrate");
+    }
+    // Two "nodes" (separate pools) writing at once.
+    let a = Arc::new(Store::new(Arc::new(Postgres::new(&url, 4).expect("pool"))));
+    let b = Arc::new(Store::new(Arc::new(Postgres::new(&url, 4).expect("pool"))));
+    let (ra, rb) = tokio::join!(
+        async {
+            let mut n = 0;
+            for i in 0..20u16 {
+                a.create_tenant("a", &new_tenant(&format!("a{i}"), 9000 + i))
+                    .await
+                    .expect("a");
+                n += 1;
+            }
+            n
+        },
+        async {
+            let mut n = 0;
+            for i in 0..20u16 {
+                b.create_tenant("b", &new_tenant(&format!("b{i}"), 9500 + i))
+                    .await
+                    .expect("b");
+                n += 1;
+            }
+            n
+        }
+    );
+    assert_eq!(ra + rb, 40);
+    let rows = pg
+        .execute(
+            "writers",
+            "SELECT count(*), min(version), max(version) FROM changes",
+        )
+        .await;
+    assert_eq!(rows[0], vec!["40", "1", "40"], "versions are gapless");
+    concurrent_writers_after(&a, 40).await;
+}
+
+async fn concurrent_writers_after(store: &Store, expected: usize) {
+    let snap = store.snapshot().await.expect("snapshot");
+    assert_eq!(snap.routes.len(), expected);
+    assert_eq!(snap.version, expected as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_unreachable_is_unavailable_not_a_panic() {
+    let mut pg = PgCluster::start().await;
+    let store = postgres_store(&pg, "down").await;
+    store
+        .create_tenant("t", &new_tenant("one", 9001))
+        .await
+        .expect("create");
+    pg.kill();
+    match store.create_tenant("t", &new_tenant("two", 9002)).await {
+        Err(Error::Unavailable(_)) => {}
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    pg.resume().await;
+    // The pool recovers once the database is back; the refused write left nothing behind.
+    let snap = common::wait_for(
+        "the pool to reconnect",
+        std::time::Duration::from_secs(20),
+        || async { store.snapshot().await.ok() },
+    )
+    .await;
+    assert_eq!(snap.routes.len(), 1);
+}
