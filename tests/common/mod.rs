@@ -311,6 +311,8 @@ pub struct Tenantgate {
     https: bool,
     proxy_extra: Vec<String>,
     extra_sections: Vec<String>,
+    store_extra: Vec<String>,
+    command: Option<&'static str>,
 }
 
 /// The admin token every test node is configured with.
@@ -318,6 +320,8 @@ pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 pub struct Running {
     child: Option<Child>,
+    /// `serve`, `proxy` or `control`.
+    pub command: &'static str,
     pub http: SocketAddr,
     pub https: Option<SocketAddr>,
     pub admin: SocketAddr,
@@ -362,6 +366,20 @@ impl Tenantgate {
         self
     }
 
+    /// Run `tenantgate <command>` (`serve` by default; `proxy` or `control` for a fleet).
+    pub fn command(mut self, command: &'static str) -> Tenantgate {
+        self.command = Some(command);
+        self
+    }
+
+    /// A fleet node on this PostgreSQL store, with the fleet's encryption key.
+    pub fn fleet_store(mut self, url: &str) -> Tenantgate {
+        self.store_extra.push(format!("url = {url:?}"));
+        self.store_extra
+            .push(format!("encryption_key = {:?}", "5a".repeat(32)));
+        self
+    }
+
     /// An extra TOML section, e.g. `[platform]\ndomain = "platform.test"`.
     pub fn section(mut self, text: &str) -> Tenantgate {
         self.extra_sections.push(text.to_string());
@@ -392,6 +410,10 @@ impl Tenantgate {
              [store]\npath = \"{d}/data/tenantgate.db\"\nsnapshot_path = \"{d}/data/snapshot.json\"\n",
             d = dir.display()
         );
+        for l in &self.store_extra {
+            s += l;
+            s += "\n";
+        }
         for l in &self.extra_sections {
             s += l;
             s += "\n";
@@ -415,6 +437,7 @@ impl Tenantgate {
             .expect("write config");
         let mut running = Running {
             child: None,
+            command: self.command.unwrap_or("serve"),
             http: SocketAddr::from(([127, 0, 0, 1], http)),
             https: self
                 .https
@@ -438,7 +461,7 @@ impl Running {
         let log = std::fs::File::create(self.dir.path().join(format!("tenantgate-{n}.log")))
             .expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenantgate"));
-        cmd.arg("serve").arg("--config").arg(&self.config);
+        cmd.arg(self.command).arg("--config").arg(&self.config);
         if upgrade {
             cmd.arg("--upgrade");
         }
@@ -463,11 +486,12 @@ impl Running {
     pub async fn wait_ready(&mut self) {
         let admin = self.admin;
         let http = self.http;
+        let proxy = self.command != "control";
         wait_for(
             "tenantgate to listen",
             Duration::from_secs(20),
             || async move {
-                let ok = TcpStream::connect(http).await.is_ok()
+                let ok = (!proxy || TcpStream::connect(http).await.is_ok())
                     && admin_get(admin, "/healthz").await.is_some();
                 ok.then_some(())
             },

@@ -1,0 +1,238 @@
+//! A fleet on one PostgreSQL: `tenantgate control` (admin API) and two `tenantgate proxy`
+//! nodes following the store through LISTEN/NOTIFY, each with a last-known-good snapshot.
+
+mod common;
+
+use std::time::Duration;
+
+use common::postgres::PgCluster;
+use common::*;
+use serde_json::json;
+
+struct Fleet {
+    pg: PgCluster,
+    db: String,
+    control: Running,
+    proxies: Vec<Running>,
+}
+
+async fn fleet(db: &str) -> Fleet {
+    let pg = PgCluster::start().await;
+    let url = pg.database(db).await;
+    let node = |cmd| {
+        Tenantgate::new()
+            .command(cmd)
+            .fleet_store(&url)
+            .section("[platform]\ndomain = \"platform.test\"")
+    };
+    let control = node("control").start().await;
+    let a = node("proxy").start().await;
+    let b = node("proxy").start().await;
+    Fleet {
+        pg,
+        db: db.to_string(),
+        control,
+        proxies: vec![a, b],
+    }
+}
+
+impl Fleet {
+    async fn create(&self, slug: &str, backend: &Backend) -> String {
+        let (s, t) = self
+            .control
+            .api(
+                "POST",
+                "/v1/tenants",
+                Some(json!({"slug": slug, "name": slug, "upstreams": [backend.addr.to_string()]})),
+            )
+            .await;
+        assert_eq!(s, 201, "{t}");
+        t["id"].as_str().expect("id").to_string()
+    }
+
+    /// Every proxy answers `host` from `backend` (by name), or with `status` when `None`.
+    async fn everywhere(&self, host: &str, backend: Option<&str>, status: u16) {
+        for p in &self.proxies {
+            match backend {
+                Some(name) => {
+                    wait_for(
+                        &format!("{host} to be served by {name} on every proxy"),
+                        Duration::from_secs(10),
+                        || async {
+                            let v = p
+                                .get(host, "/")
+                                .await
+                                .json::<serde_json::Value>()
+                                .await
+                                .ok()?;
+                            (v["backend"] == name).then_some(())
+                        },
+                    )
+                    .await;
+                }
+                None => {
+                    p.wait_status(host, status).await;
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_update_and_delete_reach_every_proxy() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let f = fleet("propagation").await;
+    let id = f.create("shop", &a).await;
+    f.everywhere("shop.platform.test", Some("a"), 200).await;
+    let (s, _) = f
+        .control
+        .api(
+            "PUT",
+            &format!("/v1/tenants/{id}/upstreams"),
+            Some(json!({"upstreams": [b.addr.to_string()]})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    f.everywhere("shop.platform.test", Some("b"), 200).await;
+    let (s, _) = f
+        .control
+        .api("POST", &format!("/v1/tenants/{id}/suspend"), None)
+        .await;
+    assert_eq!(s, 200);
+    f.everywhere("shop.platform.test", None, 503).await;
+    let (s, _) = f
+        .control
+        .api("DELETE", &format!("/v1/tenants/{id}"), None)
+        .await;
+    assert_eq!(s, 204);
+    f.everywhere("shop.platform.test", None, 404).await;
+    for p in &f.proxies {
+        let ready = admin_get(p.admin, "/readyz").await.expect("readyz");
+        assert!(ready.contains("\"source\":\"store\""), "{ready}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_keep_serving_through_a_database_outage_and_catch_up() {
+    let shop = Backend::start("shop").await;
+    let mut f = fleet("outage").await;
+    let keep = f.create("keep", &shop).await;
+    let gone = f.create("gone", &shop).await;
+    f.everywhere("keep.platform.test", Some("shop"), 200).await;
+    f.everywhere("gone.platform.test", Some("shop"), 200).await;
+
+    f.pg.kill();
+    // The control plane refuses writes clearly and changes nothing.
+    let (s, e) = f
+        .control
+        .api(
+            "POST",
+            "/v1/tenants",
+            Some(json!({"slug": "late", "name": "late", "upstreams": [shop.addr.to_string()]})),
+        )
+        .await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (503, Some("store_unavailable")),
+        "{e}"
+    );
+    // Proxies keep serving the table they have, and say where it comes from.
+    for p in &f.proxies {
+        wait_for(
+            "the proxy to notice the outage",
+            Duration::from_secs(15),
+            || async {
+                let r = admin_get(p.admin, "/readyz").await?;
+                r.contains("\"source\":\"snapshot\"").then_some(())
+            },
+        )
+        .await;
+        assert_eq!(
+            backend_json(p.get("keep.platform.test", "/").await).await["backend"],
+            "shop"
+        );
+    }
+    // A proxy restarted while the database is down boots from its snapshot.
+    let restarted = &mut f.proxies[0];
+    restarted.stop();
+    let child = restarted.spawn(false);
+    restarted.replace_child(child);
+    restarted.wait_ready().await;
+    assert_eq!(
+        backend_json(restarted.get("keep.platform.test", "/").await).await["backend"],
+        "shop"
+    );
+    assert_eq!(
+        backend_json(restarted.get("gone.platform.test", "/").await).await["backend"],
+        "shop"
+    );
+
+    // The database returns: both proxies catch up, deletions included.
+    f.pg.resume().await;
+    wait_for(
+        "the control plane to reach the database",
+        Duration::from_secs(20),
+        || async {
+            let (s, _) = f
+                .control
+                .api("DELETE", &format!("/v1/tenants/{gone}"), None)
+                .await;
+            (s == 204).then_some(())
+        },
+    )
+    .await;
+    let late = f.create("late", &shop).await;
+    f.everywhere("gone.platform.test", None, 404).await;
+    f.everywhere("late.platform.test", Some("shop"), 200).await;
+    f.everywhere("keep.platform.test", Some("shop"), 200).await;
+    for p in &f.proxies {
+        wait_for(
+            "the proxy to follow the store again",
+            Duration::from_secs(15),
+            || async {
+                let r = admin_get(p.admin, "/readyz").await?;
+                r.contains("\"source\":\"store\"").then_some(())
+            },
+        )
+        .await;
+    }
+    assert!(!keep.is_empty() && !late.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_listen_connection_resynchronises() {
+    let shop = Backend::start("shop").await;
+    let f = fleet("terminate").await;
+    f.create("first", &shop).await;
+    f.everywhere("first.platform.test", Some("shop"), 200).await;
+    let killed = f
+        .pg
+        .execute(
+            &f.db,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'tenantgate-listener'",
+        )
+        .await;
+    assert_eq!(killed.len(), 2, "one listener per proxy");
+    // A change committed right after: NOTIFY has nobody to reach on the killed connections.
+    f.create("second", &shop).await;
+    f.everywhere("second.platform.test", Some("shop"), 200)
+        .await;
+    for p in &f.proxies {
+        wait_for("the listener to come back", Duration::from_secs(15), || async {
+            let rows = f
+                .pg
+                .execute(
+                    &f.db,
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tenantgate-listener'",
+                )
+                .await;
+            (rows[0][0] == "2").then_some(())
+        })
+        .await;
+        assert!(p.logs().contains("resynchronising"), "no resync logged");
+    }
+    // And notifications flow again.
+    f.create("third", &shop).await;
+    f.everywhere("third.platform.test", Some("shop"), 200).await;
+}
