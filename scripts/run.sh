@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Quickstart: build, start two demo storefronts, and run tenantgate in front of them.
+# Quickstart: build, start three demo storefronts (two routed statically, one to create via
+# the admin API), and run tenantgate in front of them.
 #   http://shop1.localhost:8080/   https://shop2.localhost:8443/ (self-signed)   admin: 127.0.0.1:8081
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,10 +12,15 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT INT TERM
 $bin/demo-storefront --listen 127.0.0.1:9001 --name "Shop One" --theme ocean & pids+=($!)
 $bin/demo-storefront --listen 127.0.0.1:9002 --name "Shop Two" --theme sunset & pids+=($!)
+$bin/demo-storefront --listen 127.0.0.1:9003 --name "Shop Three" --theme forest & pids+=($!)
 cat <<MSG
 tenantgate quickstart
   curl http://shop1.localhost:8080/
   curl -k https://shop2.localhost:8443/
   curl http://127.0.0.1:8081/metrics
+  # a new store, live within milliseconds (token generated on first start):
+  curl -H "Authorization: Bearer \$(cat data/quickstart/admin.token)" -H 'content-type: application/json' \\
+       -d '{"slug":"shop3","name":"Shop Three","upstreams":["127.0.0.1:9003"]}' http://127.0.0.1:8081/v1/tenants
+  curl http://shop3.localhost:8080/
 MSG
 $bin/tenantgate serve --config deploy/examples/quickstart.toml

@@ -8,6 +8,9 @@ need=()
 command -v cmake >/dev/null || need+=(cmake)          # pingora's zlib-ng
 command -v curl >/dev/null || need+=(curl)            # end-to-end tests
 command -v cc >/dev/null || need+=(build-essential)
+# PostgreSQL server binaries: the store conformance and fleet tests start throwaway clusters.
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
+command -v runuser >/dev/null || need+=(util-linux)   # run postgres as its own user when root
 if [ "${1:-}" = "bench" ]; then
   command -v nginx >/dev/null || need+=(nginx-light)
   command -v haproxy >/dev/null || need+=(haproxy)
