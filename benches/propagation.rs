@@ -5,8 +5,9 @@
 //! `cargo bench --bench propagation [-- --sizes 0,10000]`. Results go to benches/RESULTS.md
 //! by hand, with the date and commit. Not a test: nothing here asserts a timing.
 
+#![allow(missing_docs)]
+
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::sync::Arc;
