@@ -1,9 +1,15 @@
 //! The routing table the hot path reads: hostname → route, with per-upstream passive health.
 //!
 //! Invariants: a lookup is at most two hash probes on `&str` keys and allocates nothing; the
-//! table is an immutable snapshot behind `ArcSwap`, replaced whole, so a request sees one
-//! consistent version. Health state (when an upstream may be tried again) lives in atomics on
-//! the entry, shared by all threads without locks.
+//! table is an immutable snapshot behind `ArcSwap`, so a request sees one consistent version.
+//! Health state (when an upstream may be tried again) lives in atomics on the entry, shared
+//! by all threads without locks.
+//!
+//! Changes are copy-on-write per shard: the hostname maps are split into [`SHARDS`] shards,
+//! and applying a change clones only the shards it touches, so the cost of a change grows
+//! with the change, not with the table (a table of a million hostnames clones a few thousand
+//! entries per changed route). Writers are serialised by a mutex that also keeps each route's
+//! hostnames, so an upsert can withdraw the names a route no longer has.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -12,13 +18,93 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::sync::Mutex;
+
 use arc_swap::{ArcSwap, Guard};
 use tenantgate_config::host::wildcard_suffix;
-use tenantgate_config::{HostPattern, RouteTable};
+use tenantgate_config::{HostPattern, Route, RouteChange, RouteTable};
 
 use crate::metrics::{Metrics, RouteMetrics};
 
-type Map = HashMap<Box<str>, Arc<RouteEntry>, foldhash::fast::FixedState>;
+type Map = HashMap<Arc<str>, Arc<RouteEntry>, foldhash::fast::FixedState>;
+
+/// Each route's entry and hostnames, kept for writers.
+type RouteRegistry = HashMap<String, (Arc<RouteEntry>, Vec<HostPattern>)>;
+
+/// Number of shards of each hostname map (a power of two).
+pub const SHARDS: usize = 64;
+
+/// The shard a key lives in. A different seed from the maps' own hasher, so the keys of one
+/// shard still spread over that map's buckets.
+#[inline]
+fn shard_of(key: &str) -> usize {
+    (foldhash::fast::FixedState::with_seed(0x0053_4841_5244).hash_one(key) as usize) & (SHARDS - 1)
+}
+
+/// One hostname map split into shards that are replaced independently.
+#[derive(Debug, Clone)]
+struct Sharded(Box<[Arc<Map>]>);
+
+impl Default for Sharded {
+    fn default() -> Self {
+        Sharded((0..SHARDS).map(|_| Arc::new(Map::default())).collect())
+    }
+}
+
+impl Sharded {
+    #[inline]
+    fn get(&self, key: &str) -> Option<&Arc<RouteEntry>> {
+        self.0[shard_of(key)].get(key)
+    }
+}
+
+/// Shards being edited: a shard is cloned on its first write, the others are shared.
+struct ShardEdit<'a> {
+    base: &'a Sharded,
+    touched: Vec<Option<Map>>,
+}
+
+impl<'a> ShardEdit<'a> {
+    fn new(base: &'a Sharded) -> Self {
+        ShardEdit {
+            base,
+            touched: (0..SHARDS).map(|_| None).collect(),
+        }
+    }
+
+    fn shard(&mut self, key: &str) -> &mut Map {
+        let i = shard_of(key);
+        let base = &self.base.0[i];
+        self.touched[i].get_or_insert_with(|| (**base).clone())
+    }
+
+    fn insert(&mut self, key: &str, entry: Arc<RouteEntry>) {
+        self.shard(key).insert(key.into(), entry);
+    }
+
+    /// Remove `key` if it still points at `entry` (another route may own it by now).
+    fn remove_if(&mut self, key: &str, entry: &Arc<RouteEntry>) {
+        let i = shard_of(key);
+        let owned = match &self.touched[i] {
+            Some(m) => m.get(key),
+            None => self.base.0[i].get(key),
+        }
+        .is_some_and(|e| Arc::ptr_eq(e, entry));
+        if owned {
+            self.shard(key).remove(key);
+        }
+    }
+
+    fn finish(self) -> Sharded {
+        Sharded(
+            self.touched
+                .into_iter()
+                .zip(self.base.0.iter())
+                .map(|(t, b)| t.map_or_else(|| b.clone(), Arc::new))
+                .collect(),
+        )
+    }
+}
 
 /// One upstream and when it may next be tried.
 #[derive(Debug)]
@@ -88,8 +174,8 @@ impl RouteEntry {
 /// One immutable version of the table.
 #[derive(Debug, Default)]
 pub struct RouteIndex {
-    exact: Map,
-    wildcard: Map,
+    exact: Sharded,
+    wildcard: Sharded,
     /// Version of the [`RouteTable`] this index was built from.
     pub version: u64,
     /// Number of routes.
@@ -112,6 +198,8 @@ pub struct Router {
     index: ArcSwap<RouteIndex>,
     epoch: Instant,
     metrics: Arc<Metrics>,
+    /// Each route's entry and hostnames, for the writers (never read on the hot path).
+    routes: Mutex<RouteRegistry>,
 }
 
 impl Router {
@@ -121,46 +209,129 @@ impl Router {
             index: ArcSwap::from_pointee(RouteIndex::default()),
             epoch: Instant::now(),
             metrics,
+            routes: Mutex::new(HashMap::new()),
         };
         r.replace(table);
         r
     }
 
+    fn entry(&self, route: &Route, previous: Option<&RouteEntry>) -> Arc<RouteEntry> {
+        Arc::new(RouteEntry {
+            id: route.id.as_str().into(),
+            group_key: foldhash::fast::FixedState::with_seed(0x7465_6e61_6e74).hash_one(&route.id),
+            https_redirect: route.https_redirect,
+            suspended: route.suspended,
+            upstreams: route
+                .upstreams
+                .iter()
+                .map(|u| {
+                    // An upstream that stays in the route keeps its passive-health state.
+                    let down = previous
+                        .and_then(|p| p.upstreams.iter().find(|o| o.addr == u.addr))
+                        .map_or(0, |o| o.down_until_ms.load(Ordering::Relaxed));
+                    UpstreamState {
+                        addr: u.addr,
+                        down_until_ms: AtomicU64::new(down),
+                    }
+                })
+                .collect(),
+            metrics: self.metrics.route(&route.id),
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RouteRegistry> {
+        // Writers replace whole values; a panic mid-write leaves the map usable.
+        self.routes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Swap in a new table. Requests in flight keep the entry they already hold.
     pub fn replace(&self, table: &RouteTable) {
-        let mut idx = RouteIndex {
-            version: table.version,
-            routes: table.routes.len(),
-            ..RouteIndex::default()
-        };
-        idx.exact.reserve(table.routes.len());
+        let mut routes = self.lock();
+        let mut exact: Vec<Map> = (0..SHARDS).map(|_| Map::default()).collect();
+        let mut wildcard: Vec<Map> = (0..SHARDS).map(|_| Map::default()).collect();
+        let mut next = HashMap::with_capacity(table.routes.len());
         for route in &table.routes {
-            let entry = Arc::new(RouteEntry {
-                id: route.id.as_str().into(),
-                group_key: foldhash::fast::FixedState::with_seed(0x7465_6e61_6e74)
-                    .hash_one(&route.id),
-                https_redirect: route.https_redirect,
-                suspended: route.suspended,
-                upstreams: route
-                    .upstreams
-                    .iter()
-                    .map(|u| UpstreamState {
-                        addr: u.addr,
-                        down_until_ms: AtomicU64::new(0),
-                    })
-                    .collect(),
-                metrics: self.metrics.route(&route.id),
-                next: AtomicUsize::new(0),
-            });
+            let entry = self.entry(route, routes.get(&route.id).map(|(e, _)| &**e));
             for pat in &route.hostnames {
-                match pat {
-                    HostPattern::Exact(h) => idx.exact.insert(h.as_str().into(), entry.clone()),
-                    HostPattern::Wildcard(s) => {
-                        idx.wildcard.insert(s.as_str().into(), entry.clone())
-                    }
+                let (maps, key) = match pat {
+                    HostPattern::Exact(h) => (&mut exact, h),
+                    HostPattern::Wildcard(s) => (&mut wildcard, s),
                 };
+                maps[shard_of(key)].insert(key.as_str().into(), entry.clone());
+            }
+            next.insert(route.id.clone(), (entry, route.hostnames.clone()));
+        }
+        *routes = next;
+        let idx = RouteIndex {
+            exact: Sharded(exact.into_iter().map(Arc::new).collect()),
+            wildcard: Sharded(wildcard.into_iter().map(Arc::new).collect()),
+            version: table.version,
+            routes: routes.len(),
+        };
+        self.metrics.routes.set(idx.routes as i64);
+        self.index.store(Arc::new(idx));
+    }
+
+    /// Apply changes in order and publish the result as one new version: upserted routes
+    /// replace the route with the same id (hostnames it no longer lists stop routing to it),
+    /// removed ones stop routing. Costs in proportion to the hostnames changed.
+    pub fn apply(&self, changes: &[RouteChange], version: u64) {
+        let mut routes = self.lock();
+        let cur = self.index.load_full();
+        let mut exact = ShardEdit::new(&cur.exact);
+        let mut wildcard = ShardEdit::new(&cur.wildcard);
+        let mut withdraw = |routes: &mut HashMap<String, (Arc<RouteEntry>, Vec<HostPattern>)>,
+                            id: &str| {
+            let old = routes.remove(id);
+            if let Some((entry, hosts)) = &old {
+                for pat in hosts {
+                    match pat {
+                        HostPattern::Exact(h) => exact.remove_if(h, entry),
+                        HostPattern::Wildcard(s) => wildcard.remove_if(s, entry),
+                    }
+                }
+            }
+            old
+        };
+        let mut inserts: Vec<(HostPattern, Arc<RouteEntry>)> = Vec::new();
+        for change in changes {
+            match change {
+                RouteChange::Upsert(route) => {
+                    let old = withdraw(&mut routes, &route.id);
+                    let entry = self.entry(route, old.as_ref().map(|(e, _)| &**e));
+                    for pat in &route.hostnames {
+                        inserts.push((pat.clone(), entry.clone()));
+                    }
+                    routes.insert(route.id.clone(), (entry, route.hostnames.clone()));
+                }
+                RouteChange::Remove { id } => {
+                    withdraw(&mut routes, id);
+                }
             }
         }
+        // Inserts after all withdrawals: a hostname moving from one route to another in the
+        // same batch ends up with its new owner whatever the order of the changes.
+        for (pat, entry) in inserts {
+            if !routes
+                .get(&*entry.id)
+                .is_some_and(|(e, _)| Arc::ptr_eq(e, &entry))
+            {
+                continue; // superseded by a later change in this batch
+            }
+            match &pat {
+                HostPattern::Exact(h) => exact.insert(h, entry),
+                HostPattern::Wildcard(s) => wildcard.insert(s, entry),
+            }
+        }
+        let idx = RouteIndex {
+            exact: exact.finish(),
+            wildcard: wildcard.finish(),
+            version: version.max(cur.version),
+            routes: routes.len(),
+        };
         self.metrics.routes.set(idx.routes as i64);
         self.index.store(Arc::new(idx));
     }
@@ -188,7 +359,7 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tenantgate_config::{Route, Upstream};
+    use tenantgate_config::Upstream;
 
     fn table() -> RouteTable {
         let up = |p| Upstream {
@@ -255,6 +426,60 @@ mod tests {
         let r = Router::new(&table(), Arc::new(Metrics::new(10)));
         assert_eq!(r.until_ms(Duration::from_secs(u64::MAX)), u64::MAX);
         assert!(r.until_ms(Duration::from_secs(1)) >= 1_000);
+    }
+
+    #[test]
+    fn apply_changes_only_what_it_names_and_moves_hostnames_between_routes() {
+        let r = Router::new(&table(), Arc::new(Metrics::new(10)));
+        let a = r.load().lookup("a.test").expect("a").clone();
+        a.mark_down(0, u64::MAX);
+        let up = |p| Upstream {
+            addr: SocketAddr::from(([127, 0, 0, 1], p)),
+        };
+        // "a" keeps upstream 1 (and its health state), gains b.test, loses a.test;
+        // "w" takes a.test over in the same batch.
+        r.apply(
+            &[
+                RouteChange::Upsert(Route {
+                    id: "a".into(),
+                    hostnames: vec![HostPattern::Exact("b.test".into())],
+                    upstreams: vec![up(1), up(9)],
+                    https_redirect: false,
+                    suspended: false,
+                }),
+                RouteChange::Upsert(Route {
+                    id: "w".into(),
+                    hostnames: vec![
+                        HostPattern::Wildcard("w.test".into()),
+                        HostPattern::Exact("a.test".into()),
+                    ],
+                    upstreams: vec![up(4)],
+                    https_redirect: true,
+                    suspended: true,
+                }),
+            ],
+            4,
+        );
+        let idx = r.load();
+        assert_eq!(idx.version, 4);
+        assert_eq!(&*idx.lookup("a.test").expect("a.test").id, "w");
+        assert!(idx.lookup("a.test").expect("w").suspended);
+        let b = idx.lookup("b.test").expect("b.test");
+        assert_eq!(&*b.id, "a");
+        assert_eq!(b.pick(0, 0), Some(1), "upstream 1 kept its down state");
+        // The exact x.w.test was dropped; the wildcard still covers it.
+        assert_eq!(&*idx.lookup("x.w.test").expect("wildcard").id, "w");
+        assert!(idx.lookup("y.w.test").is_some());
+        drop(idx);
+
+        r.apply(&[RouteChange::Remove { id: "w".into() }], 5);
+        let idx = r.load();
+        assert!(idx.lookup("a.test").is_none());
+        assert!(idx.lookup("y.w.test").is_none());
+        assert_eq!(idx.routes, 1);
+        // Removing an unknown route is a no-op.
+        r.apply(&[RouteChange::Remove { id: "nope".into() }], 6);
+        assert_eq!(r.load().routes, 1);
     }
 
     #[test]

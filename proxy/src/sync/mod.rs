@@ -8,16 +8,18 @@
 //!   hostname claimed by both is served by the stored route;
 //! - a change is applied whole: the router and the certificate store are each swapped once
 //!   per snapshot or delta, so a request sees the old or the new version, never half of one;
+//!   a delta costs in proportion to what it changes, not to the size of the table;
 //! - after every change from the store the snapshot file is rewritten atomically (write to a
 //!   temporary file, fsync, rename, fsync the directory), so a crash leaves the old or the new
-//!   file, never a torn one;
+//!   file, never a torn one. A writer thread does it, coalescing bursts: a slow disk never
+//!   delays the next change reaching the router;
 //! - a certificate that cannot be opened (wrong encryption key, damaged PEM) is skipped with
 //!   an error in the log: it must not take the other certificates down with it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -73,7 +75,97 @@ pub enum SyncError {
 struct Stored {
     version: u64,
     routes: BTreeMap<String, Route>,
+    /// Which stored route claims each hostname (hostnames are unique in the store).
+    hosts: HashMap<HostPattern, String>,
     certificates: BTreeMap<String, (StoredCertificate, Option<ParsedCertificate>)>,
+}
+
+impl Stored {
+    fn from_snapshot(snap: &Snapshot) -> Self {
+        let mut s = Stored {
+            version: snap.version,
+            ..Stored::default()
+        };
+        for r in &snap.routes {
+            for h in &r.hostnames {
+                s.hosts.insert(h.clone(), r.id.clone());
+            }
+            s.routes.insert(r.id.clone(), r.clone());
+        }
+        s
+    }
+
+    fn to_snapshot_json(&self) -> serde_json::Result<Vec<u8>> {
+        #[derive(Serialize)]
+        struct View<'a> {
+            version: u64,
+            routes: Vec<&'a Route>,
+            certificates: Vec<&'a StoredCertificate>,
+        }
+        serde_json::to_vec(&View {
+            version: self.version,
+            routes: self.routes.values().collect(),
+            certificates: self.certificates.values().map(|(c, _)| c).collect(),
+        })
+    }
+}
+
+/// Rewrites the snapshot file from a thread of its own whenever it is marked dirty.
+struct Persister {
+    dirty: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl Persister {
+    fn start(path: PathBuf, stored: Arc<Mutex<Stored>>) -> Self {
+        let dirty = Arc::new((Mutex::new(false), Condvar::new()));
+        let flag = dirty.clone();
+        let spawned = std::thread::Builder::new()
+            .name("tg-snapshot".into())
+            .spawn(move || loop {
+                {
+                    let (m, cv) = &*flag;
+                    let mut d = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    while !*d {
+                        d = cv
+                            .wait(d)
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    }
+                    *d = false;
+                }
+                if let Err(e) = write_snapshot(&path, &stored) {
+                    tracing::error!("cannot keep the last-known-good snapshot: {e}");
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the snapshot writer: {e}");
+        }
+        Persister { dirty }
+    }
+
+    fn mark(&self) {
+        let (m, cv) = &*self.dirty;
+        *m.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+        cv.notify_one();
+    }
+}
+
+/// Serialises writers of the snapshot file (the writer thread and [`EdgeState::flush`]),
+/// which share one temporary file name.
+static FILE_WRITE: Mutex<()> = Mutex::new(());
+
+fn write_snapshot(path: &Path, stored: &Mutex<Stored>) -> Result<(), SyncError> {
+    let _one_writer = FILE_WRITE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let bytes = stored
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .to_snapshot_json();
+    let err = |reason: String| SyncError::SnapshotFile {
+        path: path.to_owned(),
+        reason,
+    };
+    write_atomically(path, &bytes.map_err(|e| err(e.to_string()))?).map_err(|e| err(e.to_string()))
 }
 
 /// The node's served state: static configuration plus what the store published.
@@ -82,11 +174,14 @@ pub struct EdgeState {
     certs: Arc<CertificateStore>,
     key: Option<Arc<SealingKey>>,
     static_routes: Vec<Route>,
+    /// Which static route lists each hostname.
+    static_by_host: HashMap<HostPattern, usize>,
     static_certs: Vec<ParsedCertificate>,
     default_cert: Option<ParsedCertificate>,
     snapshot_path: Option<PathBuf>,
-    stored: Mutex<Stored>,
+    stored: Arc<Mutex<Stored>>,
     status: ArcSwap<SyncStatus>,
+    persister: Option<Persister>,
 }
 
 impl EdgeState {
@@ -101,15 +196,27 @@ impl EdgeState {
         default_cert: Option<ParsedCertificate>,
         snapshot_path: Option<PathBuf>,
     ) -> Self {
+        let stored = Arc::new(Mutex::new(Stored::default()));
+        let persister = snapshot_path
+            .clone()
+            .map(|p| Persister::start(p, stored.clone()));
+        let static_by_host = static_table
+            .routes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, r)| r.hostnames.iter().map(move |h| (h.clone(), i)))
+            .collect();
         let state = EdgeState {
             router,
             certs,
             key,
             static_routes: static_table.routes,
+            static_by_host,
             static_certs,
             default_cert,
             snapshot_path,
-            stored: Mutex::new(Stored::default()),
+            stored,
+            persister,
             status: ArcSwap::from_pointee(SyncStatus {
                 source: Source::Static,
                 version: 0,
@@ -136,15 +243,7 @@ impl EdgeState {
     pub fn apply_snapshot(&self, snap: &Snapshot) -> Result<(), SyncError> {
         let mut stored = self.lock();
         let old = std::mem::take(&mut stored.certificates);
-        *stored = Stored {
-            version: snap.version,
-            routes: snap
-                .routes
-                .iter()
-                .map(|r| (r.id.clone(), r.clone()))
-                .collect(),
-            certificates: BTreeMap::new(),
-        };
+        *stored = Stored::from_snapshot(snap);
         for c in &snap.certificates {
             // Unchanged certificates keep their parsed form: no re-parse on every resync.
             let parsed = match old.get(&c.id) {
@@ -156,7 +255,8 @@ impl EdgeState {
                 .insert(c.id.clone(), (c.clone(), parsed));
         }
         self.publish(&stored, Source::Store, None);
-        self.persist(&stored)
+        self.persist();
+        Ok(())
     }
 
     /// Apply an ordered delta from the store, and persist the result. A delta whose version
@@ -166,15 +266,54 @@ impl EdgeState {
         if delta.version <= stored.version {
             return Ok(());
         }
+        let mut changes = Vec::with_capacity(delta.routes.len());
+        let mut touched_hosts: Vec<HostPattern> = Vec::new();
+        let mut touched_ids: BTreeSet<String> = BTreeSet::new();
         for change in &delta.routes {
-            match change {
-                RouteChange::Upsert(r) => {
-                    stored.routes.insert(r.id.clone(), r.clone());
-                }
-                RouteChange::Remove { id } => {
-                    stored.routes.remove(id);
+            let id = match change {
+                RouteChange::Upsert(r) => &r.id,
+                RouteChange::Remove { id } => id,
+            };
+            if let Some(old) = stored.routes.remove(id) {
+                for h in old.hostnames {
+                    if stored.hosts.get(&h) == Some(id) {
+                        stored.hosts.remove(&h);
+                    }
+                    touched_hosts.push(h);
                 }
             }
+            if let RouteChange::Upsert(r) = change {
+                for h in &r.hostnames {
+                    stored.hosts.insert(h.clone(), r.id.clone());
+                    touched_hosts.push(h.clone());
+                }
+                stored.routes.insert(r.id.clone(), r.clone());
+            }
+            touched_ids.insert(id.clone());
+            changes.push(change.clone());
+        }
+        // Static routes sharing a hostname or id with a changed stored route are derived
+        // again: they lose the names the store now claims and get back the ones it released.
+        let statics: BTreeSet<usize> = touched_hosts
+            .iter()
+            .filter_map(|h| self.static_by_host.get(h).copied())
+            .chain(
+                self.static_routes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| touched_ids.contains(&r.id))
+                    .map(|(i, _)| i),
+            )
+            .collect();
+        for i in statics {
+            let r = &self.static_routes[i];
+            if stored.routes.contains_key(&r.id) {
+                continue;
+            }
+            changes.push(match self.derive_static(r, &stored) {
+                Some(r) => RouteChange::Upsert(r),
+                None => RouteChange::Remove { id: r.id.clone() },
+            });
         }
         for change in &delta.certificates {
             match change {
@@ -190,8 +329,21 @@ impl EdgeState {
             }
         }
         stored.version = delta.version;
-        self.publish(&stored, Source::Store, None);
-        self.persist(&stored)
+        self.router.apply(&changes, delta.version);
+        if !delta.certificates.is_empty() {
+            self.publish_certificates(&stored);
+        }
+        self.set_status(&stored, Source::Store, None);
+        self.persist();
+        Ok(())
+    }
+
+    /// Write the snapshot file now, on this thread (tests, and before a planned stop).
+    pub fn flush(&self) -> Result<(), SyncError> {
+        match &self.snapshot_path {
+            Some(p) => write_snapshot(p, &self.stored),
+            None => Ok(()),
+        }
     }
 
     /// The store cannot be reached: keep serving what we have and say so in `/readyz`.
@@ -224,19 +376,12 @@ impl EdgeState {
         };
         let snap: Snapshot = serde_json::from_slice(&text).map_err(|e| err(e.to_string()))?;
         let mut stored = self.lock();
-        *stored = Stored {
-            version: snap.version,
-            routes: snap
-                .routes
-                .iter()
-                .map(|r| (r.id.clone(), r.clone()))
-                .collect(),
-            certificates: snap
-                .certificates
-                .iter()
-                .map(|c| (c.id.clone(), (c.clone(), self.open(c))))
-                .collect(),
-        };
+        *stored = Stored::from_snapshot(&snap);
+        stored.certificates = snap
+            .certificates
+            .iter()
+            .map(|c| (c.id.clone(), (c.clone(), self.open(c))))
+            .collect();
         self.publish(
             &stored,
             Source::Snapshot,
@@ -270,33 +415,40 @@ impl EdgeState {
         }
     }
 
-    /// Build the served table and certificate set from static + stored, and swap them in.
+    /// A static route without the hostnames the store claims (`None`: nothing left).
+    fn derive_static(&self, r: &Route, stored: &Stored) -> Option<Route> {
+        let mut r = r.clone();
+        r.hostnames.retain(|h| !stored.hosts.contains_key(h));
+        (!r.hostnames.is_empty()).then_some(r)
+    }
+
+    /// Build the whole served table and certificate set from static + stored, and swap them
+    /// in (start, snapshots; deltas use [`Router::apply`]).
     fn publish(&self, stored: &Stored, source: Source, store_error: Option<String>) {
-        let claimed: HashSet<&HostPattern> = stored
-            .routes
-            .values()
-            .flat_map(|r| r.hostnames.iter())
-            .collect();
         let mut routes: Vec<Route> =
             Vec::with_capacity(self.static_routes.len() + stored.routes.len());
         for r in &self.static_routes {
             if stored.routes.contains_key(&r.id) {
                 continue;
             }
-            let mut r = r.clone();
-            r.hostnames.retain(|h| !claimed.contains(h));
-            if !r.hostnames.is_empty() {
-                routes.push(r);
-            }
+            routes.extend(self.derive_static(r, stored));
         }
         routes.extend(stored.routes.values().cloned());
         self.router.replace(&RouteTable {
             version: stored.version,
             routes,
         });
+        self.publish_certificates(stored);
+        self.set_status(stored, source, store_error);
+    }
+
+    fn publish_certificates(&self, stored: &Stored) {
         let mut certs = self.static_certs.clone();
         certs.extend(stored.certificates.values().filter_map(|(_, p)| p.clone()));
         self.certs.replace_all(&certs, self.default_cert.as_ref());
+    }
+
+    fn set_status(&self, stored: &Stored, source: Source, store_error: Option<String>) {
         self.status.store(Arc::new(SyncStatus {
             source,
             version: stored.version,
@@ -306,28 +458,15 @@ impl EdgeState {
         }));
     }
 
-    fn persist(&self, stored: &Stored) -> Result<(), SyncError> {
-        let Some(path) = &self.snapshot_path else {
-            return Ok(());
-        };
-        let snap = Snapshot {
-            version: stored.version,
-            routes: stored.routes.values().cloned().collect(),
-            certificates: stored
-                .certificates
-                .values()
-                .map(|(c, _)| c.clone())
-                .collect(),
-        };
-        write_atomically(path, &snap).map_err(|e| SyncError::SnapshotFile {
-            path: path.clone(),
-            reason: e.to_string(),
-        })
+    fn persist(&self) {
+        if let Some(p) = &self.persister {
+            p.mark();
+        }
     }
 }
 
 /// Write, fsync, rename, fsync the directory: the file is the old or the new one, whole.
-fn write_atomically(path: &Path, snap: &Snapshot) -> std::io::Result<()> {
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -336,7 +475,7 @@ fn write_atomically(path: &Path, snap: &Snapshot) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
         let mut f = std::fs::File::create(&tmp)?;
-        serde_json::to_writer(&mut f, snap)?;
+        f.write_all(bytes)?;
         f.flush()?;
         f.sync_all()?;
     }
@@ -423,11 +562,39 @@ mod tests {
         .expect("delta");
         assert_eq!(port_of(&router, "a.test"), Some(1));
         assert_eq!(s.status().source, Source::Store);
+        // A delta claiming a static hostname takes it; the static route keeps the rest.
+        s.apply_delta(&Delta {
+            version: 7,
+            routes: vec![RouteChange::Upsert(route("t2", &["s.test"], 4))],
+            certificates: vec![],
+        })
+        .expect("delta");
+        assert_eq!(port_of(&router, "s.test"), Some(4));
+        assert_eq!(port_of(&router, "a.test"), Some(1));
+        s.apply_delta(&Delta {
+            version: 8,
+            routes: vec![RouteChange::Upsert(route("t2", &["t2.test"], 4))],
+            certificates: vec![],
+        })
+        .expect("delta");
+        assert_eq!(
+            port_of(&router, "s.test"),
+            Some(1),
+            "released back to the static route"
+        );
+        assert_eq!(port_of(&router, "t2.test"), Some(4));
+        s.apply_delta(&Delta {
+            version: 9,
+            routes: vec![RouteChange::Remove { id: "t2".into() }],
+            certificates: vec![],
+        })
+        .expect("delta");
 
         // A new node boots from the file the first one wrote.
+        s.flush().expect("flush");
         let (s2, router2) = state(&dir);
         assert!(s2.load_snapshot_file().expect("load"));
-        assert_eq!(s2.version(), 6);
+        assert_eq!(s2.version(), 9);
         assert_eq!(s2.status().source, Source::Snapshot);
         assert_eq!(port_of(&router2, "a.test"), Some(1));
         let _ = std::fs::remove_dir_all(&dir);
