@@ -465,7 +465,7 @@ fn serve(path: Option<&Path>, upgrade: bool, role: Role) -> anyhow::Result<()> {
 async fn follow_store(store: Arc<Store>, wake: Wake, state: Arc<EdgeState>) {
     follow(store, wake, FollowSettings::default(), move |event| {
         let applied = match event {
-            Event::Snapshot(s) => state.apply_snapshot(&s),
+            Event::Snapshot(s) => state.apply_snapshot(s),
             Event::Delta(d) => state.apply_delta(&d),
             Event::SourceDown(reason) => {
                 state.source_down(reason);

@@ -430,7 +430,13 @@ impl Tenantgate {
     }
 
     pub async fn start(self) -> Running {
+        self.start_with(|_| {}).await
+    }
+
+    /// Like [`Tenantgate::start`], after `prepare` has put files into the node's directory.
+    pub async fn start_with(self, prepare: impl FnOnce(&std::path::Path)) -> Running {
         let dir = tempfile::tempdir().expect("tempdir");
+        prepare(dir.path());
         let (http, https, admin) = (free_port(), free_port(), free_port());
         let config = dir.path().join("tenantgate.toml");
         std::fs::write(&config, self.config_text(dir.path(), http, https, admin))
@@ -489,7 +495,7 @@ impl Running {
         let proxy = self.command != "control";
         wait_for(
             "tenantgate to listen",
-            Duration::from_secs(20),
+            Duration::from_secs(120),
             || async move {
                 let ok = (!proxy || TcpStream::connect(http).await.is_ok())
                     && admin_get(admin, "/healthz").await.is_some();

@@ -28,8 +28,50 @@ use crate::metrics::{Metrics, RouteMetrics};
 
 type Map = HashMap<Arc<str>, Arc<RouteEntry>, foldhash::fast::FixedState>;
 
-/// Each route's entry and hostnames, kept for writers.
-type RouteRegistry = HashMap<String, (Arc<RouteEntry>, Vec<HostPattern>)>;
+/// A route entry found by its id (`Borrow<str>`), so the registry stores no second copy of it.
+#[derive(Debug, Clone)]
+struct ById(Arc<RouteEntry>);
+
+impl std::borrow::Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        self.0.id()
+    }
+}
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id() == other.0.id()
+    }
+}
+
+impl Eq for ById {}
+
+impl std::hash::Hash for ById {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.id().hash(state)
+    }
+}
+
+/// Every route's entry, for the writers (never read on the hot path).
+type RouteRegistry = std::collections::HashSet<ById, foldhash::fast::RandomState>;
+
+/// One change to the table, with the route shared rather than copied.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Add the route, or replace the route with the same id.
+    Upsert(Arc<Route>),
+    /// Remove the route with this id.
+    Remove(String),
+}
+
+impl From<&RouteChange> for Change {
+    fn from(c: &RouteChange) -> Self {
+        match c {
+            RouteChange::Upsert(r) => Change::Upsert(Arc::new(r.clone())),
+            RouteChange::Remove { id } => Change::Remove(id.clone()),
+        }
+    }
+}
 
 /// Number of shards of each hostname map (a power of two).
 pub const SHARDS: usize = 64;
@@ -118,8 +160,9 @@ pub struct UpstreamState {
 /// A route as the hot path holds it.
 #[derive(Debug)]
 pub struct RouteEntry {
-    /// The route's id.
-    pub id: Box<str>,
+    /// The route as published (id, hostnames, upstream list), shared with whoever published
+    /// it rather than copied.
+    route: Arc<Route>,
     /// Key that separates this route's pooled upstream connections from other routes'.
     pub group_key: u64,
     /// Answer plain HTTP with 308 to https.
@@ -134,6 +177,17 @@ pub struct RouteEntry {
 }
 
 impl RouteEntry {
+    /// The route's id.
+    #[inline]
+    pub fn id(&self) -> &str {
+        &self.route.id
+    }
+
+    /// The route this entry serves.
+    pub fn route(&self) -> &Arc<Route> {
+        &self.route
+    }
+
     /// Choose an upstream round robin: first one that is healthy and not yet tried for this
     /// request; failing that, any one not yet tried (so a route whose upstreams are all marked
     /// down still gets a chance to recover). `tried` is a bitmask of indexes (first 64).
@@ -198,7 +252,7 @@ pub struct Router {
     index: ArcSwap<RouteIndex>,
     epoch: Instant,
     metrics: Arc<Metrics>,
-    /// Each route's entry and hostnames, for the writers (never read on the hot path).
+    /// Each route's entry, for the writers (never read on the hot path).
     routes: Mutex<RouteRegistry>,
 }
 
@@ -209,15 +263,14 @@ impl Router {
             index: ArcSwap::from_pointee(RouteIndex::default()),
             epoch: Instant::now(),
             metrics,
-            routes: Mutex::new(HashMap::new()),
+            routes: Mutex::new(RouteRegistry::default()),
         };
         r.replace(table);
         r
     }
 
-    fn entry(&self, route: &Route, previous: Option<&RouteEntry>) -> Arc<RouteEntry> {
+    fn entry(&self, route: Arc<Route>, previous: Option<&RouteEntry>) -> Arc<RouteEntry> {
         Arc::new(RouteEntry {
-            id: route.id.as_str().into(),
             group_key: foldhash::fast::FixedState::with_seed(0x7465_6e61_6e74).hash_one(&route.id),
             https_redirect: route.https_redirect,
             suspended: route.suspended,
@@ -237,6 +290,7 @@ impl Router {
                 .collect(),
             metrics: self.metrics.route(&route.id),
             next: AtomicUsize::new(0),
+            route,
         })
     }
 
@@ -249,26 +303,32 @@ impl Router {
 
     /// Swap in a new table. Requests in flight keep the entry they already hold.
     pub fn replace(&self, table: &RouteTable) {
+        self.replace_shared(table.version, table.routes.iter().cloned().map(Arc::new));
+    }
+
+    /// Swap in a new table made of shared routes (no copy of their data is made).
+    pub fn replace_shared(&self, version: u64, table: impl IntoIterator<Item = Arc<Route>>) {
         let mut routes = self.lock();
         let mut exact: Vec<Map> = (0..SHARDS).map(|_| Map::default()).collect();
         let mut wildcard: Vec<Map> = (0..SHARDS).map(|_| Map::default()).collect();
-        let mut next = HashMap::with_capacity(table.routes.len());
-        for route in &table.routes {
-            let entry = self.entry(route, routes.get(&route.id).map(|(e, _)| &**e));
-            for pat in &route.hostnames {
+        let mut next = RouteRegistry::default();
+        for route in table {
+            let previous = routes.get(route.id.as_str()).map(|e| &*e.0);
+            let entry = self.entry(route, previous);
+            for pat in &entry.route.hostnames {
                 let (maps, key) = match pat {
                     HostPattern::Exact(h) => (&mut exact, h),
                     HostPattern::Wildcard(s) => (&mut wildcard, s),
                 };
                 maps[shard_of(key)].insert(key.as_str().into(), entry.clone());
             }
-            next.insert(route.id.clone(), (entry, route.hostnames.clone()));
+            next.replace(ById(entry));
         }
         *routes = next;
         let idx = RouteIndex {
             exact: Sharded(exact.into_iter().map(Arc::new).collect()),
             wildcard: Sharded(wildcard.into_iter().map(Arc::new).collect()),
-            version: table.version,
+            version,
             routes: routes.len(),
         };
         self.metrics.routes.set(idx.routes as i64);
@@ -278,16 +338,15 @@ impl Router {
     /// Apply changes in order and publish the result as one new version: upserted routes
     /// replace the route with the same id (hostnames it no longer lists stop routing to it),
     /// removed ones stop routing. Costs in proportion to the hostnames changed.
-    pub fn apply(&self, changes: &[RouteChange], version: u64) {
+    pub fn apply(&self, changes: impl IntoIterator<Item = Change>, version: u64) {
         let mut routes = self.lock();
         let cur = self.index.load_full();
         let mut exact = ShardEdit::new(&cur.exact);
         let mut wildcard = ShardEdit::new(&cur.wildcard);
-        let mut withdraw = |routes: &mut HashMap<String, (Arc<RouteEntry>, Vec<HostPattern>)>,
-                            id: &str| {
-            let old = routes.remove(id);
-            if let Some((entry, hosts)) = &old {
-                for pat in hosts {
+        let mut withdraw = |routes: &mut RouteRegistry, id: &str| {
+            let old = routes.take(id);
+            if let Some(ById(entry)) = &old {
+                for pat in &entry.route.hostnames {
                     match pat {
                         HostPattern::Exact(h) => exact.remove_if(h, entry),
                         HostPattern::Wildcard(s) => wildcard.remove_if(s, entry),
@@ -296,34 +355,34 @@ impl Router {
             }
             old
         };
-        let mut inserts: Vec<(HostPattern, Arc<RouteEntry>)> = Vec::new();
+        let mut inserted: Vec<Arc<RouteEntry>> = Vec::new();
         for change in changes {
             match change {
-                RouteChange::Upsert(route) => {
+                Change::Upsert(route) => {
                     let old = withdraw(&mut routes, &route.id);
-                    let entry = self.entry(route, old.as_ref().map(|(e, _)| &**e));
-                    for pat in &route.hostnames {
-                        inserts.push((pat.clone(), entry.clone()));
-                    }
-                    routes.insert(route.id.clone(), (entry, route.hostnames.clone()));
+                    let entry = self.entry(route, old.as_ref().map(|e| &*e.0));
+                    inserted.push(entry.clone());
+                    routes.insert(ById(entry));
                 }
-                RouteChange::Remove { id } => {
-                    withdraw(&mut routes, id);
+                Change::Remove(id) => {
+                    withdraw(&mut routes, &id);
                 }
             }
         }
         // Inserts after all withdrawals: a hostname moving from one route to another in the
         // same batch ends up with its new owner whatever the order of the changes.
-        for (pat, entry) in inserts {
+        for entry in inserted {
             if !routes
-                .get(&*entry.id)
-                .is_some_and(|(e, _)| Arc::ptr_eq(e, &entry))
+                .get(entry.id())
+                .is_some_and(|e| Arc::ptr_eq(&e.0, &entry))
             {
                 continue; // superseded by a later change in this batch
             }
-            match &pat {
-                HostPattern::Exact(h) => exact.insert(h, entry),
-                HostPattern::Wildcard(s) => wildcard.insert(s, entry),
+            for pat in &entry.route.hostnames {
+                match pat {
+                    HostPattern::Exact(h) => exact.insert(h, entry.clone()),
+                    HostPattern::Wildcard(s) => wildcard.insert(s, entry.clone()),
+                }
             }
         }
         let idx = RouteIndex {
@@ -394,9 +453,9 @@ mod tests {
         let r = Router::new(&table(), Arc::new(Metrics::new(10)));
         let idx = r.load();
         assert_eq!(idx.version, 3);
-        assert_eq!(&*idx.lookup("a.test").expect("a").id, "a");
-        assert_eq!(&*idx.lookup("y.w.test").expect("w").id, "w");
-        assert_eq!(&*idx.lookup("x.w.test").expect("x").id, "w");
+        assert_eq!(idx.lookup("a.test").expect("a").id(), "a");
+        assert_eq!(idx.lookup("y.w.test").expect("w").id(), "w");
+        assert_eq!(idx.lookup("x.w.test").expect("x").id(), "w");
         assert!(idx.lookup("w.test").is_none());
         assert!(idx.lookup("z.y.w.test").is_none());
         assert!(idx.lookup("b.test").is_none());
@@ -439,7 +498,7 @@ mod tests {
         // "a" keeps upstream 1 (and its health state), gains b.test, loses a.test;
         // "w" takes a.test over in the same batch.
         r.apply(
-            &[
+            [
                 RouteChange::Upsert(Route {
                     id: "a".into(),
                     hostnames: vec![HostPattern::Exact("b.test".into())],
@@ -457,28 +516,30 @@ mod tests {
                     https_redirect: true,
                     suspended: true,
                 }),
-            ],
+            ]
+            .iter()
+            .map(Change::from),
             4,
         );
         let idx = r.load();
         assert_eq!(idx.version, 4);
-        assert_eq!(&*idx.lookup("a.test").expect("a.test").id, "w");
+        assert_eq!(idx.lookup("a.test").expect("a.test").id(), "w");
         assert!(idx.lookup("a.test").expect("w").suspended);
         let b = idx.lookup("b.test").expect("b.test");
-        assert_eq!(&*b.id, "a");
+        assert_eq!(b.id(), "a");
         assert_eq!(b.pick(0, 0), Some(1), "upstream 1 kept its down state");
         // The exact x.w.test was dropped; the wildcard still covers it.
-        assert_eq!(&*idx.lookup("x.w.test").expect("wildcard").id, "w");
+        assert_eq!(idx.lookup("x.w.test").expect("wildcard").id(), "w");
         assert!(idx.lookup("y.w.test").is_some());
         drop(idx);
 
-        r.apply(&[RouteChange::Remove { id: "w".into() }], 5);
+        r.apply([Change::Remove("w".into())], 5);
         let idx = r.load();
         assert!(idx.lookup("a.test").is_none());
         assert!(idx.lookup("y.w.test").is_none());
         assert_eq!(idx.routes, 1);
         // Removing an unknown route is a no-op.
-        r.apply(&[RouteChange::Remove { id: "nope".into() }], 6);
+        r.apply([Change::Remove("nope".into())], 6);
         assert_eq!(r.load().routes, 1);
     }
 

@@ -423,7 +423,7 @@ impl ProxyHttp for EdgeProxy {
                 status,
                 duration_us = elapsed.as_micros() as u64,
                 bytes_sent = session.body_bytes_sent(),
-                route = ctx.route.as_ref().map_or("", |r| &*r.id),
+                route = ctx.route.as_ref().map_or("", |r| r.id()),
                 upstream = %upstream.map(|a| a.to_string()).unwrap_or_default(),
                 request_id = ctx.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
                 error = %e.map(|e| e.etype().as_str()).unwrap_or(""),

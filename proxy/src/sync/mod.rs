@@ -16,7 +16,7 @@
 //! - a certificate that cannot be opened (wrong encryption key, damaged PEM) is skipped with
 //!   an error in the log: it must not take the other certificates down with it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
@@ -29,7 +29,7 @@ use tenantgate_config::{
     StoredCertificate,
 };
 
-use crate::router::Router;
+use crate::router::{Change, Router};
 
 /// Where the routes being served came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -71,28 +71,62 @@ pub enum SyncError {
     },
 }
 
+/// A stored route found by its id (`Borrow<str>`): the set holds no second copy of the id.
+#[derive(Debug, Clone)]
+struct RouteById(Arc<Route>);
+
+impl std::borrow::Borrow<str> for RouteById {
+    fn borrow(&self) -> &str {
+        &self.0.id
+    }
+}
+
+impl PartialEq for RouteById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for RouteById {}
+
+impl std::hash::Hash for RouteById {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.id.as_str().hash(state)
+    }
+}
+
 #[derive(Default)]
 struct Stored {
     version: u64,
-    routes: BTreeMap<String, Route>,
-    /// Which stored route claims each hostname (hostnames are unique in the store).
+    /// The stored routes, shared with the router (one copy of each route's data).
+    routes: HashSet<RouteById, foldhash::fast::RandomState>,
+    /// Which stored route claims each hostname (hostnames are unique in the store). Kept
+    /// only when static routes exist: it is what filters them.
     hosts: HashMap<HostPattern, String>,
     certificates: BTreeMap<String, (StoredCertificate, Option<ParsedCertificate>)>,
 }
 
 impl Stored {
-    fn from_snapshot(snap: &Snapshot) -> Self {
+    /// The routes of a snapshot, moved (not copied); `track_hosts` builds the hostname map.
+    fn from_snapshot(version: u64, routes: Vec<Route>, track_hosts: bool) -> Self {
         let mut s = Stored {
-            version: snap.version,
+            version,
             ..Stored::default()
         };
-        for r in &snap.routes {
-            for h in &r.hostnames {
-                s.hosts.insert(h.clone(), r.id.clone());
+        s.routes.reserve(routes.len());
+        for r in routes {
+            if track_hosts {
+                for h in &r.hostnames {
+                    s.hosts.insert(h.clone(), r.id.clone());
+                }
             }
-            s.routes.insert(r.id.clone(), r.clone());
+            s.routes.insert(RouteById(Arc::new(r)));
         }
         s
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.routes.contains(id)
     }
 
     fn to_snapshot_json(&self) -> serde_json::Result<Vec<u8>> {
@@ -104,7 +138,7 @@ impl Stored {
         }
         serde_json::to_vec(&View {
             version: self.version,
-            routes: self.routes.values().collect(),
+            routes: self.routes.iter().map(|r| &*r.0).collect(),
             certificates: self.certificates.values().map(|(c, _)| c).collect(),
         })
     }
@@ -173,7 +207,7 @@ pub struct EdgeState {
     router: Arc<Router>,
     certs: Arc<CertificateStore>,
     key: Option<Arc<SealingKey>>,
-    static_routes: Vec<Route>,
+    static_routes: Vec<Arc<Route>>,
     /// Which static route lists each hostname.
     static_by_host: HashMap<HostPattern, usize>,
     static_certs: Vec<ParsedCertificate>,
@@ -210,7 +244,7 @@ impl EdgeState {
             router,
             certs,
             key,
-            static_routes: static_table.routes,
+            static_routes: static_table.routes.into_iter().map(Arc::new).collect(),
             static_by_host,
             static_certs,
             default_cert,
@@ -239,11 +273,12 @@ impl EdgeState {
         self.status.load().version
     }
 
-    /// Replace the stored state with a full snapshot from the store, and persist it.
-    pub fn apply_snapshot(&self, snap: &Snapshot) -> Result<(), SyncError> {
+    /// Replace the stored state with a full snapshot from the store (taken by value: its
+    /// routes are moved into the table, not copied), and persist it.
+    pub fn apply_snapshot(&self, snap: Snapshot) -> Result<(), SyncError> {
         let mut stored = self.lock();
         let old = std::mem::take(&mut stored.certificates);
-        *stored = Stored::from_snapshot(snap);
+        *stored = Stored::from_snapshot(snap.version, snap.routes, self.tracks_hosts());
         for c in &snap.certificates {
             // Unchanged certificates keep their parsed form: no re-parse on every resync.
             let parsed = match old.get(&c.id) {
@@ -274,23 +309,32 @@ impl EdgeState {
                 RouteChange::Upsert(r) => &r.id,
                 RouteChange::Remove { id } => id,
             };
-            if let Some(old) = stored.routes.remove(id) {
-                for h in old.hostnames {
-                    if stored.hosts.get(&h) == Some(id) {
-                        stored.hosts.remove(&h);
+            let track = self.tracks_hosts();
+            if let Some(RouteById(old)) = stored.routes.take(id.as_str()) {
+                if track {
+                    for h in &old.hostnames {
+                        if stored.hosts.get(h) == Some(id) {
+                            stored.hosts.remove(h);
+                        }
+                        touched_hosts.push(h.clone());
                     }
-                    touched_hosts.push(h);
                 }
             }
-            if let RouteChange::Upsert(r) = change {
-                for h in &r.hostnames {
-                    stored.hosts.insert(h.clone(), r.id.clone());
-                    touched_hosts.push(h.clone());
+            match change {
+                RouteChange::Upsert(r) => {
+                    if track {
+                        for h in &r.hostnames {
+                            stored.hosts.insert(h.clone(), r.id.clone());
+                            touched_hosts.push(h.clone());
+                        }
+                    }
+                    let r = Arc::new(r.clone());
+                    stored.routes.insert(RouteById(r.clone()));
+                    changes.push(Change::Upsert(r));
                 }
-                stored.routes.insert(r.id.clone(), r.clone());
+                RouteChange::Remove { id } => changes.push(Change::Remove(id.clone())),
             }
             touched_ids.insert(id.clone());
-            changes.push(change.clone());
         }
         // Static routes sharing a hostname or id with a changed stored route are derived
         // again: they lose the names the store now claims and get back the ones it released.
@@ -307,12 +351,12 @@ impl EdgeState {
             .collect();
         for i in statics {
             let r = &self.static_routes[i];
-            if stored.routes.contains_key(&r.id) {
+            if stored.contains(&r.id) {
                 continue;
             }
             changes.push(match self.derive_static(r, &stored) {
-                Some(r) => RouteChange::Upsert(r),
-                None => RouteChange::Remove { id: r.id.clone() },
+                Some(r) => Change::Upsert(r),
+                None => Change::Remove(r.id.clone()),
             });
         }
         for change in &delta.certificates {
@@ -329,7 +373,7 @@ impl EdgeState {
             }
         }
         stored.version = delta.version;
-        self.router.apply(&changes, delta.version);
+        self.router.apply(changes, delta.version);
         if !delta.certificates.is_empty() {
             self.publish_certificates(&stored);
         }
@@ -376,7 +420,7 @@ impl EdgeState {
         };
         let snap: Snapshot = serde_json::from_slice(&text).map_err(|e| err(e.to_string()))?;
         let mut stored = self.lock();
-        *stored = Stored::from_snapshot(&snap);
+        *stored = Stored::from_snapshot(snap.version, snap.routes, self.tracks_hosts());
         stored.certificates = snap
             .certificates
             .iter()
@@ -415,29 +459,32 @@ impl EdgeState {
         }
     }
 
-    /// A static route without the hostnames the store claims (`None`: nothing left).
-    fn derive_static(&self, r: &Route, stored: &Stored) -> Option<Route> {
-        let mut r = r.clone();
+    /// Whether stored hostnames must be tracked (to filter static routes).
+    fn tracks_hosts(&self) -> bool {
+        !self.static_routes.is_empty()
+    }
+
+    /// A static route without the hostnames the store claims (`None`: nothing left). An
+    /// untouched route is shared, not copied.
+    fn derive_static(&self, r: &Arc<Route>, stored: &Stored) -> Option<Arc<Route>> {
+        if !r.hostnames.iter().any(|h| stored.hosts.contains_key(h)) {
+            return Some(r.clone());
+        }
+        let mut r = (**r).clone();
         r.hostnames.retain(|h| !stored.hosts.contains_key(h));
-        (!r.hostnames.is_empty()).then_some(r)
+        (!r.hostnames.is_empty()).then(|| Arc::new(r))
     }
 
     /// Build the whole served table and certificate set from static + stored, and swap them
     /// in (start, snapshots; deltas use [`Router::apply`]).
     fn publish(&self, stored: &Stored, source: Source, store_error: Option<String>) {
-        let mut routes: Vec<Route> =
-            Vec::with_capacity(self.static_routes.len() + stored.routes.len());
-        for r in &self.static_routes {
-            if stored.routes.contains_key(&r.id) {
-                continue;
-            }
-            routes.extend(self.derive_static(r, stored));
-        }
-        routes.extend(stored.routes.values().cloned());
-        self.router.replace(&RouteTable {
-            version: stored.version,
-            routes,
-        });
+        let statics = self
+            .static_routes
+            .iter()
+            .filter(|r| !stored.contains(&r.id))
+            .filter_map(|r| self.derive_static(r, stored));
+        let routes = statics.chain(stored.routes.iter().map(|r| r.0.clone()));
+        self.router.replace_shared(stored.version, routes);
         self.publish_certificates(stored);
         self.set_status(stored, source, store_error);
     }
@@ -538,7 +585,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tg-sync-{}", std::process::id()));
         let (s, router) = state(&dir);
         assert_eq!(port_of(&router, "a.test"), Some(1));
-        s.apply_snapshot(&Snapshot {
+        s.apply_snapshot(Snapshot {
             version: 5,
             routes: vec![route("t1", &["a.test"], 2)],
             certificates: vec![],
