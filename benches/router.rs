@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the hot path's pure parts: Host normalisation and route lookup at
-//! 1 and 100k routes (exact and wildcard hits, misses).
+//! 1, 100k and 1M routes (exact and wildcard hits, misses), and the cost of applying one
+//! route change to a table of that size.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use tenantgate_config::host::{normalize_into, HostBuf};
 use tenantgate_config::{HostPattern, Route, RouteTable, Upstream};
 use tenantgate_proxy::metrics::Metrics;
-use tenantgate_proxy::router::Router;
+use tenantgate_proxy::router::{Change, Router};
 
 fn table(n: usize) -> RouteTable {
     let up = Upstream {
@@ -40,7 +41,7 @@ fn bench(c: &mut Criterion) {
                 .unwrap_or(0)
         })
     });
-    for n in [1usize, 100_000] {
+    for n in [1usize, 100_000, 1_000_000] {
         let router = Router::new(&table(n), Arc::new(Metrics::new(16)));
         let last = format!("shop{}.platform.test", n - 1);
         let wild = format!("www.shop{}.example.com", n / 2);
@@ -56,6 +57,16 @@ fn bench(c: &mut Criterion) {
                     .load()
                     .lookup(black_box("nobody.platform.test"))
                     .is_some()
+            })
+        });
+        // One tenant's upstreams change: what a delta costs at this table size.
+        let mut route = table(1).routes.remove(0);
+        let mut version = 1;
+        c.bench_function(&format!("apply_one_change/{n}_routes"), |b| {
+            b.iter(|| {
+                version += 1;
+                route.upstreams[0].addr.set_port(9000 + (version % 2) as u16);
+                router.apply([Change::Upsert(Arc::new(route.clone()))], version);
             })
         });
     }
