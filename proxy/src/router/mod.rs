@@ -74,7 +74,7 @@ impl From<&RouteChange> for Change {
 }
 
 /// Number of shards of each hostname map (a power of two).
-pub const SHARDS: usize = 64;
+pub const SHARDS: usize = 256;
 
 /// The shard a key lives in. A different seed from the maps' own hasher, so the keys of one
 /// shard still spread over that map's buckets.
