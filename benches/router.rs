@@ -65,7 +65,9 @@ fn bench(c: &mut Criterion) {
         c.bench_function(&format!("apply_one_change/{n}_routes"), |b| {
             b.iter(|| {
                 version += 1;
-                route.upstreams[0].addr.set_port(9000 + (version % 2) as u16);
+                route.upstreams[0]
+                    .addr
+                    .set_port(9000 + (version % 2) as u16);
                 router.apply([Change::Upsert(Arc::new(route.clone()))], version);
             })
         });

@@ -392,3 +392,23 @@ async fn postgres_unreachable_is_unavailable_not_a_panic() {
     .await;
     assert_eq!(snap.routes.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_far_behind_is_sent_to_a_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = sqlite_store(&dir);
+    let n = tenantgate_control::store::MAX_DELTA_OBJECTS + 1;
+    for i in 0..n {
+        store
+            .create_tenant("test", &new_tenant(&format!("s{i}"), 9000))
+            .await
+            .expect("create");
+    }
+    assert!(store.delta_since(0).await.expect("delta").is_none());
+    let d = store
+        .delta_since(1)
+        .await
+        .expect("delta")
+        .expect("within the limit");
+    assert_eq!(d.routes.len(), n - 1);
+}

@@ -147,9 +147,9 @@ pub async fn follow(
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => {
-                    tracing::warn!(
+                    tracing::info!(
                         applied,
-                        "the store is behind this node's version; resynchronising"
+                        "too far behind for a delta, or ahead of the store; resynchronising"
                     );
                     break;
                 }

@@ -65,6 +65,9 @@ pub trait Backend: Send + Sync {
     fn kind(&self) -> &'static str;
 }
 
+/// Beyond this many changed objects a follower takes a full snapshot instead of a delta.
+pub const MAX_DELTA_OBJECTS: usize = 1000;
+
 /// A change committed by this process; the in-process publisher waits on these.
 pub type Committed = tokio::sync::watch::Receiver<u64>;
 
@@ -543,8 +546,10 @@ impl Store {
     }
 
     /// The changes after `version`, as current state of every object that changed, at the
-    /// store's current version. `None` when the caller must take a full snapshot instead
-    /// (it is ahead of the store, e.g. after a restore from backup).
+    /// store's current version. `None` when the caller must take a full snapshot instead:
+    /// it is ahead of the store (e.g. after a restore from backup), or so far behind that
+    /// more than [`MAX_DELTA_OBJECTS`] objects changed (a snapshot is cheaper then, and the
+    /// queries stay within the databases' limits on bound parameters).
     pub async fn delta_since(&self, version: u64) -> Result<Option<Delta>> {
         let mut tx = self.backend.begin(false).await?;
         let current = current_version(&mut *tx).await?;
@@ -565,6 +570,10 @@ impl Store {
                 "tenant" => tenants.insert(text(r, 1)?),
                 _ => certs.insert(text(r, 1)?),
             };
+            if tenants.len() + certs.len() > MAX_DELTA_OBJECTS {
+                tx.commit().await?;
+                return Ok(None);
+            }
         }
         let ids: Vec<String> = tenants.into_iter().collect();
         let routes = load_routes(&mut *tx, Some(&ids)).await?;
