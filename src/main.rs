@@ -428,11 +428,38 @@ fn serve(path: Option<&Path>, upgrade: bool, role: Role) -> anyhow::Result<()> {
     };
     let mut server = Server::new_with_opt_and_conf(opt, tenantgate_proxy::server_conf(&cfg));
     server.bootstrap();
+    // A control-plane node is ready while its store answers.
+    let probe: Option<tenantgate_proxy::admin::ReadyProbe> = if is_proxy {
+        None
+    } else {
+        let health = Arc::new(std::sync::Mutex::new(Some("not checked yet".to_string())));
+        let writer = health.clone();
+        let pinged = store.clone();
+        server.add_service(pingora::services::background::background_service(
+            "store health",
+            BackgroundTask::new(async move {
+                loop {
+                    let r = pinged.ping().await.err().map(|e| e.to_string());
+                    *writer
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = r;
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }),
+        ));
+        Some(Arc::new(move || {
+            health
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        }))
+    };
     let edge = Edge {
         router,
         certs: store_certs,
         metrics,
         state: Some(state.clone()),
+        probe,
     };
     if is_proxy {
         let wake = match (&role, &cfg.store.url) {

@@ -183,6 +183,12 @@ async fn proxies_keep_serving_through_a_database_outage_and_catch_up() {
     )
     .await;
     let late = f.create("late", &shop).await;
+    wait_for(
+        "control to be ready again",
+        Duration::from_secs(10),
+        || async { admin_get(f.control.admin, "/readyz").await },
+    )
+    .await;
     f.everywhere("gone.platform.test", None, 404).await;
     f.everywhere("late.platform.test", Some("shop"), 200).await;
     f.everywhere("keep.platform.test", Some("shop"), 200).await;

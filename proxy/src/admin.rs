@@ -28,12 +28,17 @@ use crate::sync::EdgeState;
 /// Largest request body the admin listener accepts.
 pub const MAX_BODY: usize = 1024 * 1024;
 
+/// An extra readiness check: `Some(reason)` while the node is not ready (e.g. a control-plane
+/// node whose store does not answer).
+pub type ReadyProbe = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
 #[derive(Clone)]
 struct AdminState {
     metrics: Arc<Metrics>,
     router: Arc<Router>,
     certs: Arc<CertificateStore>,
     edge: Option<Arc<EdgeState>>,
+    probe: Option<ReadyProbe>,
 }
 
 /// Serves the admin endpoints.
@@ -48,6 +53,7 @@ impl AdminApp {
         router: Arc<Router>,
         certs: Arc<CertificateStore>,
         edge: Option<Arc<EdgeState>>,
+        probe: Option<ReadyProbe>,
         api: Option<axum::Router>,
     ) -> Self {
         let state = AdminState {
@@ -55,6 +61,7 @@ impl AdminApp {
             router,
             certs,
             edge,
+            probe,
         };
         let mut app = axum::Router::new()
             .route("/metrics", get(metrics_text))
@@ -101,8 +108,13 @@ async fn healthz(State(s): State<AdminState>) -> impl IntoResponse {
 
 /// Ready once a table is being served. A node serving its last-known-good snapshot because
 /// the store is down stays ready (taking every proxy out of rotation when the database fails
-/// would turn a control-plane outage into a traffic outage); the body says which.
-async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
+/// would turn a control-plane outage into a traffic outage); the body says which. A node
+/// with a probe (the control plane) is not ready while the probe reports a reason.
+async fn readyz(State(s): State<AdminState>) -> axum::response::Response {
+    if let Some(reason) = s.probe.as_ref().and_then(|p| p()) {
+        let body = serde_json::json!({"ready": false, "store_error": reason});
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
     let status = s.edge.as_ref().map(|e| e.status());
     let body = match status {
         Some(st) => serde_json::json!({
@@ -115,7 +127,7 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
         }),
         None => serde_json::json!({"ready": true, "source": "static", "version": 0}),
     };
-    Json(body)
+    Json(body).into_response()
 }
 
 #[async_trait]

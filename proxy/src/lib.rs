@@ -70,6 +70,8 @@ pub struct Edge {
     pub metrics: Arc<Metrics>,
     /// Static plus stored state, when a store feeds this node.
     pub state: Option<Arc<sync::EdgeState>>,
+    /// Extra readiness check for `/readyz`.
+    pub probe: Option<admin::ReadyProbe>,
 }
 
 /// A task that runs beside the proxy in its own runtime (e.g. following the store) and is
@@ -113,6 +115,7 @@ pub fn add_admin_only(server: &mut Server, cfg: &Config, edge: &Edge, api: Optio
             edge.router.clone(),
             edge.certs.clone(),
             edge.state.clone(),
+            edge.probe.clone(),
             api,
         ),
     );
