@@ -129,19 +129,23 @@ impl Stored {
         self.routes.contains(id)
     }
 
-    fn to_snapshot_json(&self) -> serde_json::Result<Vec<u8>> {
-        #[derive(Serialize)]
-        struct View<'a> {
-            version: u64,
-            routes: Vec<&'a Route>,
-            certificates: Vec<&'a StoredCertificate>,
-        }
-        serde_json::to_vec(&View {
+    /// What the snapshot file holds, as shared pointers: cheap to take under the lock, so
+    /// serialising (slow at a million routes) happens after the lock is released.
+    fn view(&self) -> SnapshotView {
+        SnapshotView {
             version: self.version,
-            routes: self.routes.iter().map(|r| &*r.0).collect(),
-            certificates: self.certificates.values().map(|(c, _)| c).collect(),
-        })
+            routes: self.routes.iter().map(|r| r.0.clone()).collect(),
+            certificates: self.certificates.values().map(|(c, _)| c.clone()).collect(),
+        }
     }
+}
+
+/// The snapshot file's content; serialises like [`Snapshot`].
+#[derive(Serialize)]
+struct SnapshotView {
+    version: u64,
+    routes: Vec<Arc<Route>>,
+    certificates: Vec<StoredCertificate>,
 }
 
 /// Rewrites the snapshot file from a thread of its own whenever it is marked dirty.
@@ -191,10 +195,11 @@ fn write_snapshot(path: &Path, stored: &Mutex<Stored>) -> Result<(), SyncError> 
     let _one_writer = FILE_WRITE
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let bytes = stored
+    let view = stored
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .to_snapshot_json();
+        .view();
+    let bytes = serde_json::to_vec(&view);
     let err = |reason: String| SyncError::SnapshotFile {
         path: path.to_owned(),
         reason,
