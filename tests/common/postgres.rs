@@ -2,8 +2,9 @@
 //! directory in a temporary folder, an ephemeral port, trust authentication on loopback.
 //! `fsync` is off (only an OS crash could lose data, and tests don't survive those), but
 //! commits are written to the WAL before they are acknowledged, so killing the server loses
-//! nothing acknowledged. As root the server runs as the `postgres` user (it refuses root). `initdb` runs once per
-//! target directory into a template that each cluster copies, which takes milliseconds.
+//! nothing acknowledged. As root the server runs as the `postgres` user (it refuses root).
+//! `initdb` runs once per machine into a template under the temp directory (which the
+//! `postgres` user can traverse, unlike a checkout under /root) that each cluster copies.
 //!
 //! A test that needs PostgreSQL fails (never skips) when it cannot start.
 
@@ -60,8 +61,15 @@ fn template() -> PathBuf {
     if let Some(p) = &*t {
         return p.clone();
     }
-    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let dir = base.join("pg-template");
+    // Under the system temp directory, which the `postgres` user can traverse (a checkout
+    // under /root, say, would not be).
+    let base = std::env::temp_dir();
+    let version = bin_dir()
+        .parent()
+        .and_then(|p| p.file_name())
+        .map(|v| v.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dir = base.join(format!("tenantgate-pg{version}-template"));
     if !dir.join("PG_VERSION").exists() {
         let tmp = base.join(format!("pg-template-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
