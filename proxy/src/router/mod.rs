@@ -308,10 +308,19 @@ impl Router {
 
     /// Swap in a new table made of shared routes (no copy of their data is made).
     pub fn replace_shared(&self, version: u64, table: impl IntoIterator<Item = Arc<Route>>) {
+        let table = table.into_iter();
+        // Sized up front: growing a million-entry table rehashes every key several times.
+        let expected = table.size_hint().0;
+        let per_shard = expected / SHARDS + expected / SHARDS / 4;
         let mut routes = self.lock();
-        let mut exact: Vec<Map> = (0..SHARDS).map(|_| Map::default()).collect();
+        let sized = || -> Vec<Map> {
+            (0..SHARDS)
+                .map(|_| Map::with_capacity_and_hasher(per_shard, Default::default()))
+                .collect()
+        };
+        let mut exact = sized();
         let mut wildcard: Vec<Map> = (0..SHARDS).map(|_| Map::default()).collect();
-        let mut next = RouteRegistry::default();
+        let mut next = RouteRegistry::with_capacity_and_hasher(expected, Default::default());
         for route in table {
             let previous = routes.get(route.id.as_str()).map(|e| &*e.0);
             let entry = self.entry(route, previous);
