@@ -418,12 +418,16 @@ impl EdgeState {
             path: path.clone(),
             reason,
         };
-        let text = match std::fs::read(path) {
-            Ok(t) => t,
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(err(e.to_string())),
         };
-        let snap: Snapshot = serde_json::from_slice(&text).map_err(|e| err(e.to_string()))?;
+        // Parsed as a stream: a million routes are ~150 MiB of JSON that would otherwise sit
+        // in memory whole (and stay committed) while the routes are built.
+        let snap: Snapshot =
+            serde_json::from_reader(std::io::BufReader::with_capacity(1 << 20, file))
+                .map_err(|e| err(e.to_string()))?;
         let mut stored = self.lock();
         *stored = Stored::from_snapshot(snap.version, snap.routes, self.tracks_hosts());
         stored.certificates = snap
