@@ -148,15 +148,6 @@ impl<'a> ShardEdit<'a> {
     }
 }
 
-/// One upstream and when it may next be tried.
-#[derive(Debug)]
-pub struct UpstreamState {
-    /// The backend address.
-    pub addr: SocketAddr,
-    /// Milliseconds since the router's epoch before which the upstream is skipped.
-    down_until_ms: AtomicU64,
-}
-
 /// A route as the hot path holds it.
 #[derive(Debug)]
 pub struct RouteEntry {
@@ -169,8 +160,9 @@ pub struct RouteEntry {
     pub https_redirect: bool,
     /// The tenant is suspended: answer our 503 page.
     pub suspended: bool,
-    /// Backends in configured order.
-    pub upstreams: Box<[UpstreamState]>,
+    /// Per upstream (in the route's order): milliseconds since the router's epoch before
+    /// which it is skipped. The addresses themselves are read from the shared route.
+    down_until_ms: Box<[AtomicU64]>,
     /// Pre-resolved metric children (shared by routes beyond the label budget).
     pub metrics: Arc<RouteMetrics>,
     next: AtomicUsize,
@@ -188,11 +180,23 @@ impl RouteEntry {
         &self.route
     }
 
+    /// Address of upstream `i`.
+    #[inline]
+    pub fn upstream(&self, i: usize) -> Option<SocketAddr> {
+        self.route.upstreams.get(i).map(|u| u.addr)
+    }
+
+    /// Number of upstreams.
+    #[inline]
+    pub fn upstream_count(&self) -> usize {
+        self.down_until_ms.len()
+    }
+
     /// Choose an upstream round robin: first one that is healthy and not yet tried for this
     /// request; failing that, any one not yet tried (so a route whose upstreams are all marked
     /// down still gets a chance to recover). `tried` is a bitmask of indexes (first 64).
     pub fn pick(&self, now_ms: u64, tried: u64) -> Option<usize> {
-        let n = self.upstreams.len();
+        let n = self.down_until_ms.len();
         if n == 0 {
             return None;
         }
@@ -204,7 +208,7 @@ impl RouteEntry {
             if !untried(i) {
                 continue;
             }
-            if self.upstreams[i].down_until_ms.load(Ordering::Relaxed) <= now_ms {
+            if self.down_until_ms[i].load(Ordering::Relaxed) <= now_ms {
                 return Some(i);
             }
             fallback.get_or_insert(i);
@@ -214,14 +218,14 @@ impl RouteEntry {
 
     /// Take an upstream out of rotation until `until_ms`.
     pub fn mark_down(&self, i: usize, until_ms: u64) {
-        if let Some(u) = self.upstreams.get(i) {
-            u.down_until_ms.store(until_ms, Ordering::Relaxed);
+        if let Some(u) = self.down_until_ms.get(i) {
+            u.store(until_ms, Ordering::Relaxed);
         }
     }
 
     /// Whether any upstream has not been tried yet.
     pub fn has_untried(&self, tried: u64) -> bool {
-        (0..self.upstreams.len()).any(|i| i >= 64 || tried & (1 << i) == 0)
+        (0..self.down_until_ms.len()).any(|i| i >= 64 || tried & (1 << i) == 0)
     }
 }
 
@@ -274,18 +278,18 @@ impl Router {
             group_key: foldhash::fast::FixedState::with_seed(0x7465_6e61_6e74).hash_one(&route.id),
             https_redirect: route.https_redirect,
             suspended: route.suspended,
-            upstreams: route
+            down_until_ms: route
                 .upstreams
                 .iter()
                 .map(|u| {
                     // An upstream that stays in the route keeps its passive-health state.
                     let down = previous
-                        .and_then(|p| p.upstreams.iter().find(|o| o.addr == u.addr))
-                        .map_or(0, |o| o.down_until_ms.load(Ordering::Relaxed));
-                    UpstreamState {
-                        addr: u.addr,
-                        down_until_ms: AtomicU64::new(down),
-                    }
+                        .and_then(|p| {
+                            let j = p.route.upstreams.iter().position(|o| o.addr == u.addr)?;
+                            p.down_until_ms.get(j)
+                        })
+                        .map_or(0, |d| d.load(Ordering::Relaxed));
+                    AtomicU64::new(down)
                 })
                 .collect(),
             metrics: self.metrics.route(&route.id),

@@ -271,7 +271,10 @@ impl ProxyHttp for EdgeProxy {
         if i < 64 {
             ctx.tried |= 1 << i;
         }
-        let mut peer = HttpPeer::new(route.upstreams[i].addr, false, String::new());
+        let addr = route.upstream(i).ok_or_else(|| {
+            Error::explain(ErrorType::InternalError, "upstream index out of range")
+        })?;
+        let mut peer = HttpPeer::new(addr, false, String::new());
         if self.settings.pool_per_route {
             peer.group_key = route.group_key;
         }
@@ -410,8 +413,7 @@ impl ProxyHttp for EdgeProxy {
                 .route
                 .as_ref()
                 .zip(ctx.upstream)
-                .and_then(|(r, i)| r.upstreams.get(i))
-                .map(|u| u.addr);
+                .and_then(|(r, i)| r.upstream(i));
             tracing::info!(
                 target: "tenantgate::access",
                 client = %session.client_addr().map(ToString::to_string).unwrap_or_default(),

@@ -586,7 +586,8 @@ mod tests {
         router
             .load()
             .lookup(host)
-            .map(|r| r.upstreams[0].addr.port())
+            .and_then(|r| r.upstream(0))
+            .map(|a| a.port())
     }
 
     #[test]
