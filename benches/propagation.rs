@@ -115,11 +115,7 @@ fn report(label: &str, mut ms: Vec<f64>) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let sizes: Vec<usize> = std::env::args()
-        .skip_while(|a| a != "--sizes")
-        .nth(1)
-        .map(|s| s.split(',').filter_map(|n| n.parse().ok()).collect())
-        .unwrap_or_else(|| vec![0, 10_000]);
+    let sizes = sizes_arg(&[0, 10_000]);
     let a = Backend::start("a").await;
     let b = Backend::start("b").await;
     println!("| scenario | trials | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|");

@@ -51,11 +51,7 @@ fn pss_kib(pid: u32) -> u64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let sizes: Vec<usize> = std::env::args()
-        .skip_while(|a| a != "--sizes")
-        .nth(1)
-        .map(|s| s.split(',').filter_map(|n| n.parse().ok()).collect())
-        .unwrap_or_else(|| vec![0, 10_000, 100_000, 1_000_000]);
+    let sizes = sizes_arg(&[0, 10_000, 100_000, 1_000_000]);
     println!("| routes | snapshot MiB | time to ready s | PSS MiB | bytes/route over 0 |");
     println!("|---:|---:|---:|---:|---:|");
     let mut base = None;

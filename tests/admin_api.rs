@@ -278,28 +278,8 @@ async fn changes_reach_the_proxy_without_a_reload() {
     assert!(body.contains("\"backend\":\"a\""), "{body}");
 
     // New upstreams: the next requests go to b only.
-    let (s, _) = tg
-        .api(
-            "PUT",
-            &format!("/v1/tenants/{id}/upstreams"),
-            Some(json!({"upstreams": [b.addr.to_string()]})),
-        )
-        .await;
-    assert_eq!(s, 200);
-    wait_for(
-        "requests to reach b",
-        std::time::Duration::from_secs(10),
-        || async {
-            let v = tg
-                .get("shop.platform.test", "/")
-                .await
-                .json::<serde_json::Value>()
-                .await
-                .ok()?;
-            (v["backend"] == "b").then_some(())
-        },
-    )
-    .await;
+    tg.set_upstreams(&id, &[b.addr]).await;
+    tg.wait_backend("shop.platform.test", "b").await;
     let hits_a = a.hits();
     for _ in 0..5 {
         assert_eq!(
@@ -462,20 +442,7 @@ async fn stored_routes_win_over_static_ones_and_survive_a_restart() {
         .api("POST", "/v1/tenants", Some(json!({"slug": "shop", "name": "Shop", "upstreams": [stored_backend.addr.to_string()]})))
         .await;
     assert_eq!(s, 201);
-    wait_for(
-        "the stored route to win",
-        std::time::Duration::from_secs(10),
-        || async {
-            let v = tg
-                .get("shop.platform.test", "/")
-                .await
-                .json::<serde_json::Value>()
-                .await
-                .ok()?;
-            (v["backend"] == "stored").then_some(())
-        },
-    )
-    .await;
+    tg.wait_backend("shop.platform.test", "stored").await;
     // The static route's other hostname is untouched.
     assert_eq!(
         backend_json(tg.get("other.platform.test", "/").await).await["backend"],

@@ -38,15 +38,7 @@ async fn fleet(db: &str) -> Fleet {
 
 impl Fleet {
     async fn create(&self, slug: &str, backend: &Backend) -> String {
-        let (s, t) = self
-            .control
-            .api(
-                "POST",
-                "/v1/tenants",
-                Some(json!({"slug": slug, "name": slug, "upstreams": [backend.addr.to_string()]})),
-            )
-            .await;
-        assert_eq!(s, 201, "{t}");
+        let t = self.control.create_tenant(slug, &[backend.addr]).await;
         t["id"].as_str().expect("id").to_string()
     }
 
@@ -54,22 +46,7 @@ impl Fleet {
     async fn everywhere(&self, host: &str, backend: Option<&str>, status: u16) {
         for p in &self.proxies {
             match backend {
-                Some(name) => {
-                    wait_for(
-                        &format!("{host} to be served by {name} on every proxy"),
-                        Duration::from_secs(10),
-                        || async {
-                            let v = p
-                                .get(host, "/")
-                                .await
-                                .json::<serde_json::Value>()
-                                .await
-                                .ok()?;
-                            (v["backend"] == name).then_some(())
-                        },
-                    )
-                    .await;
-                }
+                Some(name) => p.wait_backend(host, name).await,
                 None => {
                     p.wait_status(host, status).await;
                 }
@@ -85,15 +62,7 @@ async fn create_update_and_delete_reach_every_proxy() {
     let f = fleet("propagation").await;
     let id = f.create("shop", &a).await;
     f.everywhere("shop.platform.test", Some("a"), 200).await;
-    let (s, _) = f
-        .control
-        .api(
-            "PUT",
-            &format!("/v1/tenants/{id}/upstreams"),
-            Some(json!({"upstreams": [b.addr.to_string()]})),
-        )
-        .await;
-    assert_eq!(s, 200);
+    f.control.set_upstreams(&id, &[b.addr]).await;
     f.everywhere("shop.platform.test", Some("b"), 200).await;
     let (s, _) = f
         .control

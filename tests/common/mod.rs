@@ -46,6 +46,15 @@ where
     }
 }
 
+/// `--sizes 0,10000` from a benchmark's command line, or `default`.
+pub fn sizes_arg(default: &[usize]) -> Vec<usize> {
+    std::env::args()
+        .skip_while(|a| a != "--sizes")
+        .nth(1)
+        .map(|s| s.split(',').filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_else(|| default.to_vec())
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -709,6 +718,51 @@ impl Running {
         body: Option<serde_json::Value>,
     ) -> (u16, serde_json::Value) {
         api_call(self.admin, Some(ADMIN_TOKEN), method, path, body).await
+    }
+
+    /// Create a tenant through the admin API (asserting 201); returns its JSON.
+    pub async fn create_tenant(&self, slug: &str, upstreams: &[SocketAddr]) -> serde_json::Value {
+        let ups: Vec<String> = upstreams.iter().map(ToString::to_string).collect();
+        let (s, t) = self
+            .api(
+                "POST",
+                "/v1/tenants",
+                Some(serde_json::json!({"slug": slug, "name": slug, "upstreams": ups})),
+            )
+            .await;
+        assert_eq!(s, 201, "creating {slug}: {t}");
+        t
+    }
+
+    /// Replace a tenant's upstreams through the admin API (asserting 200).
+    pub async fn set_upstreams(&self, id: &str, upstreams: &[SocketAddr]) {
+        let ups: Vec<String> = upstreams.iter().map(ToString::to_string).collect();
+        let (s, t) = self
+            .api(
+                "PUT",
+                &format!("/v1/tenants/{id}/upstreams"),
+                Some(serde_json::json!({ "upstreams": ups })),
+            )
+            .await;
+        assert_eq!(s, 200, "setting upstreams of {id}: {t}");
+    }
+
+    /// Wait until `host` is answered by the test backend called `name`.
+    pub async fn wait_backend(&self, host: &str, name: &str) {
+        wait_for(
+            &format!("{host} to be served by {name}"),
+            Duration::from_secs(10),
+            || async {
+                let v = self
+                    .get(host, "/")
+                    .await
+                    .json::<serde_json::Value>()
+                    .await
+                    .ok()?;
+                (v["backend"] == name).then_some(())
+            },
+        )
+        .await;
     }
 
     /// Wait until `host` answers `status` through the plain-HTTP listener; returns the body.
