@@ -155,6 +155,19 @@ fn version_of(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
+/// `<column> IN ($1, ...)` and its parameters for `ids`; an empty filter for `None` (all
+/// rows); `None` when `ids` is empty (no rows can match).
+fn id_filter(column: &str, ids: Option<&[String]>) -> Option<(String, Vec<Value>)> {
+    match ids {
+        Some([]) => None,
+        Some(ids) => Some((
+            format!("{column} IN ({})", placeholders(1, ids.len())),
+            ids.iter().map(|i| t(i)).collect(),
+        )),
+        None => Some((String::new(), Vec::new())),
+    }
+}
+
 /// `$first, $first+1, ...` for `n` values.
 fn placeholders(first: usize, n: usize) -> String {
     (first..first + n)
@@ -720,13 +733,8 @@ async fn load_tenants(tx: &mut dyn Tx, ids: &[String]) -> Result<Vec<Tenant>> {
 /// Routes of live tenants (all, or those among `ids`). A tenant id in `ids` without a route
 /// in the result is deleted or gone.
 async fn load_routes(tx: &mut dyn Tx, ids: Option<&[String]>) -> Result<Vec<Route>> {
-    let (filter, params): (String, Vec<Value>) = match ids {
-        Some([]) => return Ok(Vec::new()),
-        Some(ids) => (
-            format!(" AND t.id IN ({})", placeholders(1, ids.len())),
-            ids.iter().map(|i| t(i)).collect(),
-        ),
-        None => (String::new(), Vec::new()),
+    let Some((filter, params)) = id_filter(" AND t.id", ids) else {
+        return Ok(Vec::new());
     };
     let tenants = tx
         .query(
@@ -823,13 +831,8 @@ async fn load_stored_certificates(
     tx: &mut dyn Tx,
     ids: Option<&[String]>,
 ) -> Result<Vec<StoredCertificate>> {
-    let (filter, params): (String, Vec<Value>) = match ids {
-        Some([]) => return Ok(Vec::new()),
-        Some(ids) => (
-            format!(" WHERE id IN ({})", placeholders(1, ids.len())),
-            ids.iter().map(|i| t(i)).collect(),
-        ),
-        None => (String::new(), Vec::new()),
+    let Some((filter, params)) = id_filter(" WHERE id", ids) else {
+        return Ok(Vec::new());
     };
     let rows = tx
         .query(
