@@ -8,7 +8,9 @@ microseconds per request (utime+stime of the proxy's process tree from /proc, di
 requests wrk completed), and each one's ratio to nginx.
 
 Scenarios: `1 route` (one hostname) and `100k hosts` (100,000 hostnames, Host rotated across
-them by a wrk Lua script; every proxy gets the same 100k-entry table).
+them by a wrk Lua script; every proxy gets the same 100k-entry table); any count with
+`--scenarios`, e.g. `1,1000000`. `tenantgate-snapshot` (only with `--only`) runs tenantgate as
+a fleet proxy that boots its routes from a snapshot file, the way a million tenants arrive.
 
 Usage: benches/load/run.sh [--duration S] [--connections N] [--only tenantgate,nginx]
 """
@@ -290,6 +292,41 @@ level = "warn"
     return [binary, "serve", "--config", conf]
 
 
+def tenantgate_snapshot_conf(d, port, backend, hosts, binary, extra=""):
+    """A fleet proxy booting from a last-known-good snapshot of the routes (its store is
+    unreachable): how tenants arrive at scale, without a million-route TOML file."""
+    conf = os.path.join(d, "tenantgate-proxy.toml")
+    admin = free_port()
+    snap = os.path.join(d, f"snapshot-{len(hosts)}.json")
+    with open(snap, "w") as f:
+        f.write('{"version":1,"certificates":[],"routes":[')
+        for i, h in enumerate(hosts):
+            if i:
+                f.write(",")
+            f.write(f'{{"id":"t{i}","hostnames":["{h}"],"upstreams":[{{"addr":"127.0.0.1:{backend}"}}]}}')
+        f.write("]}")
+    with open(conf, "w") as f:
+        f.write(f"""
+[proxy]
+http_listen = "127.0.0.1:{port}"
+threads = 1
+upgrade_sock = "{d}/tgp-upgrade.sock"
+pid_file = "{d}/tgp.pid"
+max_route_metric_labels = 1000
+{extra}
+[admin]
+listen = "127.0.0.1:{admin}"
+[log]
+access_log = false
+level = "warn"
+[store]
+url = "postgres://tenantgate@127.0.0.1:1/tenantgate"
+encryption_key = "{'5a' * 32}"
+snapshot_path = "{snap}"
+""")
+    return [binary, "proxy", "--config", conf]
+
+
 def baseline_conf(d, port, backend, hosts, binary):
     hostfile = os.path.join(d, f"baseline-hosts-{len(hosts)}.txt")
     with open(hostfile, "w") as f:
@@ -397,16 +434,17 @@ def main():
             hostfile = os.path.join(d, f"hosts-{n}.txt")
             with open(hostfile, "w") as f:
                 f.write("\n".join(hosts) + "\n")
-            scenario = "1 route" if n == 1 else f"{n // 1000}k hosts"
+            scenario = "1 route" if n == 1 else (f"{n // 1_000_000}M hosts" if n >= 1_000_000 else f"{n // 1000}k hosts")
             builders = {
                 "nginx": lambda p: nginx_conf(d, p, backend_port, hosts),
                 "haproxy": lambda p: haproxy_conf(d, p, backend_port, hosts),
                 "caddy": lambda p: caddy_conf(d, p, backend_port, hosts),
                 "pingora-baseline": lambda p: baseline_conf(d, p, backend_port, hosts, args.baseline),
                 "tenantgate": lambda p: tenantgate_conf(d, p, backend_port, hosts, args.binary, "\n".join(args.tg_proxy)),
+                "tenantgate-snapshot": lambda p: tenantgate_snapshot_conf(d, p, backend_port, hosts, args.binary, "\n".join(args.tg_proxy)),
             }
             for name in only:
-                if name not in ("tenantgate", "pingora-baseline") and not shutil.which(name):
+                if name not in ("tenantgate", "tenantgate-snapshot", "pingora-baseline") and not shutil.which(name):
                     print(f"# {name}: not installed, skipped", file=sys.stderr)
                     continue
                 port = free_port()
