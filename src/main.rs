@@ -428,6 +428,24 @@ fn serve(path: Option<&Path>, upgrade: bool, role: Role) -> anyhow::Result<()> {
     };
     let mut server = Server::new_with_opt_and_conf(opt, tenantgate_proxy::server_conf(&cfg));
     server.bootstrap();
+    // Control-plane nodes keep the change log bounded (idempotent if several do it).
+    if !matches!(role, Role::Proxy(_)) {
+        let pruned = store.clone();
+        let keep = cfg.store.change_log_keep;
+        server.add_service(pingora::services::background::background_service(
+            "change log pruning",
+            BackgroundTask::new(async move {
+                loop {
+                    match pruned.prune_changes(keep).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(entries = n, keep, "pruned the change log"),
+                        Err(e) => tracing::warn!("cannot prune the change log: {e}"),
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+                }
+            }),
+        ));
+    }
     // A control-plane node is ready while its store answers.
     let probe: Option<tenantgate_proxy::admin::ReadyProbe> = if is_proxy {
         None

@@ -412,3 +412,34 @@ async fn a_follower_far_behind_is_sent_to_a_snapshot() {
         .expect("within the limit");
     assert_eq!(d.routes.len(), n - 1);
 }
+
+/// Pruning the change log keeps deltas for recent followers and sends older ones to a snapshot.
+async fn pruning(store: &Store) {
+    for i in 0..6u16 {
+        store
+            .create_tenant("test", &new_tenant(&format!("p{i}"), 9000 + i))
+            .await
+            .expect("create");
+    }
+    assert_eq!(store.prune_changes(3).await.expect("prune"), 3);
+    assert_eq!(store.prune_changes(3).await.expect("prune again"), 0);
+    assert!(
+        store.delta_since(2).await.expect("delta").is_none(),
+        "version 3 is gone"
+    );
+    let d = store
+        .delta_since(3)
+        .await
+        .expect("delta")
+        .expect("4..6 kept");
+    assert_eq!((d.version, d.routes.len()), (6, 3));
+    assert_eq!(store.snapshot().await.expect("snapshot").routes.len(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_log_pruning_on_both_stores() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    pruning(&sqlite_store(&dir)).await;
+    let pg = PgCluster::start().await;
+    pruning(&postgres_store(&pg, "pruning").await).await;
+}

@@ -237,6 +237,9 @@ pub struct StoreConfig {
     pub encryption_key: Option<String>,
     /// File holding the encryption key.
     pub encryption_key_file: Option<PathBuf>,
+    /// Change-log entries kept (newest versions); older ones are pruned every few minutes
+    /// by control-plane nodes. A proxy further behind than this resynchronises fully.
+    pub change_log_keep: u64,
 }
 
 impl Default for StoreConfig {
@@ -248,6 +251,7 @@ impl Default for StoreConfig {
             snapshot_path: PathBuf::from("./data/routes.snapshot.json"),
             encryption_key: None,
             encryption_key_file: None,
+            change_log_keep: 100_000,
         }
     }
 }
@@ -539,6 +543,13 @@ impl Config {
                     "is required with store.url: every node of a fleet must use the same key (or set encryption_key_file / TENANTGATE_ENCRYPTION_KEY)".into(),
                 );
             }
+        }
+        if self.store.change_log_keep < 100 {
+            p(
+                "store.change_log_keep".into(),
+                "must be at least 100 (fewer sends proxies to full resyncs after short outages)"
+                    .into(),
+            );
         }
         if self.store.pool_size == 0 || self.store.pool_size > 1000 {
             p(

@@ -518,6 +518,22 @@ impl Store {
         self.finish(tx, version).await
     }
 
+    /// Drop change-log entries older than the newest `keep` versions; returns how many went.
+    /// Followers further behind than what is kept are sent to a full snapshot.
+    pub async fn prune_changes(&self, keep: u64) -> Result<u64> {
+        let mut tx = self.backend.begin(true).await?;
+        let current = current_version(&mut *tx).await?;
+        let below = current.saturating_sub(keep);
+        let gone = tx
+            .query(
+                "DELETE FROM changes WHERE version <= $1 RETURNING version",
+                &[Value::Int(below as i64)],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(gone.len() as u64)
+    }
+
     /// The newest audit events, newest first.
     pub async fn audit_events(&self, limit: usize) -> Result<Vec<AuditEvent>> {
         let mut tx = self.backend.begin(false).await?;
@@ -566,7 +582,18 @@ impl Store {
     pub async fn delta_since(&self, version: u64) -> Result<Option<Delta>> {
         let mut tx = self.backend.begin(false).await?;
         let current = current_version(&mut *tx).await?;
-        if version > current {
+        // The log may have been pruned: a follower whose next version is gone from it
+        // cannot be brought up to date by a delta.
+        let oldest = tx
+            .query("SELECT min(version) FROM changes", &[])
+            .await?
+            .first()
+            .and_then(|r| match r.first() {
+                Some(Value::Int(v)) => Some(version_of(*v)),
+                _ => None,
+            })
+            .unwrap_or(current + 1);
+        if version > current || version + 1 < oldest {
             tx.commit().await?;
             return Ok(None);
         }
