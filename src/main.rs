@@ -480,9 +480,11 @@ fn serve(path: Option<&Path>, upgrade: bool, role: Role) -> anyhow::Result<()> {
         probe,
     };
     if is_proxy {
-        let wake = match (&role, &cfg.store.url) {
-            (Role::Proxy(_), Some(url)) => Wake::Postgres(url.clone()),
-            _ => Wake::InProcess,
+        // On PostgreSQL other nodes may write too (a `control` beside this `serve`), so
+        // follow NOTIFY; the embedded store has one writer, this process.
+        let wake = match &cfg.store.url {
+            Some(url) => Wake::Postgres(url.clone()),
+            None => Wake::InProcess,
         };
         server.add_service(pingora::services::background::background_service(
             "store follower",

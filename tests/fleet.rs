@@ -211,3 +211,25 @@ async fn a_terminated_listen_connection_resynchronises() {
     f.create("third", &shop).await;
     f.everywhere("third.platform.test", Some("shop"), 200).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_on_postgresql_follows_writes_from_other_nodes() {
+    let shop = Backend::start("shop").await;
+    let pg = PgCluster::start().await;
+    let url = pg.database("shared").await;
+    let node = |cmd| {
+        Tenantgate::new()
+            .command(cmd)
+            .fleet_store(&url)
+            .section("[platform]\ndomain = \"platform.test\"")
+    };
+    let serve = node("serve").start().await;
+    let control = node("control").start().await;
+    // Its own write, and one made through another node of the same store.
+    serve.create_tenant("own", &[shop.addr]).await;
+    control.create_tenant("other", &[shop.addr]).await;
+    serve.wait_backend("own.platform.test", "shop").await;
+    serve.wait_backend("other.platform.test", "shop").await;
+    let ready = admin_get(serve.admin, "/readyz").await.expect("readyz");
+    assert!(ready.contains("\"stored_routes\":2"), "{ready}");
+}
