@@ -237,6 +237,14 @@ async fn bad_input_gets_a_specific_error_and_changes_nothing() {
         (s, b["error"]["code"].as_str()),
         (400, Some("invalid_query"))
     );
+    for q in ["limit=0", "limit=501", "limit=x", "owner=me"] {
+        let (s, b) = tg.api("GET", &format!("/v1/tenants?{q}"), None).await;
+        assert_eq!(
+            (s, b["error"]["code"].as_str()),
+            (400, Some("invalid_query")),
+            "{q}"
+        );
+    }
     let big = "x".repeat(2 * 1024 * 1024);
     let r = http
         .post(url("/v1/tenants"))

@@ -17,15 +17,17 @@ use crate::store::NewCertificate;
 #[serde(deny_unknown_fields)]
 pub struct UploadCertificate {
     /// PEM chain, leaf first.
+    #[schema(min_length = 1)]
     pub chain_pem: String,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) matching the leaf.
+    #[schema(min_length = 1)]
     pub key_pem: String,
 }
 
 /// Upload a certificate: the chain must parse, the key must match, the leaf must not be
 /// expired; the names it serves come from its DNS subjectAltNames.
 #[utoipa::path(post, path = "/v1/certificates", tag = "certificates", request_body = UploadCertificate,
-    responses((status = 201, body = CertificateInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 503, body = ErrorBody), (status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 201, body = CertificateInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn create_certificate(
     State(s): State<ApiState>,
     ApiJson(body): ApiJson<UploadCertificate>,
@@ -66,7 +68,7 @@ pub async fn create_certificate(
 
 /// Every stored certificate (never the keys).
 #[utoipa::path(get, path = "/v1/certificates", tag = "certificates",
-    responses((status = 200, body = Vec<CertificateInfo>), (status = 401, body = ErrorBody)))]
+    responses((status = 503, body = ErrorBody), (status = 200, body = Vec<CertificateInfo>), (status = 401, body = ErrorBody)))]
 pub async fn list_certificates(
     State(s): State<ApiState>,
 ) -> Result<Json<Vec<CertificateInfo>>, ApiError> {
@@ -75,7 +77,7 @@ pub async fn list_certificates(
 
 /// Delete a certificate; every proxy stops serving it.
 #[utoipa::path(delete, path = "/v1/certificates/{id}", tag = "certificates", params(("id" = String, Path)),
-    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 503, body = ErrorBody), (status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn delete_certificate(
     State(s): State<ApiState>,
     Path(id): Path<String>,

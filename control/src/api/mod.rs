@@ -216,7 +216,7 @@ async fn get_routes(State(s): State<ApiState>) -> Result<Json<RoutesView>, ApiEr
 
 /// The newest audit events.
 #[utoipa::path(get, path = "/v1/audit", tag = "routes",
-    responses((status = 200, body = Vec<AuditEvent>), (status = 401, body = error::ErrorBody)))]
+    responses((status = 503, body = error::ErrorBody), (status = 200, body = Vec<AuditEvent>), (status = 401, body = error::ErrorBody)))]
 async fn list_audit(State(s): State<ApiState>) -> Result<Json<Vec<AuditEvent>>, ApiError> {
     Ok(Json(s.store.audit_events(100).await?))
 }

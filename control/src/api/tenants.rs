@@ -17,10 +17,17 @@ use crate::store::{NewTenant, TenantFilter};
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
     /// 1-63 lowercase letters, digits, inner hyphens; the tenant gets `<slug>.<platform domain>`.
+    #[schema(
+        pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub slug: String,
     /// Display name.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
-    /// Backends as `ip:port`.
+    /// Backends as `ip:port` (IPv6 as `[::1]:80`).
+    #[schema(min_items = 1, max_items = 64)]
     pub upstreams: Vec<String>,
 }
 
@@ -29,6 +36,7 @@ pub struct CreateTenant {
 #[serde(deny_unknown_fields)]
 pub struct PatchTenant {
     /// New display name.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: Option<String>,
 }
 
@@ -37,6 +45,7 @@ pub struct PatchTenant {
 #[serde(deny_unknown_fields)]
 pub struct PutUpstreams {
     /// Backends as `ip:port`, replacing the current list.
+    #[schema(min_items = 1, max_items = 64)]
     pub upstreams: Vec<String>,
 }
 
@@ -51,12 +60,13 @@ pub struct ListQuery {
     /// The previous page's `next`.
     pub after: Option<String>,
     /// Page size, 1-500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
 }
 
 /// Create a tenant.
 #[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = CreateTenant,
-    responses((status = 201, body = Tenant), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 201, body = Tenant), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn create_tenant(
     State(s): State<ApiState>,
@@ -87,7 +97,7 @@ pub async fn create_tenant(
 
 /// List tenants, ordered by id, a page at a time.
 #[utoipa::path(get, path = "/v1/tenants", tag = "tenants", params(ListQuery),
-    responses((status = 200, body = Page<Tenant>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 503, body = ErrorBody), (status = 200, body = Page<Tenant>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn list_tenants(
     State(s): State<ApiState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -104,6 +114,13 @@ pub async fn list_tenants(
         })?),
         None => None,
     };
+    if let Some(l) = q.limit.filter(|l| !(1..=500).contains(l)) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("limit {l}: must be between 1 and 500"),
+        ));
+    }
     let page = s
         .store
         .list_tenants(&TenantFilter {
@@ -118,7 +135,7 @@ pub async fn list_tenants(
 
 /// One tenant.
 #[utoipa::path(get, path = "/v1/tenants/{id}", tag = "tenants", params(("id" = String, Path)),
-    responses((status = 200, body = Tenant), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 503, body = ErrorBody), (status = 200, body = Tenant), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_tenant(
     State(s): State<ApiState>,
     Path(id): Path<String>,
@@ -128,7 +145,7 @@ pub async fn get_tenant(
 
 /// Change a tenant's display name.
 #[utoipa::path(patch, path = "/v1/tenants/{id}", tag = "tenants", params(("id" = String, Path)), request_body = PatchTenant,
-    responses((status = 200, body = Tenant), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 503, body = ErrorBody), (status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 400, body = ErrorBody), (status = 200, body = Tenant), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn patch_tenant(
     State(s): State<ApiState>,
     Path(id): Path<String>,
@@ -143,7 +160,7 @@ pub async fn patch_tenant(
 
 /// Delete a tenant: it stops routing on every proxy and its hostnames are released.
 #[utoipa::path(delete, path = "/v1/tenants/{id}", tag = "tenants", params(("id" = String, Path)),
-    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 503, body = ErrorBody), (status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn delete_tenant(
     State(s): State<ApiState>,
     Path(id): Path<String>,
@@ -154,7 +171,7 @@ pub async fn delete_tenant(
 
 /// Replace a tenant's upstreams.
 #[utoipa::path(put, path = "/v1/tenants/{id}/upstreams", tag = "tenants", params(("id" = String, Path)), request_body = PutUpstreams,
-    responses((status = 200, body = Tenant), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 503, body = ErrorBody), (status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 400, body = ErrorBody), (status = 200, body = Tenant), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn put_upstreams(
     State(s): State<ApiState>,
     Path(id): Path<String>,
@@ -166,7 +183,7 @@ pub async fn put_upstreams(
 
 /// Suspend a tenant: its hostnames answer the proxy's 503 page.
 #[utoipa::path(post, path = "/v1/tenants/{id}/suspend", tag = "tenants", params(("id" = String, Path)),
-    responses((status = 200, body = Tenant), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 503, body = ErrorBody), (status = 200, body = Tenant), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn suspend_tenant(
     State(s): State<ApiState>,
     Path(id): Path<String>,
@@ -180,7 +197,7 @@ pub async fn suspend_tenant(
 
 /// Resume a suspended tenant.
 #[utoipa::path(post, path = "/v1/tenants/{id}/resume", tag = "tenants", params(("id" = String, Path)),
-    responses((status = 200, body = Tenant), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 503, body = ErrorBody), (status = 200, body = Tenant), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn resume_tenant(
     State(s): State<ApiState>,
     Path(id): Path<String>,
