@@ -70,6 +70,13 @@ async fn every_v1_route_needs_the_token_and_errors_are_json() {
         operations, 13,
         "the document lists operations the test does not know"
     );
+    // The listing's filters are query parameters, as the server reads them.
+    for p in doc["paths"]["/v1/tenants"]["get"]["parameters"]
+        .as_array()
+        .expect("parameters")
+    {
+        assert_eq!(p["in"], "query", "{p}");
+    }
     // Every schema reference resolves.
     let text = doc.to_string();
     for r in text.split("\"$ref\":\"#/components/schemas/").skip(1) {

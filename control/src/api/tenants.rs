@@ -52,6 +52,7 @@ pub struct PutUpstreams {
 /// Query of `GET /v1/tenants`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// `active`, `suspended` or `deleted` (default: all but deleted).
     pub status: Option<TenantStatus>,
