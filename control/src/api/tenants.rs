@@ -57,6 +57,7 @@ pub struct ListQuery {
     /// `active`, `suspended` or `deleted` (default: all but deleted).
     pub status: Option<TenantStatus>,
     /// Only the tenant serving this hostname.
+    #[param(min_length = 1, max_length = 253)]
     pub hostname: Option<String>,
     /// The previous page's `next`.
     pub after: Option<String>,
