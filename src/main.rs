@@ -8,11 +8,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pingora::server::configuration::Opt;
 use pingora::server::Server;
+use pingora::services::background::background_service;
 use tenantgate_certs::{generate_self_signed, parse_pem, CertificateStore, ParsedCertificate};
 use tenantgate_config::{Config, LogFormat, RouteTable};
 use tenantgate_control::publish::{follow, Event, FollowSettings, Wake};
 use tenantgate_control::store::Store;
-use tenantgate_control::{api, setup};
+use tenantgate_control::{api, setup, upkeep};
 use tenantgate_proxy::metrics::Metrics;
 use tenantgate_proxy::router::Router;
 use tenantgate_proxy::sync::EdgeState;
@@ -121,7 +122,12 @@ fn main() -> ExitCode {
                     cfg.proxy.https_listen.as_deref().unwrap_or("off"),
                     cfg.admin.listen,
                 );
-                for note in stored_conflicts(&cfg, &table) {
+                let notes = block_on(setup::static_overlaps(&cfg, &table)).unwrap_or_else(|e| {
+                    vec![format!(
+                        "store not checked for conflicts with static routes: {e:#}"
+                    )]
+                });
+                for note in notes {
                     println!("note: {note}");
                 }
                 ExitCode::SUCCESS
@@ -142,46 +148,6 @@ fn main() -> ExitCode {
         }
         Command::Tenants { config, action } => exit(tenants(config.as_deref(), action)),
     }
-}
-
-/// Static routes whose hostnames the store also routes (the stored route wins), as notes.
-/// Only a store that already exists is opened: checking a config creates nothing.
-fn stored_conflicts(cfg: &Config, table: &RouteTable) -> Vec<String> {
-    if cfg.store.url.is_none() && !cfg.store.path.exists() {
-        return Vec::new();
-    }
-    let snapshot = block_on(async {
-        let store = setup::open_store(cfg, false).await?;
-        tokio::time::timeout(std::time::Duration::from_secs(5), store.snapshot())
-            .await
-            .map_err(|_| tenantgate_control::Error::Unavailable("timed out".into()))?
-    });
-    let snap = match snapshot {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            return vec![format!(
-                "store not checked for conflicts with static routes: {e}"
-            )]
-        }
-        Err(e) => {
-            return vec![format!(
-                "store not checked for conflicts with static routes: {e:#}"
-            )]
-        }
-    };
-    let mut notes = Vec::new();
-    for (i, r) in table.routes.iter().enumerate() {
-        for (j, h) in r.hostnames.iter().enumerate() {
-            if let Some(owner) = snap.routes.iter().find(|s| s.hostnames.contains(h)) {
-                notes.push(format!(
-                    "routes[{i}].hostnames[{j}]: {:?} is also stored for tenant {}; the stored route wins",
-                    h.to_display(),
-                    owner.id
-                ));
-            }
-        }
-    }
-    notes
 }
 
 fn exit(r: anyhow::Result<()>) -> ExitCode {
@@ -398,11 +364,15 @@ fn serve(path: Option<&Path>, upgrade: bool, role: Role) -> anyhow::Result<()> {
     // migrations run here first so a broken store stops the start with a clear error.
     let store = match role {
         Role::Proxy(_) => {
-            if state.load_snapshot_file()? {
-                tracing::info!(
+            // A damaged last-known-good file must not keep the proxy down: the store, once
+            // reached, replaces it.
+            match state.load_snapshot_file() {
+                Ok(true) => tracing::info!(
                     version = state.version(),
                     "booted from the last-known-good snapshot"
-                );
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::error!("ignoring the last-known-good snapshot: {e}"),
             }
             Arc::new(block_on(setup::open_store(&cfg, false))??)
         }
@@ -430,47 +400,24 @@ fn serve(path: Option<&Path>, upgrade: bool, role: Role) -> anyhow::Result<()> {
     server.bootstrap();
     // Control-plane nodes keep the change log bounded (idempotent if several do it).
     if !matches!(role, Role::Proxy(_)) {
-        let pruned = store.clone();
-        let keep = cfg.store.change_log_keep;
-        server.add_service(pingora::services::background::background_service(
+        server.add_service(background_service(
             "change log pruning",
-            BackgroundTask::new(async move {
-                loop {
-                    match pruned.prune_changes(keep).await {
-                        Ok(0) => {}
-                        Ok(n) => tracing::info!(entries = n, keep, "pruned the change log"),
-                        Err(e) => tracing::warn!("cannot prune the change log: {e}"),
-                    }
-                    tokio::time::sleep(std::time::Duration::from_secs(600)).await;
-                }
-            }),
+            BackgroundTask::new(upkeep::prune_forever(
+                store.clone(),
+                cfg.store.change_log_keep,
+            )),
         ));
     }
-    // A control-plane node is ready while its store answers.
+    // A `control` node serves no routes: it is ready while its store answers.
     let probe: Option<tenantgate_proxy::admin::ReadyProbe> = if is_proxy {
         None
     } else {
-        let health = Arc::new(std::sync::Mutex::new(Some("not checked yet".to_string())));
-        let writer = health.clone();
-        let pinged = store.clone();
-        server.add_service(pingora::services::background::background_service(
+        let health = upkeep::StoreHealth::default();
+        server.add_service(background_service(
             "store health",
-            BackgroundTask::new(async move {
-                loop {
-                    let r = pinged.ping().await.err().map(|e| e.to_string());
-                    *writer
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = r;
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                }
-            }),
+            BackgroundTask::new(health.clone().watch(store.clone())),
         ));
-        Some(Arc::new(move || {
-            health
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone()
-        }))
+        Some(Arc::new(move || health.problem()))
     };
     let edge = Edge {
         router,
@@ -486,7 +433,7 @@ fn serve(path: Option<&Path>, upgrade: bool, role: Role) -> anyhow::Result<()> {
             Some(url) => Wake::Postgres(url.clone()),
             None => Wake::InProcess,
         };
-        server.add_service(pingora::services::background::background_service(
+        server.add_service(background_service(
             "store follower",
             BackgroundTask::new(follow_store(store, wake, state)),
         ));
@@ -510,19 +457,16 @@ fn serve(path: Option<&Path>, upgrade: bool, role: Role) -> anyhow::Result<()> {
 
 /// Follow the store and apply what it publishes to this node's routes and certificates.
 async fn follow_store(store: Arc<Store>, wake: Wake, state: Arc<EdgeState>) {
-    follow(store, wake, FollowSettings::default(), move |event| {
-        let applied = match event {
+    follow(
+        store,
+        wake,
+        FollowSettings::default(),
+        move |event| match event {
             Event::Snapshot(s) => state.apply_snapshot(s),
             Event::Delta(d) => state.apply_delta(&d),
-            Event::SourceDown(reason) => {
-                state.source_down(reason);
-                Ok(())
-            }
-        };
-        if let Err(e) = applied {
-            tracing::error!("cannot keep the last-known-good snapshot: {e}");
-        }
-    })
+            Event::SourceDown(reason) => state.source_down(reason),
+        },
+    )
     .await;
 }
 

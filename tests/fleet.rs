@@ -233,3 +233,32 @@ async fn a_single_node_on_postgresql_follows_writes_from_other_nodes() {
     let ready = admin_get(serve.admin, "/readyz").await.expect("readyz");
     assert!(ready.contains("\"stored_routes\":2"), "{ready}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_snapshot_file_does_not_keep_a_proxy_down() {
+    let shop = Backend::start("shop").await;
+    let pg = PgCluster::start().await;
+    let url = pg.database("damaged").await;
+    let node = |cmd| {
+        Tenantgate::new()
+            .command(cmd)
+            .fleet_store(&url)
+            .section("[platform]\ndomain = \"platform.test\"")
+    };
+    let control = node("control").start().await;
+    control.create_tenant("shop", &[shop.addr]).await;
+    let proxy = node("proxy")
+        .start_with(|dir| {
+            std::fs::create_dir_all(dir.join("data")).expect("data dir");
+            std::fs::write(dir.join("data/snapshot.json"), b"{\"version\": 3, \"rou")
+                .expect("damaged file");
+        })
+        .await;
+    proxy.wait_backend("shop.platform.test", "shop").await;
+    assert!(
+        proxy
+            .logs()
+            .contains("ignoring the last-known-good snapshot"),
+        "the damaged file is reported"
+    );
+}

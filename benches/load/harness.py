@@ -269,24 +269,28 @@ def caddy_conf(d, port, backend, hosts):
     return ["caddy", "run", "--config", conf]
 
 
-def tenantgate_conf(d, port, backend, hosts, binary, extra=""):
-    conf = os.path.join(d, "tenantgate.toml")
-    admin = free_port()
-    with open(conf, "w") as f:
-        f.write(f"""
+def tenantgate_base(d, port, extra, name):
+    """The settings every tenantgate under test shares: one worker, quiet logs."""
+    return f"""
 [proxy]
 http_listen = "127.0.0.1:{port}"
 threads = 1
-upgrade_sock = "{d}/tg-upgrade.sock"
-pid_file = "{d}/tg.pid"
+upgrade_sock = "{d}/{name}-upgrade.sock"
+pid_file = "{d}/{name}.pid"
 max_route_metric_labels = 1000
 {extra}
 [admin]
-listen = "127.0.0.1:{admin}"
+listen = "127.0.0.1:{free_port()}"
 [log]
 access_log = false
 level = "warn"
-""")
+"""
+
+
+def tenantgate_conf(d, port, backend, hosts, binary, extra=""):
+    conf = os.path.join(d, "tenantgate.toml")
+    with open(conf, "w") as f:
+        f.write(tenantgate_base(d, port, extra, "tg"))
         for i, h in enumerate(hosts):
             f.write(f'[[routes]]\nid = "t{i}"\nhostnames = ["{h}"]\nupstreams = ["127.0.0.1:{backend}"]\n')
     return [binary, "serve", "--config", conf]
@@ -296,7 +300,6 @@ def tenantgate_snapshot_conf(d, port, backend, hosts, binary, extra=""):
     """A fleet proxy booting from a last-known-good snapshot of the routes (its store is
     unreachable): how tenants arrive at scale, without a million-route TOML file."""
     conf = os.path.join(d, "tenantgate-proxy.toml")
-    admin = free_port()
     snap = os.path.join(d, f"snapshot-{len(hosts)}.json")
     with open(snap, "w") as f:
         f.write('{"version":1,"certificates":[],"routes":[')
@@ -306,20 +309,8 @@ def tenantgate_snapshot_conf(d, port, backend, hosts, binary, extra=""):
             f.write(f'{{"id":"t{i}","hostnames":["{h}"],"upstreams":[{{"addr":"127.0.0.1:{backend}"}}]}}')
         f.write("]}")
     with open(conf, "w") as f:
-        f.write(f"""
-[proxy]
-http_listen = "127.0.0.1:{port}"
-threads = 1
-upgrade_sock = "{d}/tgp-upgrade.sock"
-pid_file = "{d}/tgp.pid"
-max_route_metric_labels = 1000
-{extra}
-[admin]
-listen = "127.0.0.1:{admin}"
-[log]
-access_log = false
-level = "warn"
-[store]
+        f.write(tenantgate_base(d, port, extra, "tgp"))
+        f.write(f"""[store]
 url = "postgres://tenantgate@127.0.0.1:1/tenantgate"
 encryption_key = "{'5a' * 32}"
 snapshot_path = "{snap}"

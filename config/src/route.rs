@@ -1,7 +1,7 @@
 //! The route model shared by the proxy and the control plane: what a route is once
 //! configuration or the store has been validated. Values here are already normalised and
-//! resolved; the proxy builds its lookup index from a [`RouteTable`] snapshot and keeps it
-//! current with [`RouteDelta`]s.
+//! resolved; the proxy builds its lookup index from a [`RouteTable`] (static routes) and a
+//! store [`Snapshot`], and keeps it current with [`Delta`]s.
 //!
 //! Invariants: a route id is unique in a table; no hostname pattern appears in two routes of
 //! one source (static config or store). Deltas carry whole routes (upsert) or ids (remove), so
@@ -141,25 +141,6 @@ mod hex_bytes {
     }
 }
 
-impl RouteTable {
-    /// Apply a delta's route changes in place (routes keep their order; new ones are
-    /// appended).
-    pub fn apply(&mut self, delta: &Delta) {
-        for change in &delta.routes {
-            match change {
-                RouteChange::Upsert(route) => {
-                    match self.routes.iter_mut().find(|r| r.id == route.id) {
-                        Some(slot) => *slot = route.clone(),
-                        None => self.routes.push(route.clone()),
-                    }
-                }
-                RouteChange::Remove { id } => self.routes.retain(|r| &r.id != id),
-            }
-        }
-        self.version = self.version.max(delta.version);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,25 +155,6 @@ mod tests {
             https_redirect: false,
             suspended: false,
         }
-    }
-
-    #[test]
-    fn deltas_upsert_replace_and_remove_idempotently() {
-        let mut t = RouteTable::default();
-        let d = Delta {
-            version: 2,
-            certificates: vec![],
-            routes: vec![
-                RouteChange::Upsert(route("a", "a.test")),
-                RouteChange::Upsert(route("b", "b.test")),
-                RouteChange::Upsert(route("a", "a2.test")),
-                RouteChange::Remove { id: "b".into() },
-            ],
-        };
-        t.apply(&d);
-        t.apply(&d);
-        assert_eq!(t.version, 2);
-        assert_eq!(t.routes, vec![route("a", "a2.test")]);
     }
 
     #[test]

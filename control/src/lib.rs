@@ -15,6 +15,7 @@ pub mod model;
 pub mod publish;
 pub mod setup;
 pub mod store;
+pub mod upkeep;
 
 pub use store::Store;
 

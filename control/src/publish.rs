@@ -94,35 +94,21 @@ pub async fn follow(
     let mut backoff = settings.backoff;
     let mut down = false;
     loop {
-        let mut source = match &wake {
-            Wake::InProcess => WakeSource::InProcess(store.committed()),
-            Wake::Postgres(url) => match Listener::connect(url).await {
-                Ok(l) => WakeSource::Postgres(l),
-                Err(e) => {
-                    if !down {
-                        tracing::warn!("store unreachable, serving the last known routes: {e}");
-                    }
-                    down = true;
-                    apply(Event::SourceDown(e.to_string()));
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(settings.max_backoff);
-                    continue;
-                }
-            },
+        let source = match &wake {
+            Wake::InProcess => Ok(WakeSource::InProcess(store.committed())),
+            Wake::Postgres(url) => Listener::connect(url).await.map(WakeSource::Postgres),
         };
-        let mut applied = match store.snapshot().await {
-            Ok(s) => {
-                let v = s.version;
-                tracing::info!(
-                    version = v,
-                    routes = s.routes.len(),
-                    certificates = s.certificates.len(),
-                    "loaded the stored routes"
-                );
-                apply(Event::Snapshot(s));
-                v
-            }
+        // Listener first, then the snapshot: no commit can fall between them.
+        let started = match source {
+            Ok(source) => store.snapshot().await.map(|s| (source, s)),
+            Err(e) => Err(e),
+        };
+        let (mut source, snap) = match started {
+            Ok(ok) => ok,
             Err(e) => {
+                if !down {
+                    tracing::warn!("store unreachable, serving the last known routes: {e}");
+                }
                 down = true;
                 apply(Event::SourceDown(e.to_string()));
                 tokio::time::sleep(backoff).await;
@@ -130,6 +116,14 @@ pub async fn follow(
                 continue;
             }
         };
+        let mut applied = snap.version;
+        tracing::info!(
+            version = applied,
+            routes = snap.routes.len(),
+            certificates = snap.certificates.len(),
+            "loaded the stored routes"
+        );
+        apply(Event::Snapshot(snap));
         down = false;
         backoff = settings.backoff;
         loop {

@@ -184,7 +184,13 @@ async fn finish(resp: axum::response::Response) -> Response<Vec<u8>> {
         Ok(b) => b.to_bytes().to_vec(),
         Err(e) => {
             parts.status = StatusCode::INTERNAL_SERVER_ERROR;
-            format!("{{\"error\":{{\"code\":\"internal\",\"message\":\"{e}\"}}}}").into_bytes()
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            serde_json::json!({"error": {"code": "internal", "message": e.to_string()}})
+                .to_string()
+                .into_bytes()
         }
     };
     parts.headers.remove(header::TRANSFER_ENCODING);

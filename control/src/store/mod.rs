@@ -61,8 +61,6 @@ pub trait Backend: Send + Sync {
     /// Called inside a write transaction after the version was taken: lets other nodes know
     /// once it commits (PostgreSQL: `NOTIFY`).
     async fn announce(&self, tx: &mut dyn Tx, version: u64) -> Result<()>;
-    /// Name for logs and `/readyz`.
-    fn kind(&self) -> &'static str;
 }
 
 /// Beyond this many changed objects a follower takes a full snapshot instead of a delta.
@@ -183,11 +181,6 @@ impl Store {
         Store { backend, committed }
     }
 
-    /// `sqlite` or `postgres`.
-    pub fn kind(&self) -> &'static str {
-        self.backend.kind()
-    }
-
     /// Versions committed through this `Store` value, as they commit.
     pub fn committed(&self) -> Committed {
         self.committed.subscribe()
@@ -229,7 +222,28 @@ impl Store {
         Ok((tx, version))
     }
 
-    async fn finish(&self, tx: Box<dyn Tx + '_>, version: u64) -> Result<()> {
+    /// Record who did what (the audit row carries the version) and commit.
+    async fn finish(
+        &self,
+        mut tx: Box<dyn Tx + '_>,
+        version: u64,
+        actor: &str,
+        action: &str,
+        target: &str,
+        mut detail: serde_json::Value,
+    ) -> Result<()> {
+        detail["version"] = version.into();
+        tx.query(
+            "INSERT INTO audit (at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)",
+            &[
+                Value::Int(now_ms()),
+                t(actor),
+                t(action),
+                t(target),
+                t(&detail.to_string()),
+            ],
+        )
+        .await?;
         tx.commit().await?;
         self.committed.send_if_modified(|v| {
             let newer = version > *v;
@@ -281,16 +295,16 @@ impl Store {
         )
         .await?;
         write_upstreams(&mut *tx, &id, &new.upstreams).await?;
-        audit(
-            &mut *tx,
+        let tenant = load_tenant(&mut *tx, &id).await?;
+        self.finish(
+            tx,
+            version,
             actor,
             "tenant.create",
             &id,
-            serde_json::json!({"slug": new.slug, "name": new.name, "version": version}),
+            serde_json::json!({"slug": new.slug, "name": new.name}),
         )
         .await?;
-        let tenant = load_tenant(&mut *tx, &id).await?;
-        self.finish(tx, version).await?;
         Ok(tenant)
     }
 
@@ -352,16 +366,16 @@ impl Store {
             &[t(name), Value::Int(now_ms()), t(id)],
         )
         .await?;
-        audit(
-            &mut *tx,
+        let tenant = load_tenant(&mut *tx, id).await?;
+        self.finish(
+            tx,
+            version,
             actor,
             "tenant.rename",
             id,
-            serde_json::json!({"name": name, "version": version}),
+            serde_json::json!({"name": name}),
         )
         .await?;
-        let tenant = load_tenant(&mut *tx, id).await?;
-        self.finish(tx, version).await?;
         Ok(tenant)
     }
 
@@ -383,16 +397,16 @@ impl Store {
         )
         .await?;
         let list: Vec<String> = upstreams.iter().map(ToString::to_string).collect();
-        audit(
-            &mut *tx,
+        let tenant = load_tenant(&mut *tx, id).await?;
+        self.finish(
+            tx,
+            version,
             actor,
             "tenant.upstreams",
             id,
-            serde_json::json!({"upstreams": list, "version": version}),
+            serde_json::json!({"upstreams": list}),
         )
         .await?;
-        let tenant = load_tenant(&mut *tx, id).await?;
-        self.finish(tx, version).await?;
         Ok(tenant)
     }
 
@@ -413,16 +427,9 @@ impl Store {
         } else {
             "tenant.resume"
         };
-        audit(
-            &mut *tx,
-            actor,
-            action,
-            id,
-            serde_json::json!({"version": version}),
-        )
-        .await?;
         let tenant = load_tenant(&mut *tx, id).await?;
-        self.finish(tx, version).await?;
+        self.finish(tx, version, actor, action, id, serde_json::json!({}))
+            .await?;
         Ok(tenant)
     }
 
@@ -437,15 +444,15 @@ impl Store {
             &[Value::Int(now_ms()), t(id)],
         )
         .await?;
-        audit(
-            &mut *tx,
+        self.finish(
+            tx,
+            version,
             actor,
             "tenant.delete",
             id,
-            serde_json::json!({"version": version}),
+            serde_json::json!({}),
         )
-        .await?;
-        self.finish(tx, version).await
+        .await
     }
 
     /// Store a certificate.
@@ -471,19 +478,19 @@ impl Store {
             ],
         )
         .await?;
-        audit(
-            &mut *tx,
-            actor,
-            "certificate.add",
-            &id,
-            serde_json::json!({"names": c.names, "version": version}),
-        )
-        .await?;
         let info = load_certificates(&mut *tx, Some(&id))
             .await?
             .pop()
             .ok_or_else(|| Error::Internal("certificate vanished".into()))?;
-        self.finish(tx, version).await?;
+        self.finish(
+            tx,
+            version,
+            actor,
+            "certificate.add",
+            &id,
+            serde_json::json!({"names": c.names}),
+        )
+        .await?;
         Ok(info)
     }
 
@@ -507,15 +514,15 @@ impl Store {
         if gone.is_empty() {
             return Err(Error::NotFound(format!("certificate {id:?}")));
         }
-        audit(
-            &mut *tx,
+        self.finish(
+            tx,
+            version,
             actor,
             "certificate.delete",
             id,
-            serde_json::json!({"version": version}),
+            serde_json::json!({}),
         )
-        .await?;
-        self.finish(tx, version).await
+        .await
     }
 
     /// Drop change-log entries older than the newest `keep` versions; returns how many went.
@@ -656,27 +663,6 @@ async fn current_version(tx: &mut dyn Tx) -> Result<u64> {
     )?))
 }
 
-async fn audit(
-    tx: &mut dyn Tx,
-    actor: &str,
-    action: &str,
-    target: &str,
-    detail: serde_json::Value,
-) -> Result<()> {
-    tx.query(
-        "INSERT INTO audit (at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)",
-        &[
-            Value::Int(now_ms()),
-            t(actor),
-            t(action),
-            t(target),
-            t(&detail.to_string()),
-        ],
-    )
-    .await?;
-    Ok(())
-}
-
 async fn write_upstreams(tx: &mut dyn Tx, id: &str, upstreams: &[SocketAddr]) -> Result<()> {
     for (i, u) in upstreams.iter().enumerate() {
         tx.query(
@@ -773,7 +759,7 @@ async fn load_routes(tx: &mut dyn Tx, ids: Option<&[String]>) -> Result<Vec<Rout
         .query(
             &format!(
                 "SELECT h.tenant_id, h.hostname FROM hostnames h JOIN tenants t ON t.id = h.tenant_id \
-                 WHERE h.status = 'active' AND t.status <> 'deleted'{filter}"
+                 WHERE h.status = 'active' AND t.status <> 'deleted'{filter} ORDER BY h.hostname"
             ),
             &params,
         )
@@ -818,9 +804,6 @@ async fn load_routes(tx: &mut dyn Tx, ids: Option<&[String]>) -> Result<Vec<Rout
                 Err(e) => tracing::error!(upstream = %a, "stored upstream not used: {e}"),
             }
         }
-    }
-    for r in routes.values_mut() {
-        r.hostnames.sort_by_key(HostPattern::to_display);
     }
     Ok(routes.into_values().collect())
 }

@@ -134,10 +134,21 @@ struct PgTx {
 
 impl Drop for PgTx {
     fn drop(&mut self) {
-        // Not committed: the connection is mid-transaction. Take it out of the pool and close
-        // it; the server rolls the transaction back.
-        if let Some(c) = self.conn.take() {
-            drop(Object::take(c));
+        // Not committed (a refused write, e.g. a 409): roll back and return the connection to
+        // the pool, so bad input does not cost a reconnect. Without a runtime to do that, or
+        // if the rollback fails, the connection is closed instead and the server rolls back.
+        let Some(c) = self.conn.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    if c.batch_execute("ROLLBACK").await.is_err() {
+                        drop(Object::take(c));
+                    }
+                });
+            }
+            Err(_) => drop(Object::take(c)),
         }
     }
 }
@@ -223,10 +234,6 @@ impl Backend for Postgres {
         )
         .await?;
         Ok(())
-    }
-
-    fn kind(&self) -> &'static str {
-        "postgres"
     }
 }
 

@@ -134,8 +134,4 @@ impl Backend for Sqlite {
         // One process owns the file; it learns of commits through `Store::committed`.
         Ok(())
     }
-
-    fn kind(&self) -> &'static str {
-        "sqlite"
-    }
 }

@@ -32,10 +32,11 @@ use tenantgate_config::{
 use crate::router::{Change, Router};
 
 /// Where the routes being served came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     /// Only the config file (no store attached yet, or a proxy-only node without one).
+    #[default]
     Static,
     /// The store, and the node is following its changes.
     Store,
@@ -44,13 +45,13 @@ pub enum Source {
 }
 
 /// What `/readyz` reports.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct SyncStatus {
     /// Where the served routes came from.
     pub source: Source,
     /// Version of the stored state being served (0: none).
     pub version: u64,
-    /// Number of stored routes and certificates being served.
+    /// Stored routes being served.
     pub stored_routes: usize,
     /// Stored certificates being served.
     pub stored_certificates: usize,
@@ -256,13 +257,7 @@ impl EdgeState {
             snapshot_path,
             stored,
             persister,
-            status: ArcSwap::from_pointee(SyncStatus {
-                source: Source::Static,
-                version: 0,
-                stored_routes: 0,
-                stored_certificates: 0,
-                store_error: None,
-            }),
+            status: ArcSwap::from_pointee(SyncStatus::default()),
         };
         state.publish(&Stored::default(), Source::Static, None);
         state
@@ -280,32 +275,35 @@ impl EdgeState {
 
     /// Replace the stored state with a full snapshot from the store (taken by value: its
     /// routes are moved into the table, not copied), and persist it.
-    pub fn apply_snapshot(&self, snap: Snapshot) -> Result<(), SyncError> {
+    pub fn apply_snapshot(&self, snap: Snapshot) {
+        self.install(snap, Source::Store, None);
+        self.persist();
+    }
+
+    /// Make `snap` the stored state and serve it. Certificates unchanged since the previous
+    /// state keep their parsed form: a resync does not re-parse every certificate.
+    fn install(&self, snap: Snapshot, source: Source, note: Option<String>) {
         let mut stored = self.lock();
         let old = std::mem::take(&mut stored.certificates);
         *stored = Stored::from_snapshot(snap.version, snap.routes, self.tracks_hosts());
-        for c in &snap.certificates {
-            // Unchanged certificates keep their parsed form: no re-parse on every resync.
+        for c in snap.certificates {
             let parsed = match old.get(&c.id) {
-                Some((prev, parsed)) if prev == c => parsed.clone(),
-                _ => self.open(c),
+                Some((prev, parsed)) if *prev == c => parsed.clone(),
+                _ => self.open(&c),
             };
-            stored
-                .certificates
-                .insert(c.id.clone(), (c.clone(), parsed));
+            stored.certificates.insert(c.id.clone(), (c, parsed));
         }
-        self.publish(&stored, Source::Store, None);
-        self.persist();
-        Ok(())
+        self.publish(&stored, source, note);
     }
 
     /// Apply an ordered delta from the store, and persist the result. A delta whose version
     /// is not newer than the served one was already applied and is ignored.
-    pub fn apply_delta(&self, delta: &Delta) -> Result<(), SyncError> {
+    pub fn apply_delta(&self, delta: &Delta) {
         let mut stored = self.lock();
         if delta.version <= stored.version {
-            return Ok(());
+            return;
         }
+        let track = self.tracks_hosts();
         let mut changes = Vec::with_capacity(delta.routes.len());
         let mut touched_hosts: Vec<HostPattern> = Vec::new();
         let mut touched_ids: BTreeSet<String> = BTreeSet::new();
@@ -314,7 +312,6 @@ impl EdgeState {
                 RouteChange::Upsert(r) => &r.id,
                 RouteChange::Remove { id } => id,
             };
-            let track = self.tracks_hosts();
             if let Some(RouteById(old)) = stored.routes.take(id.as_str()) {
                 if track {
                     for h in &old.hostnames {
@@ -384,7 +381,6 @@ impl EdgeState {
         }
         self.set_status(&stored, Source::Store, None);
         self.persist();
-        Ok(())
     }
 
     /// Write the snapshot file now, on this thread (tests, and before a planned stop).
@@ -428,15 +424,8 @@ impl EdgeState {
         let snap: Snapshot =
             serde_json::from_reader(std::io::BufReader::with_capacity(1 << 20, file))
                 .map_err(|e| err(e.to_string()))?;
-        let mut stored = self.lock();
-        *stored = Stored::from_snapshot(snap.version, snap.routes, self.tracks_hosts());
-        stored.certificates = snap
-            .certificates
-            .iter()
-            .map(|c| (c.id.clone(), (c.clone(), self.open(c))))
-            .collect();
-        self.publish(
-            &stored,
+        self.install(
+            snap,
             Source::Snapshot,
             Some("serving the last-known-good snapshot until the store answers".into()),
         );
@@ -599,24 +588,21 @@ mod tests {
             version: 5,
             routes: vec![route("t1", &["a.test"], 2)],
             certificates: vec![],
-        })
-        .expect("snapshot");
+        });
         assert_eq!(port_of(&router, "a.test"), Some(2));
         assert_eq!(port_of(&router, "s.test"), Some(1));
         s.apply_delta(&Delta {
             version: 6,
             routes: vec![RouteChange::Remove { id: "t1".into() }],
             certificates: vec![],
-        })
-        .expect("delta");
+        });
         assert_eq!(port_of(&router, "a.test"), Some(1));
         // An old delta is ignored.
         s.apply_delta(&Delta {
             version: 6,
             routes: vec![RouteChange::Upsert(route("t1", &["a.test"], 3))],
             certificates: vec![],
-        })
-        .expect("delta");
+        });
         assert_eq!(port_of(&router, "a.test"), Some(1));
         assert_eq!(s.status().source, Source::Store);
         // A delta claiming a static hostname takes it; the static route keeps the rest.
@@ -624,16 +610,14 @@ mod tests {
             version: 7,
             routes: vec![RouteChange::Upsert(route("t2", &["s.test"], 4))],
             certificates: vec![],
-        })
-        .expect("delta");
+        });
         assert_eq!(port_of(&router, "s.test"), Some(4));
         assert_eq!(port_of(&router, "a.test"), Some(1));
         s.apply_delta(&Delta {
             version: 8,
             routes: vec![RouteChange::Upsert(route("t2", &["t2.test"], 4))],
             certificates: vec![],
-        })
-        .expect("delta");
+        });
         assert_eq!(
             port_of(&router, "s.test"),
             Some(1),
@@ -644,8 +628,7 @@ mod tests {
             version: 9,
             routes: vec![RouteChange::Remove { id: "t2".into() }],
             certificates: vec![],
-        })
-        .expect("delta");
+        });
 
         // A new node boots from the file the first one wrote.
         s.flush().expect("flush");
