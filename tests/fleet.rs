@@ -122,8 +122,19 @@ async fn proxies_keep_serving_through_a_database_outage_and_catch_up() {
             "shop"
         );
     }
-    // A proxy restarted while the database is down boots from its snapshot.
+    // A proxy restarted while the database is down boots from its snapshot. The file is
+    // written behind the served state: crash the proxy only once it holds what is served.
     let restarted = &mut f.proxies[0];
+    wait_for(
+        "the snapshot file to hold the served version",
+        Duration::from_secs(10),
+        || async {
+            let r: serde_json::Value =
+                serde_json::from_str(&admin_get(restarted.admin, "/readyz").await?).ok()?;
+            (r["snapshot_version"] == r["version"]).then_some(())
+        },
+    )
+    .await;
     restarted.stop();
     let child = restarted.spawn(false);
     restarted.replace_child(child);

@@ -115,16 +115,19 @@ async fn readyz(State(s): State<AdminState>) -> axum::response::Response {
         let body = serde_json::json!({"ready": false, "store_error": reason});
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
-    let status = s.edge.as_ref().map(|e| e.status());
-    let body = match status {
-        Some(st) => serde_json::json!({
-            "ready": true,
-            "source": st.source,
-            "version": st.version,
-            "stored_routes": st.stored_routes,
-            "stored_certificates": st.stored_certificates,
-            "store_error": st.store_error,
-        }),
+    let body = match &s.edge {
+        Some(edge) => {
+            let st = edge.status();
+            serde_json::json!({
+                "ready": true,
+                "source": st.source,
+                "version": st.version,
+                "snapshot_version": edge.snapshot_version(),
+                "stored_routes": st.stored_routes,
+                "stored_certificates": st.stored_certificates,
+                "store_error": st.store_error,
+            })
+        }
         None => serde_json::json!({"ready": true, "source": "static", "version": 0}),
     };
     Json(body).into_response()

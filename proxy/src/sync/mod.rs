@@ -19,6 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use arc_swap::ArcSwap;
@@ -149,13 +150,43 @@ struct SnapshotView {
     certificates: Vec<StoredCertificate>,
 }
 
+/// The last-known-good file: where it is, one writer at a time, and which version it holds.
+struct SnapshotFile {
+    path: PathBuf,
+    /// The writer thread and [`EdgeState::flush`] share one temporary file name.
+    write_lock: Mutex<()>,
+    /// Version of the state last written whole to disk.
+    written: AtomicU64,
+}
+
+impl SnapshotFile {
+    fn write(&self, stored: &Mutex<Stored>) -> Result<(), SyncError> {
+        let _one_writer = self
+            .write_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let view = stored
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .view();
+        let err = |reason: String| SyncError::SnapshotFile {
+            path: self.path.clone(),
+            reason,
+        };
+        let bytes = serde_json::to_vec(&view).map_err(|e| err(e.to_string()))?;
+        write_atomically(&self.path, &bytes).map_err(|e| err(e.to_string()))?;
+        self.written.fetch_max(view.version, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
 /// Rewrites the snapshot file from a thread of its own whenever it is marked dirty.
 struct Persister {
     dirty: Arc<(Mutex<bool>, Condvar)>,
 }
 
 impl Persister {
-    fn start(path: PathBuf, stored: Arc<Mutex<Stored>>) -> Self {
+    fn start(file: Arc<SnapshotFile>, stored: Arc<Mutex<Stored>>) -> Self {
         let dirty = Arc::new((Mutex::new(false), Condvar::new()));
         let flag = dirty.clone();
         let spawned = std::thread::Builder::new()
@@ -171,7 +202,7 @@ impl Persister {
                     }
                     *d = false;
                 }
-                if let Err(e) = write_snapshot(&path, &stored) {
+                if let Err(e) = file.write(&stored) {
                     tracing::error!("cannot keep the last-known-good snapshot: {e}");
                 }
             });
@@ -188,26 +219,6 @@ impl Persister {
     }
 }
 
-/// Serialises writers of the snapshot file (the writer thread and [`EdgeState::flush`]),
-/// which share one temporary file name.
-static FILE_WRITE: Mutex<()> = Mutex::new(());
-
-fn write_snapshot(path: &Path, stored: &Mutex<Stored>) -> Result<(), SyncError> {
-    let _one_writer = FILE_WRITE
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let view = stored
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .view();
-    let bytes = serde_json::to_vec(&view);
-    let err = |reason: String| SyncError::SnapshotFile {
-        path: path.to_owned(),
-        reason,
-    };
-    write_atomically(path, &bytes.map_err(|e| err(e.to_string()))?).map_err(|e| err(e.to_string()))
-}
-
 /// The node's served state: static configuration plus what the store published.
 pub struct EdgeState {
     router: Arc<Router>,
@@ -218,7 +229,7 @@ pub struct EdgeState {
     static_by_host: HashMap<HostPattern, usize>,
     static_certs: Vec<ParsedCertificate>,
     default_cert: Option<ParsedCertificate>,
-    snapshot_path: Option<PathBuf>,
+    snapshot_file: Option<Arc<SnapshotFile>>,
     stored: Arc<Mutex<Stored>>,
     status: ArcSwap<SyncStatus>,
     persister: Option<Persister>,
@@ -237,9 +248,16 @@ impl EdgeState {
         snapshot_path: Option<PathBuf>,
     ) -> Self {
         let stored = Arc::new(Mutex::new(Stored::default()));
-        let persister = snapshot_path
+        let snapshot_file = snapshot_path.map(|path| {
+            Arc::new(SnapshotFile {
+                path,
+                write_lock: Mutex::new(()),
+                written: AtomicU64::new(0),
+            })
+        });
+        let persister = snapshot_file
             .clone()
-            .map(|p| Persister::start(p, stored.clone()));
+            .map(|f| Persister::start(f, stored.clone()));
         let static_by_host = static_table
             .routes
             .iter()
@@ -254,7 +272,7 @@ impl EdgeState {
             static_by_host,
             static_certs,
             default_cert,
-            snapshot_path,
+            snapshot_file,
             stored,
             persister,
             status: ArcSwap::from_pointee(SyncStatus::default()),
@@ -385,10 +403,18 @@ impl EdgeState {
 
     /// Write the snapshot file now, on this thread (tests, and before a planned stop).
     pub fn flush(&self) -> Result<(), SyncError> {
-        match &self.snapshot_path {
-            Some(p) => write_snapshot(p, &self.stored),
+        match &self.snapshot_file {
+            Some(f) => f.write(&self.stored),
             None => Ok(()),
         }
+    }
+
+    /// Version of the state last written whole to the snapshot file (`None`: no file is
+    /// kept). Writes trail the served state by the write in flight.
+    pub fn snapshot_version(&self) -> Option<u64> {
+        self.snapshot_file
+            .as_ref()
+            .map(|f| f.written.load(Ordering::Relaxed))
     }
 
     /// The store cannot be reached: keep serving what we have and say so in `/readyz`.
@@ -407,7 +433,7 @@ impl EdgeState {
 
     /// Boot from the last-known-good file, if there is one. Returns whether it was loaded.
     pub fn load_snapshot_file(&self) -> Result<bool, SyncError> {
-        let Some(path) = &self.snapshot_path else {
+        let Some(path) = self.snapshot_file.as_ref().map(|f| &f.path) else {
             return Ok(false);
         };
         let err = |reason: String| SyncError::SnapshotFile {
@@ -424,6 +450,9 @@ impl EdgeState {
         let snap: Snapshot =
             serde_json::from_reader(std::io::BufReader::with_capacity(1 << 20, file))
                 .map_err(|e| err(e.to_string()))?;
+        if let Some(f) = &self.snapshot_file {
+            f.written.fetch_max(snap.version, Ordering::Relaxed);
+        }
         self.install(
             snap,
             Source::Snapshot,
@@ -632,9 +661,11 @@ mod tests {
 
         // A new node boots from the file the first one wrote.
         s.flush().expect("flush");
+        assert_eq!(s.snapshot_version(), Some(9));
         let (s2, router2) = state(&dir);
         assert!(s2.load_snapshot_file().expect("load"));
         assert_eq!(s2.version(), 9);
+        assert_eq!(s2.snapshot_version(), Some(9));
         assert_eq!(s2.status().source, Source::Snapshot);
         assert_eq!(port_of(&router2, "a.test"), Some(1));
         let _ = std::fs::remove_dir_all(&dir);
