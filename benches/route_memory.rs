@@ -36,6 +36,7 @@ fn snapshot(n: usize) -> Vec<u8> {
             })
             .collect(),
         certificates: vec![],
+        challenges: vec![],
     };
     serde_json::to_vec(&snap).expect("json")
 }

@@ -11,6 +11,8 @@ command -v cc >/dev/null || need+=(build-essential)
 # PostgreSQL server binaries: the store conformance and fleet tests start throwaway clusters.
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 command -v runuser >/dev/null || need+=(util-linux)   # run postgres as its own user when root
+# Pebble and pebble-challtestsrv: the ACME CA and DNS server of the custom-domain tests.
+{ command -v pebble >/dev/null && command -v pebble-challtestsrv >/dev/null; } || need+=(pebble)
 if [ "${1:-}" = "bench" ]; then
   command -v nginx >/dev/null || need+=(nginx-light)
   command -v haproxy >/dev/null || need+=(haproxy)

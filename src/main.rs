@@ -11,6 +11,7 @@ use pingora::server::Server;
 use pingora::services::background::background_service;
 use tenantgate_certs::{generate_self_signed, parse_pem, CertificateStore, ParsedCertificate};
 use tenantgate_config::{Config, LogFormat, RouteTable};
+use tenantgate_control::domains::Domains;
 use tenantgate_control::publish::{follow, Event, FollowSettings, Wake};
 use tenantgate_control::store::Store;
 use tenantgate_control::{api, setup, upkeep};
@@ -378,15 +379,23 @@ fn serve(path: Option<&Path>, upgrade: bool, role: Role) -> anyhow::Result<()> {
         }
         Role::Single | Role::Control(_) => Arc::new(block_on(setup::open_store(&cfg, true))??),
     };
-    let api_router = match role {
+    let domains = match role {
         Role::Proxy(_) => None,
-        Role::Single | Role::Control(_) => {
+        Role::Single | Role::Control(_) => Some(
+            Domains::new(&cfg, store.clone(), sealing.clone())
+                .map_err(|e| anyhow::anyhow!("custom domains: {e}"))?,
+        ),
+    };
+    let api_router = match &domains {
+        None => None,
+        Some(domains) => {
             let (token, from) = setup::admin_token(&cfg)?;
             tracing::info!(token_from = %from, "admin API enabled on {}", cfg.admin.listen);
             Some(api::router(api::ApiState::new(
                 store.clone(),
                 setup::input_rules(&cfg),
                 sealing,
+                domains.clone(),
                 &token,
             )))
         }
@@ -408,6 +417,12 @@ fn serve(path: Option<&Path>, upgrade: bool, role: Role) -> anyhow::Result<()> {
             )),
         ));
     }
+    if let Some(domains) = domains {
+        server.add_service(background_service(
+            "custom domains",
+            BackgroundTask::new(domains.run()),
+        ));
+    }
     // A `control` node serves no routes: it is ready while its store answers.
     let probe: Option<tenantgate_proxy::admin::ReadyProbe> = if is_proxy {
         None
@@ -422,6 +437,7 @@ fn serve(path: Option<&Path>, upgrade: bool, role: Role) -> anyhow::Result<()> {
     let edge = Edge {
         router,
         certs: store_certs,
+        challenges: state.challenges().clone(),
         metrics,
         state: Some(state.clone()),
         probe,

@@ -60,6 +60,14 @@ async fn every_v1_route_needs_the_token_and_errors_are_json() {
         ("get", "/v1/certificates"),
         ("delete", "/v1/certificates/{id}"),
         ("get", "/v1/routes"),
+        ("post", "/v1/tenants/{id}/domains"),
+        ("get", "/v1/tenants/{id}/domains"),
+        ("get", "/v1/domains"),
+        ("get", "/v1/domains/{id}"),
+        ("delete", "/v1/domains/{id}"),
+        ("post", "/v1/domains/{id}/refresh"),
+        ("post", "/v1/domains/{id}/block"),
+        ("post", "/v1/domains/{id}/unblock"),
     ] {
         assert!(
             paths[path].get(method).is_some(),
@@ -67,7 +75,7 @@ async fn every_v1_route_needs_the_token_and_errors_are_json() {
         );
     }
     assert_eq!(
-        operations, 13,
+        operations, 21,
         "the document lists operations the test does not know"
     );
     // The listing's filters are query parameters, as the server reads them.

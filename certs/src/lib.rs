@@ -9,10 +9,13 @@
 
 #![deny(clippy::unwrap_used)]
 
+pub mod acme;
+pub mod challenge;
 mod pem;
 pub mod seal;
 mod store;
 
+pub use challenge::ChallengeStore;
 pub use pem::{generate_self_signed, parse_pem, ParsedCertificate};
 pub use seal::SealingKey;
 pub use store::{CertificateStore, SniResolver};

@@ -21,7 +21,8 @@ use serde::Deserialize;
 pub use host::{HostError, HostPattern};
 pub use net::IpNet;
 pub use route::{
-    CertificateChange, Delta, Route, RouteChange, RouteTable, Snapshot, StoredCertificate, Upstream,
+    CertificateChange, Challenge, ChallengeSet, Delta, Route, RouteChange, RouteTable, Snapshot,
+    StoredCertificate, Upstream,
 };
 
 /// Errors of this crate.
@@ -80,6 +81,12 @@ pub struct Config {
     pub store: StoreConfig,
     /// Logging and the access log.
     pub log: LogConfig,
+    /// Custom domains: ownership checks and "moved" detection.
+    pub domains: DomainsConfig,
+    /// The ACME certificate authority for custom domains.
+    pub acme: AcmeConfig,
+    /// Signed JSON events on every domain status change.
+    pub webhooks: WebhooksConfig,
     /// Static certificates.
     pub certificates: Vec<CertificateConfig>,
     /// Static routes.
@@ -266,6 +273,99 @@ impl StoreConfig {
     }
 }
 
+/// `[domains]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DomainsConfig {
+    /// DNS servers (`ip:port`) for ownership and "moved" checks; empty: the system's.
+    pub nameservers: Vec<String>,
+    /// Port on which control fetches a domain's `http_url` (through the public name) to
+    /// verify it: the port proxies' plain-HTTP listeners are reached on.
+    pub http_port: u16,
+    /// Addresses the platform's edge is reached on. With these (or `cname_target`) set,
+    /// active domains are re-resolved every `moved_check_seconds`: one that no longer points
+    /// here is marked `moved` and no longer renewed.
+    pub edge_addresses: Vec<String>,
+    /// A CNAME target that counts as pointing here (e.g. `edge.platform.test`).
+    pub cname_target: Option<String>,
+    /// First retry of an ownership check; retries back off from here...
+    pub check_min_seconds: u64,
+    /// ...up to this interval.
+    pub check_max_seconds: u64,
+    /// Give up verifying a domain this long after it was attached.
+    pub verify_timeout_seconds: u64,
+    /// How often active domains are checked for having moved away.
+    pub moved_check_seconds: u64,
+    /// Timeout of one DNS lookup or HTTP check.
+    pub lookup_timeout_ms: u64,
+}
+
+impl Default for DomainsConfig {
+    fn default() -> Self {
+        DomainsConfig {
+            nameservers: Vec::new(),
+            http_port: 80,
+            edge_addresses: Vec::new(),
+            cname_target: None,
+            check_min_seconds: 10,
+            check_max_seconds: 3600,
+            verify_timeout_seconds: 7 * 24 * 3600,
+            moved_check_seconds: 3600,
+            lookup_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// `[acme]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AcmeConfig {
+    /// Directory URL of the CA; unset: custom domains are verified and routed over HTTP but
+    /// get no certificate.
+    pub directory_url: Option<String>,
+    /// Root certificate (PEM) the CA's own endpoint is checked against, for private CAs;
+    /// unset: the Mozilla roots.
+    pub ca_file: Option<PathBuf>,
+    /// Contact URLs of the account (`mailto:ops@example.com`).
+    pub contact: Vec<String>,
+    /// Renew when this fraction of a certificate's lifetime remains (jittered earlier by up
+    /// to a tenth of it).
+    pub renew_remaining_fraction: f64,
+    /// New orders allowed per hour across the fleet; the rest wait their turn.
+    pub orders_per_hour: u32,
+    /// First retry after a failed order; doubles per failure...
+    pub retry_min_seconds: u64,
+    /// ...up to this.
+    pub retry_max_seconds: u64,
+    /// How long one order may take (validation, finalisation, download).
+    pub order_timeout_seconds: u64,
+}
+
+impl Default for AcmeConfig {
+    fn default() -> Self {
+        AcmeConfig {
+            directory_url: None,
+            ca_file: None,
+            contact: Vec::new(),
+            renew_remaining_fraction: 1.0 / 3.0,
+            orders_per_hour: 250,
+            retry_min_seconds: 60,
+            retry_max_seconds: 24 * 3600,
+            order_timeout_seconds: 120,
+        }
+    }
+}
+
+/// `[webhooks]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Where events are POSTed (`http://` or `https://`); unset: no webhooks.
+    pub url: Option<String>,
+    /// Key of the `X-Tenantgate-Signature` HMAC-SHA256 (or `TENANTGATE_WEBHOOK_SECRET`).
+    pub secret: Option<String>,
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -347,6 +447,105 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
 ];
 
 impl Config {
+    /// The `[domains]`, `[acme]` and `[webhooks]` sections.
+    fn validate_domains(&self, p: &mut impl FnMut(String, String)) {
+        let d = &self.domains;
+        for (i, ns) in d.nameservers.iter().enumerate() {
+            if ns.parse::<std::net::SocketAddr>().is_err() {
+                p(
+                    format!("domains.nameservers[{i}]"),
+                    format!("{ns:?} is not an ip:port address"),
+                );
+            }
+        }
+        for (i, a) in d.edge_addresses.iter().enumerate() {
+            if a.parse::<std::net::IpAddr>().is_err() {
+                p(
+                    format!("domains.edge_addresses[{i}]"),
+                    format!("{a:?} is not an IP address"),
+                );
+            }
+        }
+        if let Some(t) = &d.cname_target {
+            if !matches!(HostPattern::parse(t), Ok(HostPattern::Exact(_))) {
+                p(
+                    "domains.cname_target".into(),
+                    format!("{t:?} is not a hostname"),
+                );
+            }
+        }
+        if d.http_port == 0 {
+            p("domains.http_port".into(), "must not be 0".into());
+        }
+        for (key, v) in [
+            ("domains.check_min_seconds", d.check_min_seconds),
+            ("domains.moved_check_seconds", d.moved_check_seconds),
+            ("domains.lookup_timeout_ms", d.lookup_timeout_ms),
+            ("acme.retry_min_seconds", self.acme.retry_min_seconds),
+            (
+                "acme.order_timeout_seconds",
+                self.acme.order_timeout_seconds,
+            ),
+        ] {
+            if v == 0 {
+                p(key.into(), "must be greater than 0".into());
+            }
+        }
+        if d.check_max_seconds < d.check_min_seconds {
+            p(
+                "domains.check_max_seconds".into(),
+                "must not be less than domains.check_min_seconds".into(),
+            );
+        }
+        if d.verify_timeout_seconds < d.check_min_seconds {
+            p(
+                "domains.verify_timeout_seconds".into(),
+                "must not be less than domains.check_min_seconds".into(),
+            );
+        }
+        let a = &self.acme;
+        if let Some(u) = &a.directory_url {
+            if !(u.starts_with("https://") || u.starts_with("http://")) {
+                p(
+                    "acme.directory_url".into(),
+                    format!("{u:?} is not an http(s) URL"),
+                );
+            }
+        }
+        if !(a.renew_remaining_fraction > 0.0 && a.renew_remaining_fraction <= 1.0) {
+            p(
+                "acme.renew_remaining_fraction".into(),
+                "must be greater than 0 and at most 1".into(),
+            );
+        }
+        if a.orders_per_hour == 0 {
+            p(
+                "acme.orders_per_hour".into(),
+                "must be greater than 0".into(),
+            );
+        }
+        if a.retry_max_seconds < a.retry_min_seconds {
+            p(
+                "acme.retry_max_seconds".into(),
+                "must not be less than acme.retry_min_seconds".into(),
+            );
+        }
+        if let Some(u) = &self.webhooks.url {
+            if !(u.starts_with("https://") || u.starts_with("http://")) {
+                p(
+                    "webhooks.url".into(),
+                    format!("{u:?} is not an http(s) URL"),
+                );
+            }
+            if self.webhooks.secret.as_deref().is_none_or(|s| s.len() < 16) {
+                p(
+                    "webhooks.secret".into(),
+                    "is required with webhooks.url, at least 16 characters (or TENANTGATE_WEBHOOK_SECRET)".into(),
+                );
+            }
+        }
+    }
+
     /// Read and parse a file, then apply environment overrides. Does not validate.
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
@@ -412,6 +611,9 @@ impl Config {
         }
         if let Some(v) = get("TENANTGATE_ENCRYPTION_KEY") {
             self.store.encryption_key = Some(v);
+        }
+        if let Some(v) = get("TENANTGATE_WEBHOOK_SECRET") {
+            self.webhooks.secret = Some(v);
         }
         Ok(())
     }
@@ -544,6 +746,7 @@ impl Config {
                 );
             }
         }
+        self.validate_domains(&mut p);
         if self.store.change_log_keep < 100 {
             p(
                 "store.change_log_keep".into(),

@@ -104,6 +104,9 @@ pub struct Snapshot {
     pub routes: Vec<Route>,
     /// Every stored certificate.
     pub certificates: Vec<StoredCertificate>,
+    /// Every domain's live challenges (ACME HTTP-01 and ownership verification).
+    #[serde(default)]
+    pub challenges: Vec<ChallengeSet>,
 }
 
 /// The changes that take a proxy's state from one version to `version`.
@@ -115,6 +118,32 @@ pub struct Delta {
     pub routes: Vec<RouteChange>,
     /// Certificate changes in commit order.
     pub certificates: Vec<CertificateChange>,
+    /// Domains whose challenges changed, each with its whole current set.
+    #[serde(default)]
+    pub challenges: Vec<ChallengeSet>,
+}
+
+/// An answer every proxy gives on the control plane's behalf, before any tenant routing: an
+/// ACME HTTP-01 key authorisation or a domain's ownership-verification token, for one exact
+/// hostname and path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Challenge {
+    /// Normalised hostname the request must carry.
+    pub hostname: String,
+    /// Exact request path (`/.well-known/acme-challenge/<token>` or
+    /// `/.well-known/tenantgate/<domain id>`).
+    pub path: String,
+    /// The response body.
+    pub body: String,
+}
+
+/// The current challenges of one custom domain; an empty set withdraws them all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChallengeSet {
+    /// Id of the domain.
+    pub domain_id: String,
+    /// Its challenges.
+    pub challenges: Vec<Challenge>,
 }
 
 /// Serde helper: bytes as a lowercase hex string.

@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod client;
+pub mod domains;
 pub mod model;
 pub mod publish;
 pub mod setup;

@@ -84,6 +84,144 @@ pub struct CertificateInfo {
     pub created_at: String,
 }
 
+/// Lifecycle of a custom domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DomainStatus {
+    /// Attached; waiting for the TXT record or the HTTP token to prove ownership. Not routed.
+    PendingVerification,
+    /// Verified and routed to the tenant on every proxy.
+    Active,
+    /// No longer resolves to the platform's edge: not routed, not renewed (checked again
+    /// periodically; pointing back makes it active again).
+    Moved,
+    /// Detached: route, challenges and certificate removed, token invalid.
+    Deleted,
+    /// Stopped by an operator: not routed, not verified, not issued.
+    Blocked,
+}
+
+impl DomainStatus {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DomainStatus::PendingVerification => "pending_verification",
+            DomainStatus::Active => "active",
+            DomainStatus::Moved => "moved",
+            DomainStatus::Deleted => "deleted",
+            DomainStatus::Blocked => "blocked",
+        }
+    }
+
+    /// Parse the stored spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            DomainStatus::PendingVerification,
+            DomainStatus::Active,
+            DomainStatus::Moved,
+            DomainStatus::Deleted,
+            DomainStatus::Blocked,
+        ]
+        .into_iter()
+        .find(|d| d.as_str() == s)
+    }
+}
+
+/// Lifecycle of a custom domain's certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SslStatus {
+    /// Waiting for the domain's ownership to be verified, or the CA to validate it.
+    PendingValidation,
+    /// Verified; an order is queued or in progress.
+    PendingIssuance,
+    /// A valid certificate is served.
+    Active,
+    /// Renewal in progress or being retried; the current certificate is still served.
+    Renewing,
+    /// Issuance failed (see `errors`); retried with backoff.
+    Failed,
+    /// The certificate expired before it could be renewed.
+    Expired,
+}
+
+impl SslStatus {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslStatus::PendingValidation => "pending_validation",
+            SslStatus::PendingIssuance => "pending_issuance",
+            SslStatus::Active => "active",
+            SslStatus::Renewing => "renewing",
+            SslStatus::Failed => "failed",
+            SslStatus::Expired => "expired",
+        }
+    }
+
+    /// Parse the stored spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            SslStatus::PendingValidation,
+            SslStatus::PendingIssuance,
+            SslStatus::Active,
+            SslStatus::Renewing,
+            SslStatus::Failed,
+            SslStatus::Expired,
+        ]
+        .into_iter()
+        .find(|d| d.as_str() == s)
+    }
+}
+
+/// How a merchant proves they own a domain (either way is enough).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Verification {
+    /// DNS name of the TXT record to publish (`_tenantgate.<hostname>`).
+    pub txt_name: String,
+    /// Value the TXT record must hold.
+    pub txt_value: String,
+    /// Once the domain points at the platform, this URL answers `http_body`.
+    pub http_url: String,
+    /// The body `http_url` answers.
+    pub http_body: String,
+}
+
+/// Certificate state of a custom domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Ssl {
+    /// Lifecycle status.
+    pub status: SslStatus,
+    /// Issuer of the served certificate.
+    pub issuer: Option<String>,
+    /// Expiry of the served certificate, RFC 3339.
+    pub not_after: Option<String>,
+    /// Why the last issuance or renewal attempt failed, human-readable.
+    pub errors: Vec<String>,
+}
+
+/// A merchant's own hostname attached to a tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Domain {
+    /// Stable id (`d_` + 16 hex digits).
+    pub id: String,
+    /// The hostname (A-labels).
+    pub hostname: String,
+    /// Owning tenant.
+    pub tenant_id: String,
+    /// Lifecycle status.
+    pub status: DomainStatus,
+    /// How to prove ownership.
+    pub verification: Verification,
+    /// Certificate state.
+    pub ssl: Ssl,
+    /// Why the domain is not (or no longer) active, human-readable.
+    pub errors: Vec<String>,
+    /// Attach time, RFC 3339.
+    pub created_at: String,
+    /// Last change, RFC 3339.
+    pub updated_at: String,
+}
+
 /// One audit event: who changed what, when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AuditEvent {

@@ -66,6 +66,8 @@ pub struct Edge {
     pub router: Arc<Router>,
     /// Certificates served on the TLS listener.
     pub certs: Arc<CertificateStore>,
+    /// ACME HTTP-01 and ownership-verification answers.
+    pub challenges: Arc<tenantgate_certs::ChallengeStore>,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
     /// Static plus stored state, when a store feeds this node.
@@ -150,7 +152,12 @@ pub fn add_services(
         pool_per_route: cfg.proxy.upstream_pool == tenantgate_config::UpstreamPool::Route,
         http1_pipelining: cfg.proxy.http1_pipelining,
     };
-    let proxy = EdgeProxy::new(edge.router.clone(), settings, edge.metrics.unknown.clone());
+    let proxy = EdgeProxy::new(
+        edge.router.clone(),
+        edge.challenges.clone(),
+        settings,
+        edge.metrics.unknown.clone(),
+    );
     let mut app = pingora::proxy::HttpProxy::new(proxy, server.configuration.clone());
     app.handle_init_modules();
     let window = drain_window(cfg.proxy.grace_period_seconds);

@@ -4,6 +4,7 @@
 
 #![allow(dead_code, missing_docs)]
 
+pub mod pebble;
 pub mod postgres;
 
 use std::convert::Infallible;
@@ -322,6 +323,7 @@ pub struct Tenantgate {
     extra_sections: Vec<String>,
     store_extra: Vec<String>,
     command: Option<&'static str>,
+    http_port: Option<u16>,
 }
 
 /// The admin token every test node is configured with.
@@ -395,6 +397,12 @@ impl Tenantgate {
         self
     }
 
+    /// Listen for plain HTTP on this port (e.g. the one an ACME CA validates on).
+    pub fn http_port(mut self, port: u16) -> Tenantgate {
+        self.http_port = Some(port);
+        self
+    }
+
     /// An extra line in `[proxy]`, e.g. `read_timeout_ms = 300`.
     pub fn proxy(mut self, line: &str) -> Tenantgate {
         self.proxy_extra.push(line.to_string());
@@ -446,7 +454,11 @@ impl Tenantgate {
     pub async fn start_with(self, prepare: impl FnOnce(&std::path::Path)) -> Running {
         let dir = tempfile::tempdir().expect("tempdir");
         prepare(dir.path());
-        let (http, https, admin) = (free_port(), free_port(), free_port());
+        let (http, https, admin) = (
+            self.http_port.unwrap_or_else(free_port),
+            free_port(),
+            free_port(),
+        );
         let config = dir.path().join("tenantgate.toml");
         std::fs::write(&config, self.config_text(dir.path(), http, https, admin))
             .expect("write config");

@@ -58,6 +58,37 @@ impl InputRules {
         }
     }
 
+    /// Check a merchant's own hostname and return its normalised (A-label) form.
+    pub fn custom_domain(&self, hostname: &str) -> Result<String> {
+        let bad =
+            |why: &str| Error::invalid("invalid_hostname", format!("hostname {hostname:?}: {why}"));
+        let h = match HostPattern::parse(hostname) {
+            Ok(HostPattern::Exact(h)) => h,
+            Ok(HostPattern::Wildcard(_)) => {
+                return Err(bad(
+                    "wildcards cannot be verified over HTTP; attach each name",
+                ))
+            }
+            Err(e) => return Err(bad(&e.to_string())),
+        };
+        if !h.contains('.') {
+            return Err(bad("must be a fully qualified domain name"));
+        }
+        if h.rsplit('.')
+            .next()
+            .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(bad("must be a domain name, not an IP address"));
+        }
+        let apex = &self.platform_domain;
+        if h == *apex || h.ends_with(&format!(".{apex}")) {
+            return Err(bad(
+                "names under the platform domain are assigned by the platform",
+            ));
+        }
+        Ok(h)
+    }
+
     /// Check a display name.
     pub fn name(&self, name: &str) -> Result<String> {
         let name = name.trim();
@@ -134,6 +165,26 @@ impl InputRules {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn custom_domains_are_normalised_and_checked() {
+        let r = rules();
+        assert_eq!(
+            r.custom_domain("WWW.Shop.COM.").expect("ok"),
+            "www.shop.com"
+        );
+        for bad in [
+            "*.shop.com",
+            "localhost",
+            "192.168.1.10",
+            "x.platform.test",
+            "platform.test",
+            "a..b",
+            "",
+        ] {
+            assert!(r.custom_domain(bad).is_err(), "{bad}");
+        }
+    }
 
     fn rules() -> InputRules {
         InputRules {

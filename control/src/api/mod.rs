@@ -8,6 +8,7 @@
 //! `{"error": {"code", "message"}}` with its status.
 
 mod certificates;
+mod domains;
 pub mod error;
 pub mod input;
 mod tenants;
@@ -26,6 +27,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::domains::Domains;
 use crate::model::AuditEvent;
 use crate::store::Store;
 pub use error::{ApiError, ApiJson};
@@ -43,6 +45,8 @@ pub struct ApiState {
     pub rules: Arc<InputRules>,
     /// Seals uploaded private keys.
     pub sealing: Arc<SealingKey>,
+    /// Custom domains.
+    pub domains: Arc<Domains>,
     /// SHA-256 of the bearer token.
     token_digest: [u8; 32],
 }
@@ -53,12 +57,14 @@ impl ApiState {
         store: Arc<Store>,
         rules: InputRules,
         sealing: Arc<SealingKey>,
+        domains: Arc<Domains>,
         token: &str,
     ) -> Self {
         ApiState {
             store,
             rules: Arc::new(rules),
             sealing,
+            domains,
             token_digest: digest(token.as_bytes()),
         }
     }
@@ -110,7 +116,7 @@ fn unauthorized(message: &str) -> Response {
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    tags((name = "tenants"), (name = "certificates"), (name = "routes"))
+    tags((name = "tenants"), (name = "domains"), (name = "certificates"), (name = "routes"))
 )]
 struct ApiDoc;
 
@@ -138,6 +144,15 @@ fn api_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(tenants::put_upstreams))
         .routes(routes!(tenants::suspend_tenant))
         .routes(routes!(tenants::resume_tenant))
+        .routes(routes!(
+            domains::attach_domain,
+            domains::list_tenant_domains
+        ))
+        .routes(routes!(domains::list_domains))
+        .routes(routes!(domains::get_domain, domains::delete_domain))
+        .routes(routes!(domains::refresh_domain))
+        .routes(routes!(domains::block_domain))
+        .routes(routes!(domains::unblock_domain))
         .routes(routes!(
             certificates::create_certificate,
             certificates::list_certificates

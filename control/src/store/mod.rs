@@ -12,6 +12,7 @@
 //! - reads that feed proxies (snapshot, delta) see one consistent state (one transaction,
 //!   REPEATABLE READ on PostgreSQL).
 
+pub mod domains;
 pub mod postgres;
 pub mod sqlite;
 
@@ -20,6 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+pub use domains::{DomainFilter, DomainNote, DomainRecord};
 use tenantgate_config::{
     CertificateChange, Delta, HostPattern, Route, RouteChange, Snapshot, StoredCertificate,
     Upstream,
@@ -439,6 +441,30 @@ impl Store {
         live_tenant(&mut *tx, id).await?;
         tx.query("DELETE FROM hostnames WHERE tenant_id = $1", &[t(id)])
             .await?;
+        // Its custom domains go with it: challenges, certificates, tokens.
+        let doomed = tx
+            .query(
+                "SELECT id, certificate_id FROM domains WHERE tenant_id = $1 AND status <> 'deleted'",
+                &[t(id)],
+            )
+            .await?;
+        for r in &doomed {
+            let domain = text(r, 0)?;
+            tx.query("DELETE FROM challenges WHERE domain_id = $1", &[t(&domain)])
+                .await?;
+            Self::log_change(&mut *tx, version, "domain", &domain).await?;
+            if let Some(Value::Text(cert)) = r.get(1) {
+                tx.query("DELETE FROM certificates WHERE id = $1", &[t(cert)])
+                    .await?;
+                Self::log_change(&mut *tx, version, "certificate", cert).await?;
+            }
+        }
+        tx.query(
+            "UPDATE domains SET status = 'deleted', certificate_id = NULL, check_at = NULL, ssl_at = NULL, \
+             updated_at = $1 WHERE tenant_id = $2 AND status <> 'deleted'",
+            &[Value::Int(now_ms()), t(id)],
+        )
+        .await?;
         tx.query(
             "UPDATE tenants SET status = 'deleted', updated_at = $1 WHERE id = $2",
             &[Value::Int(now_ms()), t(id)],
@@ -505,6 +531,17 @@ impl Store {
     /// Remove a certificate from the store and from every proxy.
     pub async fn delete_certificate(&self, actor: &str, id: &str) -> Result<()> {
         let (mut tx, version) = self.begin_write("certificate", id).await?;
+        let managed = tx
+            .query(
+                "SELECT 1 FROM domains WHERE certificate_id = $1 AND status <> 'deleted'",
+                &[t(id)],
+            )
+            .await?;
+        if !managed.is_empty() {
+            return Err(Error::Conflict(
+                "the certificate is managed by a custom domain: detach the domain instead".into(),
+            ));
+        }
         let gone = tx
             .query(
                 "DELETE FROM certificates WHERE id = $1 RETURNING id",
@@ -573,11 +610,13 @@ impl Store {
         let version = current_version(&mut *tx).await?;
         let routes = load_routes(&mut *tx, None).await?;
         let certificates = load_stored_certificates(&mut *tx, None).await?;
+        let challenges = domains::load_challenges(&mut *tx, None).await?;
         tx.commit().await?;
         Ok(Snapshot {
             version,
             routes,
             certificates,
+            challenges,
         })
     }
 
@@ -612,12 +651,14 @@ impl Store {
             .await?;
         let mut tenants = BTreeSet::new();
         let mut certs = BTreeSet::new();
+        let mut domains = BTreeSet::new();
         for r in &rows {
             match text(r, 0)?.as_str() {
                 "tenant" => tenants.insert(text(r, 1)?),
+                "domain" => domains.insert(text(r, 1)?),
                 _ => certs.insert(text(r, 1)?),
             };
-            if tenants.len() + certs.len() > MAX_DELTA_OBJECTS {
+            if tenants.len() + certs.len() + domains.len() > MAX_DELTA_OBJECTS {
                 tx.commit().await?;
                 return Ok(None);
             }
@@ -643,11 +684,14 @@ impl Store {
                 None => CertificateChange::Remove { id: id.clone() },
             })
             .collect();
+        let domain_ids: Vec<String> = domains.into_iter().collect();
+        let challenges = domains::load_challenges(&mut *tx, Some(&domain_ids)).await?;
         tx.commit().await?;
         Ok(Some(Delta {
             version: current,
             routes: route_changes,
             certificates: cert_changes,
+            challenges,
         }))
     }
 }

@@ -31,6 +31,7 @@ use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::ErrorSource;
 use pingora::ErrorType;
+use tenantgate_certs::ChallengeStore;
 use tenantgate_config::host::{normalize_into, HostBuf};
 
 use crate::metrics::{RouteMetrics, UpstreamErrorKind};
@@ -68,6 +69,7 @@ pub struct ProxySettings {
 /// The edge proxy service.
 pub struct EdgeProxy {
     router: Arc<Router>,
+    challenges: Arc<ChallengeStore>,
     settings: ProxySettings,
     unknown: Arc<RouteMetrics>,
     id_prefix: u32,
@@ -76,13 +78,19 @@ pub struct EdgeProxy {
 
 impl EdgeProxy {
     /// A proxy reading `router`, counting unknown hosts in `unknown`.
-    pub fn new(router: Arc<Router>, settings: ProxySettings, unknown: Arc<RouteMetrics>) -> Self {
+    pub fn new(
+        router: Arc<Router>,
+        challenges: Arc<ChallengeStore>,
+        settings: ProxySettings,
+        unknown: Arc<RouteMetrics>,
+    ) -> Self {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos())
             ^ std::process::id().rotate_left(16);
         EdgeProxy {
             router,
+            challenges,
             settings,
             unknown,
             id_prefix: seed,
@@ -140,9 +148,35 @@ impl EdgeProxy {
     }
 }
 
+impl EdgeProxy {
+    /// Answer a live challenge: its exact body as plain text.
+    async fn challenge(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+        body: &str,
+    ) -> Result<bool> {
+        let head = session.req_header().method == http::Method::HEAD;
+        let body = Bytes::copy_from_slice(body.as_bytes());
+        let mut resp = ResponseHeader::build(200, Some(4))?;
+        resp.insert_header(header::CONTENT_TYPE, "text/plain")?;
+        resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+        resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+        if let Some(id) = &ctx.request_id {
+            resp.insert_header("x-request-id", id.clone())?;
+        }
+        session.write_response_header(Box::new(resp), head).await?;
+        if !head {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok(true)
+    }
+}
+
 /// What `request_filter` decided before it needs the session mutably.
 enum Verdict {
     Proxy,
+    Challenge(Arc<str>),
     Answer(u16),
     Redirect(String),
 }
@@ -210,6 +244,16 @@ impl ProxyHttp for EdgeProxy {
             let Ok(host) = normalize_into(raw, &mut ctx.host) else {
                 break 'v Verdict::Answer(400);
             };
+            // ACME and ownership challenges are answered for the control plane before any
+            // tenant routing, for exact live (hostname, path) pairs only; nothing else under
+            // their prefixes reaches a tenant.
+            let path = req.uri.path();
+            if ChallengeStore::is_reserved(path) {
+                match self.challenges.answer(host, path) {
+                    Some(body) => break 'v Verdict::Challenge(body),
+                    None => break 'v Verdict::Answer(404),
+                }
+            }
             let index = self.router.load();
             let Some(route) = index.lookup(host) else {
                 break 'v Verdict::Answer(404);
@@ -245,6 +289,7 @@ impl ProxyHttp for EdgeProxy {
         };
         match verdict {
             Verdict::Proxy => Ok(false),
+            Verdict::Challenge(body) => self.challenge(session, ctx, &body).await,
             Verdict::Answer(status) => self.answer(session, ctx, status, None).await,
             Verdict::Redirect(loc) => self.answer(session, ctx, 308, Some(loc)).await,
         }

@@ -24,7 +24,9 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
-use tenantgate_certs::{parse_pem, CertificateStore, ParsedCertificate, SealingKey};
+use tenantgate_certs::{
+    parse_pem, CertificateStore, ChallengeStore, ParsedCertificate, SealingKey,
+};
 use tenantgate_config::{
     CertificateChange, Delta, HostPattern, Route, RouteChange, RouteTable, Snapshot,
     StoredCertificate,
@@ -233,6 +235,7 @@ pub struct EdgeState {
     stored: Arc<Mutex<Stored>>,
     status: ArcSwap<SyncStatus>,
     persister: Option<Persister>,
+    challenges: Arc<ChallengeStore>,
 }
 
 impl EdgeState {
@@ -276,9 +279,21 @@ impl EdgeState {
             stored,
             persister,
             status: ArcSwap::from_pointee(SyncStatus::default()),
+            challenges: Arc::new(ChallengeStore::new()),
         };
         state.publish(&Stored::default(), Source::Static, None);
         state
+    }
+
+    /// Answer challenges from `challenges` (shared with the proxy service).
+    pub fn with_challenges(mut self, challenges: Arc<ChallengeStore>) -> Self {
+        self.challenges = challenges;
+        self
+    }
+
+    /// The live challenge answers.
+    pub fn challenges(&self) -> &Arc<ChallengeStore> {
+        &self.challenges
     }
 
     /// What `/readyz` reports.
@@ -303,6 +318,7 @@ impl EdgeState {
     fn install(&self, snap: Snapshot, source: Source, note: Option<String>) {
         let mut stored = self.lock();
         let old = std::mem::take(&mut stored.certificates);
+        self.challenges.replace_all(snap.challenges);
         *stored = Stored::from_snapshot(snap.version, snap.routes, self.tracks_hosts());
         for c in snap.certificates {
             let parsed = match old.get(&c.id) {
@@ -393,6 +409,7 @@ impl EdgeState {
             }
         }
         stored.version = delta.version;
+        self.challenges.apply(&delta.challenges);
         self.router.apply(changes, delta.version);
         if !delta.certificates.is_empty() {
             self.publish_certificates(&stored);
@@ -617,6 +634,7 @@ mod tests {
             version: 5,
             routes: vec![route("t1", &["a.test"], 2)],
             certificates: vec![],
+            challenges: vec![],
         });
         assert_eq!(port_of(&router, "a.test"), Some(2));
         assert_eq!(port_of(&router, "s.test"), Some(1));
@@ -624,6 +642,7 @@ mod tests {
             version: 6,
             routes: vec![RouteChange::Remove { id: "t1".into() }],
             certificates: vec![],
+            challenges: vec![],
         });
         assert_eq!(port_of(&router, "a.test"), Some(1));
         // An old delta is ignored.
@@ -631,6 +650,7 @@ mod tests {
             version: 6,
             routes: vec![RouteChange::Upsert(route("t1", &["a.test"], 3))],
             certificates: vec![],
+            challenges: vec![],
         });
         assert_eq!(port_of(&router, "a.test"), Some(1));
         assert_eq!(s.status().source, Source::Store);
@@ -639,6 +659,7 @@ mod tests {
             version: 7,
             routes: vec![RouteChange::Upsert(route("t2", &["s.test"], 4))],
             certificates: vec![],
+            challenges: vec![],
         });
         assert_eq!(port_of(&router, "s.test"), Some(4));
         assert_eq!(port_of(&router, "a.test"), Some(1));
@@ -646,6 +667,7 @@ mod tests {
             version: 8,
             routes: vec![RouteChange::Upsert(route("t2", &["t2.test"], 4))],
             certificates: vec![],
+            challenges: vec![],
         });
         assert_eq!(
             port_of(&router, "s.test"),
@@ -657,6 +679,7 @@ mod tests {
             version: 9,
             routes: vec![RouteChange::Remove { id: "t2".into() }],
             certificates: vec![],
+            challenges: vec![],
         });
 
         // A new node boots from the file the first one wrote.

@@ -1,0 +1,843 @@
+//! Custom domains in the store: attach, verify, route, certificates, detach.
+//!
+//! Transitions that change what proxies serve (a route, a challenge, a certificate) are
+//! versioned writes like every other change; bookkeeping that proxies never see (the next
+//! check time, failure counts, reasons, leases) is written without a new version, so a
+//! thousand domains retrying their checks do not flood the change log.
+
+use tenantgate_config::{Challenge, ChallengeSet};
+
+use super::{
+    bytes, int, live_tenant, placeholders, t, text, NewCertificate, Row, Store, Tx, Value,
+};
+use crate::model::{rfc3339, Domain, DomainStatus, Ssl, SslStatus, Verification};
+use crate::{now_ms, random_id, Error, Result};
+
+/// Path under which proxies answer a domain's ownership token.
+pub const VERIFY_PREFIX: &str = "/.well-known/tenantgate/";
+
+/// Everything the store knows about a domain (the API shows a part of it).
+#[derive(Debug, Clone)]
+pub struct DomainRecord {
+    /// Id.
+    pub id: String,
+    /// Owning tenant.
+    pub tenant_id: String,
+    /// Hostname (A-labels).
+    pub hostname: String,
+    /// Lifecycle status.
+    pub status: DomainStatus,
+    /// Ownership token.
+    pub token: String,
+    /// Reasons shown with the status.
+    pub errors: Vec<String>,
+    /// Certificate status.
+    pub ssl_status: SslStatus,
+    /// Reasons shown with the certificate status.
+    pub ssl_errors: Vec<String>,
+    /// Served certificate.
+    pub certificate_id: Option<String>,
+    /// Its issuer.
+    pub cert_issuer: Option<String>,
+    /// Its expiry, unix seconds.
+    pub cert_not_after: Option<i64>,
+    /// When it was stored, unix ms.
+    pub cert_created_at: Option<i64>,
+    /// When ownership was proven, unix ms.
+    pub verified_at: Option<i64>,
+    /// Next ownership or "moved" check, unix ms.
+    pub check_at: Option<i64>,
+    /// Failed checks in a row.
+    pub check_failures: i64,
+    /// Next issuance or renewal attempt, unix ms.
+    pub ssl_at: Option<i64>,
+    /// Failed orders in a row.
+    pub ssl_failures: i64,
+    /// Attach time, unix ms.
+    pub created_at: i64,
+    /// Last change, unix ms.
+    pub updated_at: i64,
+}
+
+impl DomainRecord {
+    /// The path proxies answer the ownership token on.
+    pub fn verify_path(&self) -> String {
+        format!("{VERIFY_PREFIX}{}", self.id)
+    }
+
+    /// The admin API's view.
+    pub fn to_api(&self) -> Domain {
+        Domain {
+            id: self.id.clone(),
+            hostname: self.hostname.clone(),
+            tenant_id: self.tenant_id.clone(),
+            status: self.status,
+            verification: Verification {
+                txt_name: format!("_tenantgate.{}", self.hostname),
+                txt_value: self.token.clone(),
+                http_url: format!("http://{}{}", self.hostname, self.verify_path()),
+                http_body: self.token.clone(),
+            },
+            ssl: Ssl {
+                status: self.ssl_status,
+                issuer: self.cert_issuer.clone(),
+                not_after: self.cert_not_after.map(|s| rfc3339(s.saturating_mul(1000))),
+                errors: self.ssl_errors.clone(),
+            },
+            errors: self.errors.clone(),
+            created_at: rfc3339(self.created_at),
+            updated_at: rfc3339(self.updated_at),
+        }
+    }
+}
+
+/// Bookkeeping of a domain that proxies never see.
+#[derive(Debug, Clone, Default)]
+pub struct DomainNote {
+    /// New reasons for the status.
+    pub errors: Option<Vec<String>>,
+    /// New certificate status (a status proxies do not depend on).
+    pub ssl_status: Option<SslStatus>,
+    /// New reasons for the certificate status.
+    pub ssl_errors: Option<Vec<String>>,
+    /// Next check (`Some(None)`: none).
+    pub check_at: Option<Option<i64>>,
+    /// Failed checks in a row.
+    pub check_failures: Option<i64>,
+    /// Next order (`Some(None)`: none).
+    pub ssl_at: Option<Option<i64>>,
+    /// Failed orders in a row.
+    pub ssl_failures: Option<i64>,
+}
+
+/// Filter of a domain listing.
+#[derive(Debug, Clone, Default)]
+pub struct DomainFilter {
+    /// Only this tenant's.
+    pub tenant_id: Option<String>,
+    /// Only with this status (default: all but deleted).
+    pub status: Option<DomainStatus>,
+    /// Ids greater than this.
+    pub after: Option<String>,
+    /// Page size.
+    pub limit: usize,
+}
+
+fn opt_int(row: &Row, i: usize) -> Result<Option<i64>> {
+    match row.get(i) {
+        Some(Value::Null) => Ok(None),
+        _ => int(row, i).map(Some),
+    }
+}
+
+fn opt_text(row: &Row, i: usize) -> Result<Option<String>> {
+    match row.get(i) {
+        Some(Value::Null) => Ok(None),
+        _ => text(row, i).map(Some),
+    }
+}
+
+fn opt(v: Option<i64>) -> Value {
+    v.map_or(Value::Null, Value::Int)
+}
+
+fn list_json(v: &[String]) -> Value {
+    Value::Text(serde_json::to_string(v).unwrap_or_else(|_| "[]".into()))
+}
+
+fn parse_list(s: &str) -> Vec<String> {
+    serde_json::from_str(s).unwrap_or_default()
+}
+
+const COLUMNS: &str = "d.id, d.tenant_id, d.hostname, d.status, d.token, d.errors, d.ssl_status, \
+     d.ssl_errors, d.certificate_id, c.issuer, c.not_after, c.created_at, d.verified_at, \
+     d.check_at, d.check_failures, d.ssl_at, d.ssl_failures, d.created_at, d.updated_at";
+
+fn record(r: &Row) -> Result<DomainRecord> {
+    let status = text(r, 3)?;
+    let ssl = text(r, 6)?;
+    Ok(DomainRecord {
+        id: text(r, 0)?,
+        tenant_id: text(r, 1)?,
+        hostname: text(r, 2)?,
+        status: DomainStatus::parse(&status)
+            .ok_or_else(|| Error::Internal(format!("unknown domain status {status:?}")))?,
+        token: text(r, 4)?,
+        errors: parse_list(&text(r, 5)?),
+        ssl_status: SslStatus::parse(&ssl)
+            .ok_or_else(|| Error::Internal(format!("unknown ssl status {ssl:?}")))?,
+        ssl_errors: parse_list(&text(r, 7)?),
+        certificate_id: opt_text(r, 8)?,
+        cert_issuer: opt_text(r, 9)?,
+        cert_not_after: opt_int(r, 10)?,
+        cert_created_at: opt_int(r, 11)?,
+        verified_at: opt_int(r, 12)?,
+        check_at: opt_int(r, 13)?,
+        check_failures: int(r, 14)?,
+        ssl_at: opt_int(r, 15)?,
+        ssl_failures: int(r, 16)?,
+        created_at: int(r, 17)?,
+        updated_at: int(r, 18)?,
+    })
+}
+
+async fn load_domain(tx: &mut dyn Tx, id: &str) -> Result<DomainRecord> {
+    let rows = tx
+        .query(
+            &format!("SELECT {COLUMNS} FROM domains d LEFT JOIN certificates c ON c.id = d.certificate_id WHERE d.id = $1"),
+            &[t(id)],
+        )
+        .await?;
+    rows.first()
+        .map(record)
+        .transpose()?
+        .ok_or_else(|| Error::NotFound(format!("domain {id:?}")))
+}
+
+/// The current challenges of the domains among `ids` (all when `None`).
+pub(super) async fn load_challenges(
+    tx: &mut dyn Tx,
+    ids: Option<&[String]>,
+) -> Result<Vec<ChallengeSet>> {
+    let (filter, params) = match ids {
+        Some([]) => return Ok(Vec::new()),
+        Some(ids) => (
+            format!(" WHERE domain_id IN ({})", placeholders(1, ids.len())),
+            ids.iter().map(|i| t(i)).collect(),
+        ),
+        None => (String::new(), Vec::new()),
+    };
+    let rows = tx
+        .query(
+            &format!("SELECT domain_id, hostname, path, body FROM challenges{filter} ORDER BY domain_id, path"),
+            &params,
+        )
+        .await?;
+    let mut sets: Vec<ChallengeSet> = ids
+        .unwrap_or_default()
+        .iter()
+        .map(|id| ChallengeSet {
+            domain_id: id.clone(),
+            challenges: Vec::new(),
+        })
+        .collect();
+    for r in &rows {
+        let domain_id = text(r, 0)?;
+        let c = Challenge {
+            hostname: text(r, 1)?,
+            path: text(r, 2)?,
+            body: text(r, 3)?,
+        };
+        match sets.iter_mut().find(|s| s.domain_id == domain_id) {
+            Some(s) => s.challenges.push(c),
+            None => sets.push(ChallengeSet {
+                domain_id,
+                challenges: vec![c],
+            }),
+        }
+    }
+    Ok(sets)
+}
+
+/// 32 random hex digits.
+fn token() -> Result<String> {
+    Ok(format!("{}{}", random_id("")?, random_id("")?))
+}
+
+impl Store {
+    pub(super) async fn log_change(
+        tx: &mut dyn Tx,
+        version: u64,
+        entity: &str,
+        id: &str,
+    ) -> Result<()> {
+        tx.query(
+            "INSERT INTO changes (version, entity, entity_id, at) VALUES ($1, $2, $3, $4)",
+            &[
+                Value::Int(version as i64),
+                t(entity),
+                t(id),
+                Value::Int(now_ms()),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Attach `hostname` (validated, normalised) to a tenant: pending until verified.
+    pub async fn attach_domain(
+        &self,
+        actor: &str,
+        tenant_id: &str,
+        hostname: &str,
+    ) -> Result<DomainRecord> {
+        let id = random_id("d_")?;
+        let (mut tx, version) = self.begin_write("domain", &id).await?;
+        live_tenant(&mut *tx, tenant_id).await?;
+        let in_use = Error::Conflict(format!("the hostname {hostname:?} is already in use"));
+        if !tx
+            .query(
+                "SELECT 1 FROM hostnames WHERE hostname = $1",
+                &[t(hostname)],
+            )
+            .await?
+            .is_empty()
+        {
+            return Err(in_use);
+        }
+        let existing = tx
+            .query(
+                "SELECT tenant_id, status FROM domains WHERE hostname = $1 AND status <> 'deleted'",
+                &[t(hostname)],
+            )
+            .await?;
+        for r in &existing {
+            if text(r, 0)? == tenant_id {
+                return Err(Error::Conflict(format!(
+                    "{hostname:?} is already attached to this tenant"
+                )));
+            }
+            if text(r, 1)? != DomainStatus::PendingVerification.as_str() {
+                return Err(in_use);
+            }
+        }
+        let now = now_ms();
+        let token = token()?;
+        tx.query(
+            "INSERT INTO domains (id, tenant_id, hostname, status, token, errors, ssl_status, ssl_errors, \
+             check_at, check_failures, ssl_failures, lease_until, created_at, updated_at) \
+             VALUES ($1, $2, $3, 'pending_verification', $4, '[]', 'pending_validation', '[]', $5, 0, 0, 0, $5, $5)",
+            &[t(&id), t(tenant_id), t(hostname), t(&token), Value::Int(now)],
+        )
+        .await?;
+        tx.query(
+            "INSERT INTO challenges (domain_id, hostname, path, body) VALUES ($1, $2, $3, $4)",
+            &[
+                t(&id),
+                t(hostname),
+                t(&format!("{VERIFY_PREFIX}{id}")),
+                t(&token),
+            ],
+        )
+        .await?;
+        let d = load_domain(&mut *tx, &id).await?;
+        self.finish(
+            tx,
+            version,
+            actor,
+            "domain.attach",
+            &id,
+            serde_json::json!({"hostname": hostname, "tenant": tenant_id}),
+        )
+        .await?;
+        Ok(d)
+    }
+
+    /// One domain.
+    pub async fn get_domain(&self, id: &str) -> Result<DomainRecord> {
+        let mut tx = self.backend.begin(false).await?;
+        let d = load_domain(&mut *tx, id).await?;
+        tx.commit().await?;
+        Ok(d)
+    }
+
+    /// A page of domains ordered by id.
+    pub async fn list_domains(
+        &self,
+        f: &DomainFilter,
+    ) -> Result<(Vec<DomainRecord>, Option<String>)> {
+        let limit = f.limit.clamp(1, 500);
+        let mut sql = format!(
+            "SELECT {COLUMNS} FROM domains d LEFT JOIN certificates c ON c.id = d.certificate_id WHERE "
+        );
+        let mut params = Vec::new();
+        match f.status {
+            Some(s) => {
+                params.push(t(s.as_str()));
+                sql += &format!("d.status = ${}", params.len());
+            }
+            None => sql += "d.status <> 'deleted'",
+        }
+        if let Some(tid) = &f.tenant_id {
+            params.push(t(tid));
+            sql += &format!(" AND d.tenant_id = ${}", params.len());
+        }
+        if let Some(a) = &f.after {
+            params.push(t(a));
+            sql += &format!(" AND d.id > ${}", params.len());
+        }
+        sql += &format!(" ORDER BY d.id LIMIT {}", limit + 1);
+        let mut tx = self.backend.begin(false).await?;
+        if let Some(tid) = &f.tenant_id {
+            live_tenant(&mut *tx, tid).await?;
+        }
+        let rows = tx.query(&sql, &params).await?;
+        tx.commit().await?;
+        let mut items = rows.iter().map(record).collect::<Result<Vec<_>>>()?;
+        let next = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|d| d.id.clone())
+        } else {
+            None
+        };
+        Ok((items, next))
+    }
+
+    /// Detach a domain: its route, challenges and certificate leave every proxy at once and
+    /// its token stops counting.
+    pub async fn delete_domain(&self, actor: &str, id: &str) -> Result<()> {
+        let (mut tx, version) = self.begin_write("domain", id).await?;
+        let d = load_domain(&mut *tx, id).await?;
+        if d.status == DomainStatus::Deleted {
+            return Err(Error::NotFound(format!("domain {id:?}")));
+        }
+        self.unroute(&mut *tx, version, &d).await?;
+        if let Some(c) = &d.certificate_id {
+            tx.query("DELETE FROM certificates WHERE id = $1", &[t(c)])
+                .await?;
+            Self::log_change(&mut *tx, version, "certificate", c).await?;
+        }
+        tx.query(
+            "UPDATE domains SET status = 'deleted', certificate_id = NULL, check_at = NULL, ssl_at = NULL, \
+             updated_at = $1 WHERE id = $2",
+            &[Value::Int(now_ms()), t(id)],
+        )
+        .await?;
+        self.finish(
+            tx,
+            version,
+            actor,
+            "domain.delete",
+            id,
+            serde_json::json!({"hostname": d.hostname}),
+        )
+        .await
+    }
+
+    /// Remove a domain's route and challenges (inside a versioned write).
+    async fn unroute(&self, tx: &mut dyn Tx, version: u64, d: &DomainRecord) -> Result<()> {
+        let routed = tx
+            .query(
+                "DELETE FROM hostnames WHERE hostname = $1 AND tenant_id = $2 AND kind = 'custom' RETURNING hostname",
+                &[t(&d.hostname), t(&d.tenant_id)],
+            )
+            .await?;
+        if !routed.is_empty() {
+            Self::log_change(tx, version, "tenant", &d.tenant_id).await?;
+        }
+        tx.query("DELETE FROM challenges WHERE domain_id = $1", &[t(&d.id)])
+            .await?;
+        Ok(())
+    }
+
+    /// Route a domain to its tenant (inside a versioned write); `Conflict` if another tenant
+    /// holds the name.
+    async fn route(&self, tx: &mut dyn Tx, version: u64, d: &DomainRecord) -> Result<()> {
+        let holder = tx
+            .query(
+                "SELECT tenant_id FROM hostnames WHERE hostname = $1",
+                &[t(&d.hostname)],
+            )
+            .await?;
+        match holder.first().map(|r| text(r, 0)).transpose()? {
+            Some(owner) if owner == d.tenant_id => return Ok(()),
+            Some(_) => {
+                return Err(Error::Conflict(format!(
+                    "the hostname {:?} is already in use",
+                    d.hostname
+                )))
+            }
+            None => {}
+        }
+        let owned = tx
+            .query(
+                "SELECT 1 FROM domains WHERE hostname = $1 AND id <> $2 AND status IN ('active', 'moved', 'blocked')",
+                &[t(&d.hostname), t(&d.id)],
+            )
+            .await?;
+        if !owned.is_empty() {
+            return Err(Error::Conflict(format!(
+                "the hostname {:?} is already in use",
+                d.hostname
+            )));
+        }
+        tx.query(
+            "INSERT INTO hostnames (hostname, tenant_id, kind, status, created_at) VALUES ($1, $2, 'custom', 'active', $3)",
+            &[t(&d.hostname), t(&d.tenant_id), Value::Int(now_ms())],
+        )
+        .await?;
+        Self::log_change(tx, version, "tenant", &d.tenant_id).await
+    }
+
+    /// Ownership proven: the domain becomes active and routed; issuance is queued at
+    /// `ssl_at`; the next "moved" check is `check_at`.
+    pub async fn verify_domain(
+        &self,
+        actor: &str,
+        id: &str,
+        how: &str,
+        ssl_at: Option<i64>,
+        check_at: Option<i64>,
+    ) -> Result<DomainRecord> {
+        let (mut tx, version) = self.begin_write("domain", id).await?;
+        let d = load_domain(&mut *tx, id).await?;
+        if d.status != DomainStatus::PendingVerification {
+            return Err(Error::Conflict(format!(
+                "the domain is {}, not pending verification",
+                d.status.as_str()
+            )));
+        }
+        self.route(&mut *tx, version, &d).await?;
+        tx.query("DELETE FROM challenges WHERE domain_id = $1", &[t(id)])
+            .await?;
+        let now = now_ms();
+        let ssl_status = if ssl_at.is_some() {
+            SslStatus::PendingIssuance
+        } else {
+            SslStatus::PendingValidation
+        };
+        let ssl_errors: Vec<String> = if ssl_at.is_some() {
+            vec![]
+        } else {
+            vec!["no ACME CA is configured ([acme] directory_url): served over HTTP only".into()]
+        };
+        tx.query(
+            "UPDATE domains SET status = 'active', errors = '[]', verified_at = $1, check_at = $2, \
+             check_failures = 0, ssl_status = $3, ssl_errors = $4, ssl_at = $5, ssl_failures = 0, updated_at = $1 WHERE id = $6",
+            &[
+                Value::Int(now),
+                opt(check_at),
+                t(ssl_status.as_str()),
+                list_json(&ssl_errors),
+                opt(ssl_at),
+                t(id),
+            ],
+        )
+        .await?;
+        let d = load_domain(&mut *tx, id).await?;
+        self.finish(
+            tx,
+            version,
+            actor,
+            "domain.verify",
+            id,
+            serde_json::json!({"hostname": d.hostname, "by": how}),
+        )
+        .await?;
+        Ok(d)
+    }
+
+    /// Move a domain between `active`, `moved` and `blocked` (routing follows: only active
+    /// domains are routed). `ssl_at`/`check_at` are the next attempts; `reason` the errors.
+    pub async fn set_domain_status(
+        &self,
+        actor: &str,
+        id: &str,
+        status: DomainStatus,
+        reason: Vec<String>,
+        check_at: Option<i64>,
+        ssl_at: Option<i64>,
+    ) -> Result<DomainRecord> {
+        let (mut tx, version) = self.begin_write("domain", id).await?;
+        let d = load_domain(&mut *tx, id).await?;
+        if d.status == DomainStatus::Deleted {
+            return Err(Error::NotFound(format!("domain {id:?}")));
+        }
+        match status {
+            DomainStatus::Active => self.route(&mut *tx, version, &d).await?,
+            DomainStatus::PendingVerification => {
+                // Unblocked before it was ever verified: answer its token again.
+                self.unroute(&mut *tx, version, &d).await?;
+                tx.query(
+                    "INSERT INTO challenges (domain_id, hostname, path, body) VALUES ($1, $2, $3, $4)",
+                    &[t(id), t(&d.hostname), t(&d.verify_path()), t(&d.token)],
+                )
+                .await?;
+            }
+            _ => self.unroute(&mut *tx, version, &d).await?,
+        }
+        tx.query(
+            "UPDATE domains SET status = $1, errors = $2, check_at = $3, check_failures = 0, ssl_at = $4, \
+             updated_at = $5 WHERE id = $6",
+            &[
+                t(status.as_str()),
+                list_json(&reason),
+                opt(check_at),
+                opt(ssl_at),
+                Value::Int(now_ms()),
+                t(id),
+            ],
+        )
+        .await?;
+        let d = load_domain(&mut *tx, id).await?;
+        self.finish(
+            tx,
+            version,
+            actor,
+            &format!("domain.{}", status.as_str()),
+            id,
+            serde_json::json!({"hostname": d.hostname, "reason": reason}),
+        )
+        .await?;
+        Ok(d)
+    }
+
+    /// Publish one HTTP-01 answer for a domain to every proxy (replacing its others).
+    pub async fn present_challenge(&self, id: &str, path: &str, body: &str) -> Result<()> {
+        let (mut tx, version) = self.begin_write("domain", id).await?;
+        let d = load_domain(&mut *tx, id).await?;
+        if matches!(d.status, DomainStatus::Deleted | DomainStatus::Blocked) {
+            return Err(Error::Conflict(format!(
+                "the domain is {}",
+                d.status.as_str()
+            )));
+        }
+        tx.query("DELETE FROM challenges WHERE domain_id = $1", &[t(id)])
+            .await?;
+        tx.query(
+            "INSERT INTO challenges (domain_id, hostname, path, body) VALUES ($1, $2, $3, $4)",
+            &[t(id), t(&d.hostname), t(path), t(body)],
+        )
+        .await?;
+        self.finish(
+            tx,
+            version,
+            "acme",
+            "domain.challenge",
+            id,
+            serde_json::json!({"path": path}),
+        )
+        .await
+    }
+
+    /// Withdraw a domain's ACME answers (after an order, whatever its outcome).
+    pub async fn withdraw_challenges(&self, id: &str) -> Result<()> {
+        let (mut tx, version) = self.begin_write("domain", id).await?;
+        tx.query(
+            "DELETE FROM challenges WHERE domain_id = $1 AND path NOT LIKE $2",
+            &[t(id), t(&format!("{VERIFY_PREFIX}%"))],
+        )
+        .await?;
+        self.finish(
+            tx,
+            version,
+            "acme",
+            "domain.challenge_withdrawn",
+            id,
+            serde_json::json!({}),
+        )
+        .await
+    }
+
+    /// Serve a newly issued certificate for a domain, replacing (and removing) its previous
+    /// one in the same change: proxies swap them at once.
+    pub async fn install_domain_certificate(
+        &self,
+        id: &str,
+        c: &NewCertificate,
+        ssl_at: Option<i64>,
+    ) -> Result<DomainRecord> {
+        let cert_id = random_id("c_")?;
+        let (mut tx, version) = self.begin_write("certificate", &cert_id).await?;
+        let d = load_domain(&mut *tx, id).await?;
+        if d.status != DomainStatus::Active {
+            return Err(Error::Conflict(format!(
+                "the domain became {} while its certificate was issued",
+                d.status.as_str()
+            )));
+        }
+        tx.query(
+            "INSERT INTO certificates (id, names, issuer, chain_pem, sealed_key, not_after, source, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'acme', $7)",
+            &[
+                t(&cert_id),
+                t(&c.names.join(" ")),
+                t(&c.issuer),
+                t(&c.chain_pem),
+                Value::Bytes(c.sealed_key.clone()),
+                Value::Int(c.not_after),
+                Value::Int(now_ms()),
+            ],
+        )
+        .await?;
+        if let Some(old) = &d.certificate_id {
+            tx.query("DELETE FROM certificates WHERE id = $1", &[t(old)])
+                .await?;
+            Self::log_change(&mut *tx, version, "certificate", old).await?;
+        }
+        tx.query("DELETE FROM challenges WHERE domain_id = $1", &[t(id)])
+            .await?;
+        Self::log_change(&mut *tx, version, "domain", id).await?;
+        tx.query(
+            "UPDATE domains SET certificate_id = $1, ssl_status = 'active', ssl_errors = '[]', ssl_at = $2, \
+             ssl_failures = 0, updated_at = $3 WHERE id = $4",
+            &[t(&cert_id), opt(ssl_at), Value::Int(now_ms()), t(id)],
+        )
+        .await?;
+        let out = load_domain(&mut *tx, id).await?;
+        self.finish(
+            tx,
+            version,
+            "acme",
+            if d.certificate_id.is_some() { "certificate.renew" } else { "certificate.issue" },
+            id,
+            serde_json::json!({"hostname": d.hostname, "certificate": cert_id, "replaced": d.certificate_id}),
+        )
+        .await?;
+        Ok(out)
+    }
+
+    /// Record bookkeeping proxies never see (no new version).
+    pub async fn note_domain(&self, id: &str, n: &DomainNote) -> Result<DomainRecord> {
+        let mut sets = vec!["updated_at = $1".to_owned()];
+        let mut params = vec![Value::Int(now_ms())];
+        let mut push = |col: &str, v: Value| {
+            params.push(v);
+            sets.push(format!("{col} = ${}", params.len()));
+        };
+        if let Some(e) = &n.errors {
+            push("errors", list_json(e));
+        }
+        if let Some(s) = n.ssl_status {
+            push("ssl_status", t(s.as_str()));
+        }
+        if let Some(e) = &n.ssl_errors {
+            push("ssl_errors", list_json(e));
+        }
+        if let Some(v) = n.check_at {
+            push("check_at", opt(v));
+        }
+        if let Some(v) = n.check_failures {
+            push("check_failures", Value::Int(v));
+        }
+        if let Some(v) = n.ssl_at {
+            push("ssl_at", opt(v));
+        }
+        if let Some(v) = n.ssl_failures {
+            push("ssl_failures", Value::Int(v));
+        }
+        params.push(t(id));
+        let sql = format!(
+            "UPDATE domains SET {} WHERE id = ${} AND status <> 'deleted' RETURNING id",
+            sets.join(", "),
+            params.len()
+        );
+        let mut tx = self.backend.begin(true).await?;
+        let done = tx.query(&sql, &params).await?;
+        if done.is_empty() {
+            return Err(Error::NotFound(format!("domain {id:?}")));
+        }
+        let d = load_domain(&mut *tx, id).await?;
+        tx.commit().await?;
+        Ok(d)
+    }
+
+    /// Domains with a check or an order due at `now` and not held by a node.
+    pub async fn due_domains(&self, now: i64, limit: usize) -> Result<Vec<String>> {
+        let mut tx = self.backend.begin(false).await?;
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT id FROM domains WHERE status IN ('pending_verification', 'active', 'moved') \
+                     AND lease_until < $1 AND (check_at <= $1 OR ssl_at <= $1) ORDER BY updated_at LIMIT {}",
+                    limit.clamp(1, 1000)
+                ),
+                &[Value::Int(now)],
+            )
+            .await?;
+        tx.commit().await?;
+        rows.iter().map(|r| text(r, 0)).collect()
+    }
+
+    /// Take the domain for `owner` until `until` (ms) unless another node holds it: one node
+    /// works on a domain at a time across a fleet.
+    pub async fn claim_domain(&self, id: &str, owner: &str, until: i64) -> Result<bool> {
+        let mut tx = self.backend.begin(true).await?;
+        let rows = tx
+            .query(
+                "UPDATE domains SET lease_owner = $1, lease_until = $2 WHERE id = $3 AND \
+                 (lease_until < $4 OR lease_owner = $1) RETURNING id",
+                &[t(owner), Value::Int(until), t(id), Value::Int(now_ms())],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(!rows.is_empty())
+    }
+
+    /// Give the domain back.
+    pub async fn release_domain(&self, id: &str, owner: &str) -> Result<()> {
+        let mut tx = self.backend.begin(true).await?;
+        tx.query(
+            "UPDATE domains SET lease_owner = NULL, lease_until = 0 WHERE id = $1 AND lease_owner = $2",
+            &[t(id), t(owner)],
+        )
+        .await?;
+        tx.commit().await
+    }
+
+    /// Count an order against the fleet-wide hourly budget; `false` when it is spent.
+    pub async fn take_order_slot(&self, domain_id: &str, per_hour: u32) -> Result<bool> {
+        let mut tx = self.backend.begin(true).await?;
+        // Holding the meta row serialises slot-takers with each other (and with writers)
+        // without taking a version.
+        tx.query("UPDATE meta SET version = version WHERE id = 1", &[])
+            .await?;
+        let now = now_ms();
+        let rows = tx
+            .query(
+                "SELECT count(*) FROM acme_orders WHERE at > $1",
+                &[Value::Int(now - 3_600_000)],
+            )
+            .await?;
+        let used = rows.first().map(|r| int(r, 0)).transpose()?.unwrap_or(0);
+        if used >= i64::from(per_hour) {
+            tx.commit().await?;
+            return Ok(false);
+        }
+        tx.query(
+            "INSERT INTO acme_orders (at, domain_id) VALUES ($1, $2)",
+            &[Value::Int(now), t(domain_id)],
+        )
+        .await?;
+        tx.query(
+            "DELETE FROM acme_orders WHERE at < $1",
+            &[Value::Int(now - 86_400_000)],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// A stored setting.
+    pub async fn setting(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let mut tx = self.backend.begin(false).await?;
+        let rows = tx
+            .query("SELECT value FROM settings WHERE name = $1", &[t(name)])
+            .await?;
+        tx.commit().await?;
+        rows.first().map(|r| bytes(r, 0)).transpose()
+    }
+
+    /// Store `value` under `name` unless a value is there already; returns the one kept
+    /// (two nodes racing to create the same thing agree on one).
+    pub async fn setting_once(&self, name: &str, value: &[u8]) -> Result<Vec<u8>> {
+        let mut tx = self.backend.begin(true).await?;
+        tx.query("UPDATE meta SET version = version WHERE id = 1", &[])
+            .await?;
+        let rows = tx
+            .query("SELECT value FROM settings WHERE name = $1", &[t(name)])
+            .await?;
+        if let Some(r) = rows.first() {
+            let kept = bytes(r, 0)?;
+            tx.commit().await?;
+            return Ok(kept);
+        }
+        tx.query(
+            "INSERT INTO settings (name, value) VALUES ($1, $2)",
+            &[t(name), Value::Bytes(value.to_vec())],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(value.to_vec())
+    }
+}
