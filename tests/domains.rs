@@ -304,3 +304,499 @@ async fn a_custom_domain_is_verified_issued_served_and_detached() {
     assert_eq!(d["status"], "pending_verification");
     drop(pebble);
 }
+
+/// A webhook receiver: every POST's signature header and body.
+struct Hooks {
+    addr: std::net::SocketAddr,
+    got: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+}
+
+impl Hooks {
+    async fn start() -> Hooks {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = got.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let sink = sink.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let (head, body) = loop {
+                        let n = s.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).into_owned();
+                        if let Some(i) = text.find("\r\n\r\n") {
+                            let head = text[..i].to_ascii_lowercase();
+                            let len: usize = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse().ok())
+                                .unwrap_or(0);
+                            if buf.len() >= i + 4 + len {
+                                break (head, text[i + 4..i + 4 + len].to_string());
+                            }
+                        }
+                    };
+                    let sig = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("x-tenantgate-signature:"))
+                        .unwrap_or("")
+                        .trim()
+                        .to_string();
+                    sink.lock().expect("lock").push((sig, body));
+                    let _ = s
+                        .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                        .await;
+                });
+            }
+        });
+        Hooks { addr, got }
+    }
+
+    /// (previous status, status, ssl status) of every event so far, after checking each
+    /// signature.
+    fn transitions(&self, secret: &str) -> Vec<(String, String, String)> {
+        self.got
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(sig, body)| {
+                let (t, v1) = sig
+                    .split_once(",v1=")
+                    .map(|(t, v)| (t.trim_start_matches("t="), v))
+                    .expect("signature header");
+                let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+                let tag = ring::hmac::sign(&key, format!("{t}.{body}").as_bytes());
+                let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+                assert_eq!(hex, v1, "bad signature on {body}");
+                let e: Value = serde_json::from_str(body).expect("event json");
+                (
+                    e["previous"]["status"].as_str().unwrap_or("").to_string(),
+                    e["domain"]["status"].as_str().expect("status").to_string(),
+                    e["domain"]["ssl"]["status"]
+                        .as_str()
+                        .expect("ssl")
+                        .to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_token_verifies_moves_are_noticed_blocking_works_and_webhooks_are_signed() {
+    let port = free_port();
+    let pebble = Pebble::start(port, &[]).await;
+    let hooks = Hooks::start().await;
+    let secret = "webhook-secret-0123456789";
+    let ca = TestCa::new();
+    let (c, k) = ca.issue(&["*.platform.test"]);
+    let tg = Tenantgate::new()
+        .http_port(port)
+        .cert(c, k, true)
+        .section(PLATFORM)
+        .section(&pebble.config(port, "").replace(
+            "[acme]",
+            "edge_addresses = [\"127.0.0.1\"]\nmoved_check_seconds = 1\n[acme]",
+        ))
+        .section(&format!(
+            "[webhooks]\nurl = \"http://{}/hooks\"\nsecret = \"{secret}\"\n",
+            hooks.addr
+        ))
+        .start()
+        .await;
+    let shop = Backend::start("shop").await;
+    let t = tg.create_tenant("shop", &[shop.addr]).await;
+    let tid = t["id"].as_str().expect("id");
+    let t2 = tg.create_tenant("other", &[shop.addr]).await;
+    let host = "www.by-http.test";
+
+    // No TXT record at all: the DNS already points here (challtestsrv answers 127.0.0.1), so
+    // the HTTP token every proxy serves proves ownership.
+    let (s, d) = tg
+        .api(
+            "POST",
+            &format!("/v1/tenants/{tid}/domains"),
+            Some(json!({"hostname": host})),
+        )
+        .await;
+    assert_eq!(s, 201, "{d}");
+    let id = d["id"].as_str().expect("id").to_owned();
+    wait_domain(&tg, &id, "verification over HTTP", |d| {
+        d["status"] == "active"
+    })
+    .await;
+    wait_domain(&tg, &id, "the certificate", |d| {
+        d["ssl"]["status"] == "active"
+    })
+    .await;
+    let (_, audit) = tg.api("GET", "/v1/audit", None).await;
+    assert!(audit.to_string().contains(r#"\"by\":\"http\""#), "{audit}");
+    assert_eq!(
+        backend_json(tg.get(host, "/").await).await["backend"],
+        "shop"
+    );
+
+    // The merchant points the name elsewhere: moved, no longer routed or renewed.
+    pebble.set_a(host, &["192.0.2.9"]).await;
+    let d = wait_domain(&tg, &id, "the move to be noticed", |d| {
+        d["status"] == "moved"
+    })
+    .await;
+    assert!(errors(&d).contains("192.0.2.9"), "{d}");
+    tg.wait_status(host, 404).await;
+    // ...and back.
+    pebble.set_a(host, &["127.0.0.1"]).await;
+    wait_domain(&tg, &id, "the return to be noticed", |d| {
+        d["status"] == "active"
+    })
+    .await;
+    tg.wait_backend(host, "shop").await;
+
+    // An operator blocks it: not routed, and nobody else can take it meanwhile.
+    let (s, d) = tg
+        .api("POST", &format!("/v1/domains/{id}/block"), None)
+        .await;
+    assert_eq!(s, 200, "{d}");
+    assert_eq!(d["status"], "blocked");
+    tg.wait_status(host, 404).await;
+    let t2id = t2["id"].as_str().expect("id");
+    let (s, _) = tg
+        .api(
+            "POST",
+            &format!("/v1/tenants/{t2id}/domains"),
+            Some(json!({"hostname": host})),
+        )
+        .await;
+    assert_eq!(s, 409);
+    let (s, _) = tg
+        .api("POST", &format!("/v1/domains/{id}/refresh"), None)
+        .await;
+    assert_eq!(s, 409, "a blocked domain is not re-checked");
+    let (s, d) = tg
+        .api("POST", &format!("/v1/domains/{id}/unblock"), None)
+        .await;
+    assert_eq!(s, 200, "{d}");
+    assert_eq!(d["status"], "active");
+    tg.wait_backend(host, "shop").await;
+    let (s, d) = tg
+        .api("POST", &format!("/v1/domains/{id}/refresh"), None)
+        .await;
+    assert_eq!(s, 202, "{d}");
+
+    // Every status change was announced, signed.
+    let seen = wait_for("the webhook events", Duration::from_secs(10), || {
+        let t = hooks.transitions(secret);
+        let has = |from: &str, to: &str| t.iter().any(|(f, s, _)| f == from && s == to);
+        let done = has("pending_verification", "active")
+            && has("active", "moved")
+            && has("moved", "active")
+            && has("active", "blocked")
+            && has("blocked", "active")
+            && t.iter().any(|(_, _, ssl)| ssl == "active");
+        async move { done.then_some(t) }
+    })
+    .await;
+    assert!(
+        seen.iter()
+            .any(|(f, s, _)| f.is_empty() && s == "pending_verification"),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_survive_a_ca_that_stops_and_rejects_nonces() {
+    let port = free_port();
+    // Pebble rejects 30% of nonces: the client retries those.
+    let pebble = Pebble::start(port, &[("PEBBLE_WFE_NONCEREJECT", "30")]).await;
+    let tg = start_edge(port, &pebble, "order_timeout_seconds = 3").await;
+    let shop = Backend::start("shop").await;
+    let t = tg.create_tenant("shop", &[shop.addr]).await;
+    let tid = t["id"].as_str().expect("id");
+    let host = "www.patient.test";
+
+    // The CA stops answering before the first order.
+    pebble.freeze(true);
+    let (s, d) = tg
+        .api(
+            "POST",
+            &format!("/v1/tenants/{tid}/domains"),
+            Some(json!({"hostname": host})),
+        )
+        .await;
+    assert_eq!(s, 201, "{d}");
+    let id = d["id"].as_str().expect("id").to_owned();
+    pebble
+        .set_txt(
+            "_tenantgate.www.patient.test",
+            d["verification"]["txt_value"].as_str().expect("token"),
+        )
+        .await;
+    let d = wait_domain(&tg, &id, "the stalled order to fail", |d| {
+        d["ssl"]["status"] == "failed"
+    })
+    .await;
+    assert_eq!(d["status"], "active", "ownership does not depend on the CA");
+    let why = d["ssl"]["errors"].to_string();
+    assert!(
+        why.contains("did not complete within 3 s") || why.contains("cannot reach the CA"),
+        "{d}"
+    );
+    assert!(why.contains("next attempt at"), "{d}");
+
+    // Back: the next attempt completes.
+    pebble.freeze(false);
+    let d = wait_domain(&tg, &id, "the certificate after the CA came back", |d| {
+        d["ssl"]["status"] == "active"
+    })
+    .await;
+    assert!(
+        d["ssl"]["issuer"]
+            .as_str()
+            .expect("issuer")
+            .contains("Pebble"),
+        "{d}"
+    );
+    let root = pebble.issuing_root().await;
+    let client = tls_client(&tg, &root, host);
+    let url = format!("https://{host}:{}/", tg.https.expect("https").port());
+    wait_for(
+        "the certificate to be served",
+        Duration::from_secs(5),
+        || {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                client
+                    .get(&url)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status() == 200)
+            }
+        },
+    )
+    .await;
+}
+
+/// A TLS connection to `tg` for `host`, trusting `root`; returns it and the leaf's DER.
+async fn tls_connect(
+    tg: &Running,
+    root: &str,
+    host: &str,
+) -> (
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    Vec<u8>,
+) {
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(root.as_bytes()) {
+        roots.add(c.expect("root pem")).expect("root");
+    }
+    let cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(tg.https.expect("https"))
+        .await
+        .expect("connect");
+    let name = rustls_pki_types::ServerName::try_from(host.to_string()).expect("name");
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+    let leaf = tls.get_ref().1.peer_certificates().expect("certs")[0].to_vec();
+    (tls, leaf)
+}
+
+/// One keep-alive request on `tls`; returns the status line.
+async fn request_on(
+    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    host: &str,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tls.write_all(format!("GET /again HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut chunk))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        assert!(
+            n > 0,
+            "connection closed: {}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        if let Some(i) = text.find("\r\n\r\n") {
+            let len: usize = text[..i]
+                .to_ascii_lowercase()
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if buf.len() >= i + 4 + len {
+                return text.lines().next().unwrap_or("").to_string();
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_forced_by_configuration_swaps_the_certificate_without_dropping_connections() {
+    let port = free_port();
+    let pebble = Pebble::start(port, &[]).await;
+    // Renew as soon as issued; the hourly budget stops it after one renewal.
+    let tg = start_edge(
+        port,
+        &pebble,
+        "renew_remaining_fraction = 1.0\norders_per_hour = 2",
+    )
+    .await;
+    let shop = Backend::start("shop").await;
+    let t = tg.create_tenant("shop", &[shop.addr]).await;
+    let tid = t["id"].as_str().expect("id");
+    let host = "www.renew.test";
+    let (s, d) = tg
+        .api(
+            "POST",
+            &format!("/v1/tenants/{tid}/domains"),
+            Some(json!({"hostname": host})),
+        )
+        .await;
+    assert_eq!(s, 201, "{d}");
+    let id = d["id"].as_str().expect("id").to_owned();
+    wait_domain(&tg, &id, "the first certificate", |d| {
+        d["ssl"]["status"] == "active"
+    })
+    .await;
+    let root = pebble.issuing_root().await;
+    let (mut old_conn, first) = tls_connect(&tg, &root, host).await;
+    assert!(request_on(&mut old_conn, host).await.contains(" 200 "));
+
+    // The renewal replaces the certificate on the proxy...
+    let renewed = wait_for(
+        "a renewed certificate to be served",
+        Duration::from_secs(60),
+        || {
+            let (tg, root, first) = (&tg, &root, &first);
+            async move {
+                let (_, leaf) = tls_connect(tg, root, host).await;
+                (leaf != *first).then_some(leaf)
+            }
+        },
+    )
+    .await;
+    assert_ne!(renewed, first);
+    let (_, audit) = tg.api("GET", "/v1/audit", None).await;
+    assert!(audit.to_string().contains("certificate.renew"), "{audit}");
+    // ...while the connection made with the old one keeps working.
+    assert!(request_on(&mut old_conn, host).await.contains(" 200 "));
+    // The budget (2 orders per hour) is spent: the next renewal waits, saying why.
+    let d = wait_domain(&tg, &id, "the budget to hold renewals", |d| {
+        d["ssl"]["errors"].to_string().contains("budget")
+    })
+    .await;
+    assert_eq!(d["status"], "active");
+    // Only the current certificate is kept.
+    let (_, certs) = tg.api("GET", "/v1/certificates", None).await;
+    let acme: Vec<&Value> = certs
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|c| c["source"] == "acme")
+        .collect();
+    assert_eq!(acme.len(), 1, "{certs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_control_nodes_on_one_postgres_place_exactly_one_order() {
+    let pg = common::postgres::PgCluster::start().await;
+    let url = pg.database("domains").await;
+    let port = free_port();
+    let pebble = Pebble::start(port, &[]).await;
+    let ca = TestCa::new();
+    let (c, k) = ca.issue(&["*.platform.test"]);
+    let node = |cmd: &'static str| {
+        Tenantgate::new()
+            .command(cmd)
+            .fleet_store(&url)
+            .section(PLATFORM)
+            .section(&pebble.config(port, ""))
+    };
+    let a = node("control").start().await;
+    let b = node("control").start().await;
+    let proxy = node("proxy").http_port(port).cert(c, k, true).start().await;
+    let shop = Backend::start("shop").await;
+    let t = a.create_tenant("shop", &[shop.addr]).await;
+    let tid = t["id"].as_str().expect("id");
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let host = format!("www.fleet{i}.test");
+        let (s, d) = a
+            .api(
+                "POST",
+                &format!("/v1/tenants/{tid}/domains"),
+                Some(json!({"hostname": host})),
+            )
+            .await;
+        assert_eq!(s, 201, "{d}");
+        ids.push(d["id"].as_str().expect("id").to_owned());
+    }
+    for id in &ids {
+        // Either node may do the work; both see the result.
+        wait_domain(&b, id, "the certificate", |d| {
+            d["ssl"]["status"] == "active"
+        })
+        .await;
+    }
+    let (_, audit) = a.api("GET", "/v1/audit", None).await;
+    let events = audit.as_array().expect("audit");
+    for id in &ids {
+        let count = |action: &str| {
+            events
+                .iter()
+                .filter(|e| e["action"] == action && e["target"] == id.as_str())
+                .count()
+        };
+        assert_eq!(count("certificate.issue"), 1, "{id}: {audit}");
+        assert_eq!(count("domain.verify"), 1, "{id}: {audit}");
+    }
+    let (_, certs) = b.api("GET", "/v1/certificates", None).await;
+    assert_eq!(certs.as_array().expect("list").len(), ids.len(), "{certs}");
+    // The proxy serves them all.
+    let root = pebble.issuing_root().await;
+    for i in 0..4 {
+        let host = format!("www.fleet{i}.test");
+        let client = tls_client(&proxy, &root, &host);
+        let url = format!("https://{host}:{}/", proxy.https.expect("https").port());
+        wait_for(
+            "the fleet proxy to serve the certificate",
+            Duration::from_secs(10),
+            || {
+                let (client, url) = (client.clone(), url.clone());
+                async move {
+                    client
+                        .get(&url)
+                        .send()
+                        .await
+                        .ok()
+                        .filter(|r| r.status() == 200)
+                }
+            },
+        )
+        .await;
+    }
+}

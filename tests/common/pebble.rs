@@ -164,7 +164,12 @@ impl Pebble {
             "[domains]\nnameservers = [\"{dns}\"]\nhttp_port = {http_port}\ncheck_min_seconds = 1\n\
              check_max_seconds = 2\nlookup_timeout_ms = 2000\n\
              [acme]\ndirectory_url = \"{dir}\"\nca_file = \"{ca}\"\nretry_min_seconds = 1\n\
-             retry_max_seconds = 2\norder_timeout_seconds = 10\n{extra_acme}\n",
+             retry_max_seconds = 2\n{timeout}{extra_acme}\n",
+            timeout = if extra_acme.contains("order_timeout_seconds") {
+                ""
+            } else {
+                "order_timeout_seconds = 10\n"
+            },
             dns = self.dns,
             dir = self.directory_url(),
             ca = self.listener_ca.display(),
