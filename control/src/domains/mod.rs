@@ -320,7 +320,13 @@ impl Domains {
         let check_due = d.check_at.is_some_and(|t| t <= now);
         let ssl_due = d.ssl_at.is_some_and(|t| t <= now);
         match d.status {
-            DomainStatus::PendingVerification if check_due => self.verify(d).await,
+            DomainStatus::PendingVerification if check_due => {
+                // Verified: order at once, under the same lease.
+                match self.verify(d).await? {
+                    Some(d) if d.ssl_at.is_some_and(|t| t <= now_ms()) => self.certificate(d).await,
+                    _ => Ok(()),
+                }
+            }
             DomainStatus::Active | DomainStatus::Moved if check_due => {
                 let d = self.moved_check(d).await?;
                 if d.status == DomainStatus::Active && d.ssl_at.is_some_and(|t| t <= now_ms()) {
@@ -333,7 +339,8 @@ impl Domains {
         }
     }
 
-    async fn verify(&self, d: DomainRecord) -> Result<()> {
+    /// Check ownership; the domain as verified, if it now is.
+    async fn verify(&self, d: DomainRecord) -> Result<Option<DomainRecord>> {
         let now = now_ms();
         if now - d.created_at > self.verify_timeout {
             let mut errors = d.errors.clone();
@@ -356,7 +363,7 @@ impl Domains {
                     },
                 )
                 .await?;
-            return Ok(());
+            return Ok(None);
         }
         match self.checker.ownership(&d).await {
             Ok(how) => {
@@ -373,7 +380,7 @@ impl Domains {
                     Ok(after) => {
                         tracing::info!(domain = %d.id, hostname = %d.hostname, by = how, "domain verified");
                         self.announce("domain.status_changed", Some(&d), &after);
-                        Ok(())
+                        Ok(Some(after))
                     }
                     Err(Error::Conflict(_)) => {
                         self.store
@@ -389,7 +396,7 @@ impl Domains {
                                 },
                             )
                             .await?;
-                        Ok(())
+                        Ok(None)
                     }
                     Err(e) => Err(e),
                 }
@@ -408,7 +415,7 @@ impl Domains {
                         },
                     )
                     .await?;
-                Ok(())
+                Ok(None)
             }
         }
     }

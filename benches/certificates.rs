@@ -1,0 +1,187 @@
+//! Many certificates on one proxy, measured on the real binary: a fleet proxy booting from a
+//! last-known-good snapshot of N certificates (sealed keys, as the store keeps them) while
+//! its store is unreachable. Reports time to ready, PSS and bytes per certificate, TLS 1.3
+//! full handshakes per second to random names among the N, and resumed handshakes per
+//! second, so N = 100,000 can be compared with N = 1 in the same run. Each handshake is
+//! followed by one request on the connection (answered with the proxy's 404), read to the
+//! end.
+//!
+//! `cargo bench --bench certificates [-- --sizes 1,100000]`. Figures go to
+//! benches/RESULTS.md by hand. Nothing here asserts a timing.
+
+#![allow(missing_docs)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls_pki_types::ServerName;
+use tenantgate_certs::SealingKey;
+use tenantgate_config::{Snapshot, StoredCertificate};
+
+const SECONDS: u64 = 5;
+const CONCURRENCY: usize = 8;
+
+fn name(i: usize) -> String {
+    format!("shop{i}.custom.test")
+}
+
+/// N leaf certificates signed by `ca`, keys sealed with the fleet test key.
+fn snapshot(ca: &TestCa, n: usize) -> Vec<u8> {
+    let key = SealingKey::from_hex(&"5a".repeat(32)).expect("key");
+    let threads = std::thread::available_parallelism().map_or(2, |p| p.get());
+    let certs: Vec<StoredCertificate> = std::thread::scope(|s| {
+        let parts: Vec<_> = (0..threads)
+            .map(|t| {
+                let key = &key;
+                s.spawn(move || {
+                    (t..n)
+                        .step_by(threads)
+                        .map(|i| {
+                            let (chain, pem) = ca.issue(&[&name(i)]);
+                            StoredCertificate {
+                                id: format!("c_{i:016x}"),
+                                chain_pem: chain,
+                                sealed_key: key.seal(pem.as_bytes()).expect("seal"),
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        parts.into_iter().flat_map(|h| h.join().expect("gen")).collect()
+    });
+    serde_json::to_vec(&Snapshot {
+        version: 1,
+        routes: vec![],
+        certificates: certs,
+        challenges: vec![],
+    })
+    .expect("json")
+}
+
+fn pss_kib(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with("Pss:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn client_config(ca: &TestCa, resume: bool) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.root_der()).expect("root");
+    let mut cfg = rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    if !resume {
+        cfg.resumption = rustls::client::Resumption::disabled();
+    }
+    Arc::new(cfg)
+}
+
+/// Handshakes per second for `SECONDS` with `CONCURRENCY` clients; `names` picks the SNI of
+/// the k-th handshake. Returns (per second, resumed fraction).
+async fn handshakes(
+    addr: std::net::SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+    names: Arc<dyn Fn(u64) -> String + Send + Sync>,
+) -> (f64, f64) {
+    let done = Arc::new(AtomicU64::new(0));
+    let resumed = Arc::new(AtomicU64::new(0));
+    let end = Instant::now() + Duration::from_secs(SECONDS);
+    let mut tasks = Vec::new();
+    for c in 0..CONCURRENCY {
+        let (cfg, names, done, resumed) = (cfg.clone(), names.clone(), done.clone(), resumed.clone());
+        tasks.push(tokio::spawn(async move {
+            let connector = tokio_rustls::TlsConnector::from(cfg);
+            let mut k = c as u64 * 7_919;
+            while Instant::now() < end {
+                k += 1;
+                let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                tcp.set_nodelay(true).ok();
+                let sni = ServerName::try_from(names(k)).expect("name");
+                let mut tls = connector.connect(sni, tcp).await.expect("handshake");
+                // One request, read to the end: it also delivers the session ticket that a
+                // later handshake resumes with.
+                tls.write_all(b"GET / HTTP/1.1\r\nHost: bench.test\r\nConnection: close\r\n\r\n")
+                    .await
+                    .expect("write");
+                let mut sink = Vec::new();
+                let _ = tls.read_to_end(&mut sink).await;
+                if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                    resumed.fetch_add(1, Ordering::Relaxed);
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client");
+    }
+    let n = done.load(Ordering::Relaxed) as f64;
+    (n / SECONDS as f64, resumed.load(Ordering::Relaxed) as f64 / n.max(1.0))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let sizes = sizes_arg(&[1, 100_000]);
+    let ca = TestCa::new();
+    println!("| certificates | snapshot MiB | time to ready s | PSS MiB | bytes/cert over 1 | full handshakes/s | resumed handshakes/s |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    let mut base: Option<(u64, usize)> = None;
+    for n in sizes {
+        let t = Instant::now();
+        let bytes = snapshot(&ca, n);
+        eprintln!("generated {n} certificates in {:.1} s", t.elapsed().as_secs_f64());
+        let mb = bytes.len() as f64 / (1024.0 * 1024.0);
+        let (dc, dk) = ca.issue(&["default.platform.test"]);
+        let node = Tenantgate::new()
+            .command("proxy")
+            .cert(dc, dk, true)
+            .fleet_store("postgres://tenantgate@127.0.0.1:1/tenantgate");
+        let t0 = Instant::now();
+        let tg = node
+            .start_with(|dir| {
+                std::fs::create_dir_all(dir.join("data")).expect("data dir");
+                std::fs::write(dir.join("data/snapshot.json"), &bytes).expect("snapshot");
+            })
+            .await;
+        let ready = t0.elapsed().as_secs_f64();
+        drop(bytes);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let pss = pss_kib(tg.pid()) * 1024;
+        let per_cert = match base {
+            Some((b, bn)) if n > bn => format!("{:.0}", pss.saturating_sub(b) as f64 / (n - bn) as f64),
+            _ => "-".into(),
+        };
+        if base.is_none() {
+            base = Some((pss, n));
+        }
+        let addr = tg.https.expect("https");
+        let count = n as u64;
+        let (full, _) = handshakes(
+            addr,
+            client_config(&ca, false),
+            Arc::new(move |k| name((k.wrapping_mul(2_654_435_761) % count) as usize)),
+        )
+        .await;
+        let (resumed, share) = handshakes(
+            addr,
+            client_config(&ca, true),
+            Arc::new(|_| name(0)),
+        )
+        .await;
+        println!(
+            "| {n} | {mb:.1} | {ready:.2} | {:.1} | {per_cert} | {full:.0} | {resumed:.0} ({:.0}% resumed) |",
+            pss as f64 / (1024.0 * 1024.0),
+            share * 100.0
+        );
+    }
+}
