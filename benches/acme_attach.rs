@@ -42,7 +42,11 @@ async fn main() {
         // instead: DNS already points here, so the proxy's token proves ownership at once.
         let t0 = Instant::now();
         let (s, d) = tg
-            .api("POST", &format!("/v1/tenants/{tid}/domains"), Some(json!({"hostname": host})))
+            .api(
+                "POST",
+                &format!("/v1/tenants/{tid}/domains"),
+                Some(json!({"hostname": host})),
+            )
             .await;
         assert_eq!(s, 201, "{d}");
         let id = d["id"].as_str().expect("id").to_owned();
@@ -51,7 +55,11 @@ async fn main() {
             if d["ssl"]["status"] == "active" {
                 break;
             }
-            assert!(t0.elapsed() < Duration::from_secs(60), "stuck: {d}\n{}", tg.logs());
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "stuck: {d}\n{}",
+                tg.logs()
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         took.push(t0.elapsed().as_secs_f64() * 1000.0);

@@ -19,10 +19,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use rustls_pki_types::ServerName;
 use tenantgate_certs::SealingKey;
 use tenantgate_config::{Snapshot, StoredCertificate};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SECONDS: u64 = 5;
 const CONCURRENCY: usize = 8;
@@ -54,7 +54,10 @@ fn snapshot(ca: &TestCa, n: usize) -> Vec<u8> {
                 })
             })
             .collect();
-        parts.into_iter().flat_map(|h| h.join().expect("gen")).collect()
+        parts
+            .into_iter()
+            .flat_map(|h| h.join().expect("gen"))
+            .collect()
     });
     serde_json::to_vec(&Snapshot {
         version: 1,
@@ -98,7 +101,8 @@ async fn handshakes(
     let end = Instant::now() + Duration::from_secs(SECONDS);
     let mut tasks = Vec::new();
     for c in 0..CONCURRENCY {
-        let (cfg, names, done, resumed) = (cfg.clone(), names.clone(), done.clone(), resumed.clone());
+        let (cfg, names, done, resumed) =
+            (cfg.clone(), names.clone(), done.clone(), resumed.clone());
         tasks.push(tokio::spawn(async move {
             let connector = tokio_rustls::TlsConnector::from(cfg);
             let mut k = c as u64 * 7_919;
@@ -126,7 +130,10 @@ async fn handshakes(
         t.await.expect("client");
     }
     let n = done.load(Ordering::Relaxed) as f64;
-    (n / SECONDS as f64, resumed.load(Ordering::Relaxed) as f64 / n.max(1.0))
+    (
+        n / SECONDS as f64,
+        resumed.load(Ordering::Relaxed) as f64 / n.max(1.0),
+    )
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -139,7 +146,10 @@ async fn main() {
     for n in sizes {
         let t = Instant::now();
         let bytes = snapshot(&ca, n);
-        eprintln!("generated {n} certificates in {:.1} s", t.elapsed().as_secs_f64());
+        eprintln!(
+            "generated {n} certificates in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
         let mb = bytes.len() as f64 / (1024.0 * 1024.0);
         let (dc, dk) = ca.issue(&["default.platform.test"]);
         let node = Tenantgate::new()
@@ -158,7 +168,9 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let pss = pss_kib(tg.pid()) * 1024;
         let per_cert = match base {
-            Some((b, bn)) if n > bn => format!("{:.0}", pss.saturating_sub(b) as f64 / (n - bn) as f64),
+            Some((b, bn)) if n > bn => {
+                format!("{:.0}", pss.saturating_sub(b) as f64 / (n - bn) as f64)
+            }
             _ => "-".into(),
         };
         if base.is_none() {
@@ -172,12 +184,8 @@ async fn main() {
             Arc::new(move |k| name((k.wrapping_mul(2_654_435_761) % count) as usize)),
         )
         .await;
-        let (resumed, share) = handshakes(
-            addr,
-            client_config(&ca, true),
-            Arc::new(|_| name(0)),
-        )
-        .await;
+        let (resumed, share) =
+            handshakes(addr, client_config(&ca, true), Arc::new(|_| name(0))).await;
         println!(
             "| {n} | {mb:.1} | {ready:.2} | {:.1} | {per_cert} | {full:.0} | {resumed:.0} ({:.0}% resumed) |",
             pss as f64 / (1024.0 * 1024.0),

@@ -132,3 +132,36 @@ fn a_key_that_does_not_match_its_certificate_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn domain_acme_and_webhook_settings_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = check(
+        dir.path(),
+        r#"
+        [domains]
+        nameservers = ["8.8.8.8"]
+        edge_addresses = ["edge.example"]
+        check_min_seconds = 0
+        [acme]
+        directory_url = "ftp://ca.example/dir"
+        renew_remaining_fraction = 1.5
+        orders_per_hour = 0
+        [webhooks]
+        url = "https://hooks.example/x"
+        secret = "short"
+        "#,
+    );
+    assert_eq!(code, 1);
+    for needle in [
+        "domains.nameservers[0]: \"8.8.8.8\" is not an ip:port address",
+        "domains.edge_addresses[0]",
+        "domains.check_min_seconds: must be greater than 0",
+        "acme.directory_url",
+        "acme.renew_remaining_fraction",
+        "acme.orders_per_hour",
+        "webhooks.secret",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+}

@@ -3,7 +3,8 @@
 //! the access log.
 //!
 //! Invariants: nothing here awaits a store, DNS, Docker or ACME. Routes and certificates
-//! arrive as snapshots ([`router::Router::replace`], [`CertificateStore::replace_all`]); the
+//! arrive as snapshots ([`router::Router::replace`], [`CertificateStore::replace_all`]) or
+//! as changes applied in place ([`router::Router::apply`], [`CertificateStore::apply`]); the
 //! proxy never depends on the control plane.
 
 #![deny(clippy::unwrap_used)]

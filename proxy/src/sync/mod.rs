@@ -320,11 +320,8 @@ impl EdgeState {
         let old = std::mem::take(&mut stored.certificates);
         self.challenges.replace_all(snap.challenges);
         *stored = Stored::from_snapshot(snap.version, snap.routes, self.tracks_hosts());
-        for c in snap.certificates {
-            let parsed = match old.get(&c.id) {
-                Some((prev, parsed)) if *prev == c => parsed.clone(),
-                _ => self.open(&c),
-            };
+        let parsed = self.open_all(&snap.certificates, &old);
+        for (c, parsed) in snap.certificates.into_iter().zip(parsed) {
             stored.certificates.insert(c.id.clone(), (c, parsed));
         }
         self.publish(&stored, source, note);
@@ -395,25 +392,27 @@ impl EdgeState {
                 None => Change::Remove(r.id.clone()),
             });
         }
+        let mut cert_changes = Vec::with_capacity(delta.certificates.len());
         for change in &delta.certificates {
             match change {
                 CertificateChange::Upsert(c) => {
                     let parsed = self.open(c);
+                    cert_changes.push((c.id.clone(), parsed.clone()));
                     stored
                         .certificates
                         .insert(c.id.clone(), (c.clone(), parsed));
                 }
                 CertificateChange::Remove { id } => {
                     stored.certificates.remove(id);
+                    cert_changes.push((id.clone(), None));
                 }
             }
         }
         stored.version = delta.version;
         self.challenges.apply(&delta.challenges);
         self.router.apply(changes, delta.version);
-        if !delta.certificates.is_empty() {
-            self.publish_certificates(&stored);
-        }
+        // In place: only the names these certificates claim are re-indexed.
+        self.certs.apply(cert_changes);
         self.set_status(&stored, Source::Store, None);
         self.persist();
     }
@@ -486,6 +485,37 @@ impl EdgeState {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Open `certs` (in order), reusing what `old` already parsed; new ones are opened on
+    /// every core (decrypting and parsing 100k keys is most of a large start).
+    fn open_all(
+        &self,
+        certs: &[StoredCertificate],
+        old: &BTreeMap<String, (StoredCertificate, Option<ParsedCertificate>)>,
+    ) -> Vec<Option<ParsedCertificate>> {
+        let one = |c: &StoredCertificate| match old.get(&c.id) {
+            Some((prev, parsed)) if prev == c => parsed.clone(),
+            _ => self.open(c),
+        };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if certs.len() < 256 || threads < 2 {
+            return certs.iter().map(one).collect();
+        }
+        let chunk = certs.len().div_ceil(threads);
+        std::thread::scope(|s| {
+            let parts: Vec<_> = certs
+                .chunks(chunk)
+                .map(|part| s.spawn(move || part.iter().map(one).collect::<Vec<_>>()))
+                .collect();
+            parts
+                .into_iter()
+                .flat_map(|h| match h.join() {
+                    Ok(v) => v,
+                    Err(p) => std::panic::resume_unwind(p),
+                })
+                .collect()
+        })
+    }
+
     fn open(&self, c: &StoredCertificate) -> Option<ParsedCertificate> {
         let Some(key) = &self.key else {
             tracing::error!(certificate = %c.id, "no encryption key configured: stored certificate not served");
@@ -534,9 +564,20 @@ impl EdgeState {
     }
 
     fn publish_certificates(&self, stored: &Stored) {
-        let mut certs = self.static_certs.clone();
-        certs.extend(stored.certificates.values().filter_map(|(_, p)| p.clone()));
-        self.certs.replace_all(&certs, self.default_cert.as_ref());
+        // Static certificates are keyed apart from store ids (which never contain ':').
+        let certs = self
+            .static_certs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (format!("static:{i}"), c.clone()))
+            .chain(
+                stored
+                    .certificates
+                    .iter()
+                    .filter_map(|(id, (_, p))| p.clone().map(|p| (id.clone(), p))),
+            )
+            .collect();
+        self.certs.replace_all(certs, self.default_cert.as_ref());
     }
 
     fn set_status(&self, stored: &Stored, source: Source, store_error: Option<String>) {
