@@ -31,33 +31,37 @@ fn name(i: usize) -> String {
     format!("shop{i}.custom.test")
 }
 
-/// N leaf certificates signed by `ca`, keys sealed with the fleet test key.
-fn snapshot(ca: &TestCa, n: usize) -> Vec<u8> {
-    let key = SealingKey::from_hex(&"5a".repeat(32)).expect("key");
+/// `f(i)` for i in 0..n on every core, in order.
+fn parallel<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     let threads = std::thread::available_parallelism().map_or(2, |p| p.get());
-    let certs: Vec<StoredCertificate> = std::thread::scope(|s| {
-        let parts: Vec<_> = (0..threads)
-            .map(|t| {
-                let key = &key;
-                s.spawn(move || {
-                    (t..n)
-                        .step_by(threads)
-                        .map(|i| {
-                            let (chain, pem) = ca.issue(&[&name(i)]);
-                            StoredCertificate {
-                                id: format!("c_{i:016x}"),
-                                chain_pem: chain,
-                                sealed_key: key.seal(pem.as_bytes()).expect("seal"),
-                            }
-                        })
-                        .collect::<Vec<_>>()
-                })
+    let chunk = n.div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let f = &f;
+        let parts: Vec<_> = (0..n)
+            .step_by(chunk)
+            .map(|start| {
+                s.spawn(move || (start..(start + chunk).min(n)).map(f).collect::<Vec<_>>())
             })
             .collect();
         parts
             .into_iter()
-            .flat_map(|h| h.join().expect("gen"))
+            .flat_map(|h| h.join().expect("worker"))
             .collect()
+    })
+}
+
+/// N leaf certificates signed by `ca`: (chain PEM, key PEM).
+fn issue(ca: &TestCa, n: usize) -> Vec<(String, String)> {
+    parallel(n, |i| ca.issue(&[&name(i)]))
+}
+
+/// The certificates as a store snapshot, keys sealed with the fleet test key.
+fn snapshot(pems: &[(String, String)]) -> Vec<u8> {
+    let key = SealingKey::from_hex(&"5a".repeat(32)).expect("key");
+    let certs = parallel(pems.len(), |i| StoredCertificate {
+        id: format!("c_{i:016x}"),
+        chain_pem: pems[i].0.clone(),
+        sealed_key: key.seal(pems[i].1.as_bytes()).expect("seal"),
     });
     serde_json::to_vec(&Snapshot {
         version: 1,
@@ -143,9 +147,13 @@ async fn main() {
     println!("| certificates | snapshot MiB | time to ready s | PSS MiB | bytes/cert over 1 | full handshakes/s | resumed handshakes/s |");
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     let mut base: Option<(u64, usize)> = None;
+    let mut index_costs = Vec::new();
     for n in sizes {
         let t = Instant::now();
-        let bytes = snapshot(&ca, n);
+        let pems = issue(&ca, n);
+        let bytes = snapshot(&pems);
+        index_costs.push((n, index_cost(&pems)));
+        drop(pems);
         eprintln!(
             "generated {n} certificates in {:.1} s",
             t.elapsed().as_secs_f64()
@@ -192,4 +200,37 @@ async fn main() {
             share * 100.0
         );
     }
+    println!();
+    println!("| certificates | rebuild whole SNI index ms | apply one change µs |");
+    println!("|---:|---:|---:|");
+    for (n, (full, one)) in index_costs {
+        println!("| {n} | {full:.1} | {one:.1} |");
+    }
+}
+
+/// In this process: the cost of building the SNI index over all of `pems` at once, and of
+/// adding then removing one certificate with the rest loaded (mean of 200 of each).
+fn index_cost(pems: &[(String, String)]) -> (f64, f64) {
+    use tenantgate_certs::{parse_pem, CertificateStore};
+    let parsed = parallel(pems.len(), |i| {
+        parse_pem(pems[i].0.as_bytes(), pems[i].1.as_bytes()).expect("parse")
+    });
+    let all: Vec<(String, tenantgate_certs::ParsedCertificate)> = parsed
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| (format!("c{i}"), p))
+        .collect();
+    let store = CertificateStore::new();
+    let t = Instant::now();
+    store.replace_all(all, None);
+    let full = t.elapsed().as_secs_f64() * 1000.0;
+    let extra = TestCa::new().issue(&["extra.custom.test"]);
+    let extra = parse_pem(extra.0.as_bytes(), extra.1.as_bytes()).expect("parse");
+    let t = Instant::now();
+    for _ in 0..100 {
+        store.apply(vec![("extra".into(), Some(extra.clone()))]);
+        store.apply(vec![("extra".into(), None)]);
+    }
+    let one = t.elapsed().as_secs_f64() * 1e6 / 200.0;
+    (full, one)
 }
