@@ -38,6 +38,51 @@ use webhooks::{Event, Previous, Webhooks};
 /// Who the audit trail names for the worker's changes.
 pub const ACTOR: &str = "domains";
 
+/// Prometheus metrics of the custom domains (in the default registry, which the admin
+/// listener's `/metrics` includes).
+struct DomainMetrics {
+    /// Domains by status, and active domains by certificate status (from the store).
+    domains: prometheus::IntGaugeVec,
+    certificates: prometheus::IntGaugeVec,
+    /// This node's ownership checks and orders by outcome.
+    checks: prometheus::IntCounterVec,
+    orders: prometheus::IntCounterVec,
+}
+
+fn metrics() -> &'static DomainMetrics {
+    static M: std::sync::OnceLock<DomainMetrics> = std::sync::OnceLock::new();
+    M.get_or_init(|| {
+        let gauge = |name: &str, help: &str, label: &str| {
+            let g = prometheus::IntGaugeVec::new(prometheus::Opts::new(name, help), &[label])
+                .expect("valid metric");
+            let _ = prometheus::register(Box::new(g.clone()));
+            g
+        };
+        let counter = |name: &str, help: &str| {
+            let c = prometheus::IntCounterVec::new(prometheus::Opts::new(name, help), &["result"])
+                .expect("valid metric");
+            let _ = prometheus::register(Box::new(c.clone()));
+            c
+        };
+        DomainMetrics {
+            domains: gauge("tenantgate_domains", "Custom domains by status", "status"),
+            certificates: gauge(
+                "tenantgate_domain_certificates",
+                "Active custom domains by certificate status",
+                "ssl_status",
+            ),
+            checks: counter(
+                "tenantgate_domain_checks_total",
+                "Ownership checks run by this node, by result",
+            ),
+            orders: counter(
+                "tenantgate_acme_orders_total",
+                "ACME orders placed by this node, by result",
+            ),
+        }
+    })
+}
+
 /// Domains worked on at once by one node.
 const PARALLEL: usize = 16;
 
@@ -261,7 +306,15 @@ impl Domains {
             });
         }
         let permits = Arc::new(Semaphore::new(PARALLEL));
+        let mut counted = tokio::time::Instant::now();
+        let _ = self.count().await;
         loop {
+            if counted.elapsed() >= Duration::from_secs(10) {
+                counted = tokio::time::Instant::now();
+                if let Err(e) = self.count().await {
+                    tracing::warn!("cannot count domains: {e}");
+                }
+            }
             match self.store.due_domains(now_ms(), 200).await {
                 Ok(ids) => {
                     for id in ids {
@@ -282,6 +335,31 @@ impl Domains {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
+    }
+
+    /// Refresh the status gauges from the store.
+    async fn count(&self) -> Result<()> {
+        let (by_status, by_ssl) = self.store.count_domains().await?;
+        let m = metrics();
+        for s in ["pending_verification", "active", "moved", "blocked"] {
+            let n = by_status
+                .iter()
+                .find(|(k, _)| k == s)
+                .map_or(0, |(_, n)| *n);
+            m.domains.with_label_values(&[s]).set(n);
+        }
+        for s in [
+            "pending_validation",
+            "pending_issuance",
+            "active",
+            "renewing",
+            "failed",
+            "expired",
+        ] {
+            let n = by_ssl.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
+            m.certificates.with_label_values(&[s]).set(n);
+        }
+        Ok(())
     }
 
     fn lease_ms(&self) -> i64 {
@@ -365,7 +443,16 @@ impl Domains {
                 .await?;
             return Ok(None);
         }
-        match self.checker.ownership(&d).await {
+        let outcome = self.checker.ownership(&d).await;
+        metrics()
+            .checks
+            .with_label_values(&[if outcome.is_ok() {
+                "verified"
+            } else {
+                "failed"
+            }])
+            .inc();
+        match outcome {
             Ok(how) => {
                 let ssl_at = self.acme.as_ref().map(|_| now_ms());
                 let check_at = self
@@ -619,6 +706,10 @@ impl Domains {
             Ok(issued) => self.install(acme, &d, &issued).await,
             Err(e) => Err(e),
         };
+        metrics()
+            .orders
+            .with_label_values(&[if result.is_ok() { "issued" } else { "failed" }])
+            .inc();
         match result {
             Ok(after) => {
                 tracing::info!(domain = %d.id, hostname = %d.hostname, renewal = renewing, "certificate issued");

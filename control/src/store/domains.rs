@@ -732,6 +732,25 @@ impl Store {
         Ok(d)
     }
 
+    /// How many live domains have each status, and active ones each certificate status.
+    pub async fn count_domains(&self) -> Result<(Vec<(String, i64)>, Vec<(String, i64)>)> {
+        let mut tx = self.backend.begin(false).await?;
+        let a = tx
+            .query(
+                "SELECT status, count(*) FROM domains WHERE status <> 'deleted' GROUP BY status",
+                &[],
+            )
+            .await?;
+        let b = tx
+            .query("SELECT ssl_status, count(*) FROM domains WHERE status = 'active' GROUP BY ssl_status", &[])
+            .await?;
+        tx.commit().await?;
+        let pairs = |rows: &[Row]| -> Result<Vec<(String, i64)>> {
+            rows.iter().map(|r| Ok((text(r, 0)?, int(r, 1)?))).collect()
+        };
+        Ok((pairs(&a)?, pairs(&b)?))
+    }
+
     /// Domains with a check or an order due at `now` and not held by a node.
     pub async fn due_domains(&self, now: i64, limit: usize) -> Result<Vec<String>> {
         let mut tx = self.backend.begin(false).await?;
