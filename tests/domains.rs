@@ -405,7 +405,7 @@ async fn http_token_verifies_moves_are_noticed_blocking_works_and_webhooks_are_s
         .section(PLATFORM)
         .section(&pebble.config(port, "").replace(
             "[acme]",
-            "edge_addresses = [\"127.0.0.1\"]\nmoved_check_seconds = 1\n[acme]",
+            "edge_addresses = [\"127.0.0.1\"]\nmoved_check_seconds = 1\nverify_timeout_seconds = 3\n[acme]",
         ))
         .section(&format!(
             "[webhooks]\nurl = \"http://{}/hooks\"\nsecret = \"{secret}\"\n",
@@ -491,6 +491,32 @@ async fn http_token_verifies_moves_are_noticed_blocking_works_and_webhooks_are_s
         .api("POST", &format!("/v1/domains/{id}/refresh"), None)
         .await;
     assert_eq!(s, 202, "{d}");
+
+    // A domain that never proves ownership: checks stop after verify_timeout_seconds, with a
+    // reason; a refresh starts a new period.
+    pebble.set_a("never.test", &["127.0.0.2"]).await;
+    let (s, d) = tg
+        .api(
+            "POST",
+            &format!("/v1/tenants/{tid}/domains"),
+            Some(json!({"hostname": "never.test"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{d}");
+    let never = d["id"].as_str().expect("id").to_owned();
+    let d = wait_domain(&tg, &never, "verification to give up", |d| {
+        errors(d).contains("ownership was not proven within 3 s")
+    })
+    .await;
+    assert_eq!(d["status"], "pending_verification");
+    let (s, d) = tg
+        .api("POST", &format!("/v1/domains/{never}/refresh"), None)
+        .await;
+    assert_eq!(s, 202, "{d}");
+    wait_domain(&tg, &never, "checks to run again", |d| {
+        !errors(d).contains("was not proven")
+    })
+    .await;
 
     // Every status change was announced, signed.
     let seen = wait_for("the webhook events", Duration::from_secs(10), || {
@@ -776,7 +802,7 @@ async fn two_control_nodes_on_one_postgres_place_exactly_one_order() {
     }
     let (_, certs) = b.api("GET", "/v1/certificates", None).await;
     assert_eq!(certs.as_array().expect("list").len(), ids.len(), "{certs}");
-    // The proxy serves them all.
+    // The proxy serves them all; one detached through the other node leaves it at once.
     let root = pebble.issuing_root().await;
     for i in 0..4 {
         let host = format!("www.fleet{i}.test");

@@ -112,6 +112,17 @@ pub struct Domains {
     account: OnceCell<String>,
 }
 
+/// `ms` as "3 s", "12 min", "7 h" or "7 d", whichever unit divides it.
+fn human(ms: i64) -> String {
+    let s = ms / 1000;
+    match s {
+        s if s >= 86_400 && s % 86_400 == 0 => format!("{} d", s / 86_400),
+        s if s >= 3600 && s % 3600 == 0 => format!("{} h", s / 3600),
+        s if s >= 60 && s % 60 == 0 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
+}
+
 /// Exponential backoff: `min * 2^(failures-1)`, capped at `max` (ms).
 fn backoff(min: i64, max: i64, failures: i64) -> i64 {
     let shift = (failures - 1).clamp(0, 30) as u32;
@@ -231,6 +242,7 @@ impl Domains {
             DomainStatus::PendingVerification => {
                 note.check_at = Some(Some(now));
                 note.check_failures = Some(0);
+                note.verify_since = Some(now);
             }
             DomainStatus::Active | DomainStatus::Moved => {
                 if self.checker.detects_moves() {
@@ -420,13 +432,13 @@ impl Domains {
     /// Check ownership; the domain as verified, if it now is.
     async fn verify(&self, d: DomainRecord) -> Result<Option<DomainRecord>> {
         let now = now_ms();
-        if now - d.created_at > self.verify_timeout {
+        if now - d.verify_since > self.verify_timeout {
             let mut errors = d.errors.clone();
             errors.insert(
                 0,
                 format!(
-                    "ownership was not proven within {} hours of attaching: checks stopped (POST /v1/domains/{}/refresh to try again)",
-                    self.verify_timeout / 3_600_000,
+                    "ownership was not proven within {}: checks stopped (POST /v1/domains/{}/refresh to try again)",
+                    human(self.verify_timeout),
                     d.id
                 ),
             );
@@ -836,6 +848,14 @@ impl Responder for Publish<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(human(604_800_000), "7 d");
+        assert_eq!(human(7_200_000), "2 h");
+        assert_eq!(human(180_000), "3 min");
+        assert_eq!(human(3_000), "3 s");
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {

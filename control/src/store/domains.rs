@@ -45,6 +45,8 @@ pub struct DomainRecord {
     pub cert_created_at: Option<i64>,
     /// When ownership was proven, unix ms.
     pub verified_at: Option<i64>,
+    /// Ownership checks give up `verify_timeout` after this (attach or refresh), unix ms.
+    pub verify_since: i64,
     /// Next ownership or "moved" check, unix ms.
     pub check_at: Option<i64>,
     /// Failed checks in a row.
@@ -106,6 +108,8 @@ pub struct DomainNote {
     pub check_failures: Option<i64>,
     /// Next order (`Some(None)`: none).
     pub ssl_at: Option<Option<i64>>,
+    /// Restart the ownership-check period at this time.
+    pub verify_since: Option<i64>,
     /// Failed orders in a row.
     pub ssl_failures: Option<i64>,
 }
@@ -151,7 +155,7 @@ fn parse_list(s: &str) -> Vec<String> {
 
 const COLUMNS: &str = "d.id, d.tenant_id, d.hostname, d.status, d.token, d.errors, d.ssl_status, \
      d.ssl_errors, d.certificate_id, c.issuer, c.not_after, c.created_at, d.verified_at, \
-     d.check_at, d.check_failures, d.ssl_at, d.ssl_failures, d.created_at, d.updated_at";
+     d.check_at, d.check_failures, d.ssl_at, d.ssl_failures, d.created_at, d.updated_at, d.verify_since";
 
 fn record(r: &Row) -> Result<DomainRecord> {
     let status = text(r, 3)?;
@@ -178,6 +182,7 @@ fn record(r: &Row) -> Result<DomainRecord> {
         ssl_failures: int(r, 16)?,
         created_at: int(r, 17)?,
         updated_at: int(r, 18)?,
+        verify_since: int(r, 19)?,
     })
 }
 
@@ -305,8 +310,8 @@ impl Store {
         let token = token()?;
         tx.query(
             "INSERT INTO domains (id, tenant_id, hostname, status, token, errors, ssl_status, ssl_errors, \
-             check_at, check_failures, ssl_failures, lease_until, created_at, updated_at) \
-             VALUES ($1, $2, $3, 'pending_verification', $4, '[]', 'pending_validation', '[]', $5, 0, 0, 0, $5, $5)",
+             check_at, check_failures, ssl_failures, lease_until, created_at, updated_at, verify_since) \
+             VALUES ($1, $2, $3, 'pending_verification', $4, '[]', 'pending_validation', '[]', $5, 0, 0, 0, $5, $5, $5)",
             &[t(&id), t(tenant_id), t(hostname), t(&token), Value::Int(now)],
         )
         .await?;
@@ -553,6 +558,11 @@ impl Store {
                     &[t(id), t(&d.hostname), t(&d.verify_path()), t(&d.token)],
                 )
                 .await?;
+                tx.query(
+                    "UPDATE domains SET verify_since = $1 WHERE id = $2",
+                    &[Value::Int(now_ms()), t(id)],
+                )
+                .await?;
             }
             _ => self.unroute(&mut *tx, version, &d).await?,
         }
@@ -715,6 +725,9 @@ impl Store {
         }
         if let Some(v) = n.ssl_failures {
             push("ssl_failures", Value::Int(v));
+        }
+        if let Some(v) = n.verify_since {
+            push("verify_since", Value::Int(v));
         }
         params.push(t(id));
         let sql = format!(

@@ -24,6 +24,8 @@ CREATE TABLE domains (
     ssl_errors     TEXT NOT NULL,
     certificate_id TEXT,
     verified_at    INTEGER,
+    -- Ownership checks count from here (attach, or the last refresh of a pending domain).
+    verify_since   INTEGER NOT NULL,
     -- Next ownership (pending) or "moved" (active, moved) check; NULL: none scheduled.
     check_at       INTEGER,
     check_failures INTEGER NOT NULL,
