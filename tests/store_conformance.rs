@@ -443,3 +443,145 @@ async fn change_log_pruning_on_both_stores() {
     let pg = PgCluster::start().await;
     pruning(&postgres_store(&pg, "pruning").await).await;
 }
+
+/// Custom domains in the store: attach rules, the challenge set proxies get, routing on
+/// verification, leases, the order budget, write-once settings, and detaching.
+async fn domains(store: &Store) {
+    use tenantgate_control::model::DomainStatus;
+    let a = store
+        .create_tenant("test", &new_tenant("dom-a", 9101))
+        .await
+        .expect("a");
+    let b = store
+        .create_tenant("test", &new_tenant("dom-b", 9102))
+        .await
+        .expect("b");
+    let d = store
+        .attach_domain("test", &a.id, "www.shop.test")
+        .await
+        .expect("attach");
+    assert_eq!(d.status, DomainStatus::PendingVerification);
+    // Pending: another tenant may attach it too (first to verify wins); the same one not.
+    let rival = store
+        .attach_domain("test", &b.id, "www.shop.test")
+        .await
+        .expect("a rival pending attach");
+    assert!(matches!(
+        store.attach_domain("test", &a.id, "www.shop.test").await,
+        Err(Error::Conflict(_))
+    ));
+    assert!(matches!(
+        store
+            .attach_domain("test", &a.id, "dom-b.platform.test")
+            .await,
+        Err(Error::Conflict(_))
+    ));
+    // Proxies get the ownership token of both, and only that.
+    let snap = store.snapshot().await.expect("snapshot");
+    let tokens: Vec<_> = snap.challenges.iter().flat_map(|s| &s.challenges).collect();
+    assert_eq!(tokens.len(), 2, "{tokens:?}");
+    assert!(tokens
+        .iter()
+        .any(|c| c.body == d.token && c.path == d.verify_path()));
+    let v = snap.version;
+
+    // Verified: routed to its tenant, token withdrawn, in one delta.
+    let d = store
+        .verify_domain("test", &d.id, "dns_txt", Some(0), None)
+        .await
+        .expect("verify");
+    assert_eq!(d.status, DomainStatus::Active);
+    let delta = store.delta_since(v).await.expect("delta").expect("some");
+    assert!(delta
+        .routes
+        .iter()
+        .any(|r| matches!(r, RouteChange::Upsert(r) if r.id == a.id
+        && r.hostnames.iter().any(|h| h.to_display() == "www.shop.test"))));
+    assert!(delta
+        .challenges
+        .iter()
+        .any(|s| s.domain_id == d.id && s.challenges.is_empty()));
+    // Now the rival cannot verify, nor can anyone attach it.
+    assert!(matches!(
+        store
+            .verify_domain("test", &rival.id, "dns_txt", None, None)
+            .await,
+        Err(Error::Conflict(_))
+    ));
+    let c = store
+        .create_tenant("test", &new_tenant("dom-c", 9103))
+        .await
+        .expect("c");
+    assert!(matches!(
+        store.attach_domain("test", &c.id, "www.shop.test").await,
+        Err(Error::Conflict(_))
+    ));
+
+    // One worker at a time, whichever node (even the same one twice).
+    assert!(store
+        .claim_domain(&d.id, "n1", i64::MAX / 2)
+        .await
+        .expect("claim"));
+    assert!(!store
+        .claim_domain(&d.id, "n2", i64::MAX / 2)
+        .await
+        .expect("claim"));
+    assert!(!store
+        .claim_domain(&d.id, "n1", i64::MAX / 2)
+        .await
+        .expect("claim"));
+    store.release_domain(&d.id, "n1").await.expect("release");
+    assert!(store.claim_domain(&d.id, "n2", 1).await.expect("claim"));
+    // An expired lease (until = 1 ms after the epoch) is free again.
+    assert!(store
+        .claim_domain(&d.id, "n3", i64::MAX / 2)
+        .await
+        .expect("claim"));
+
+    // The hourly order budget.
+    assert!(store.take_order_slot(&d.id, 2).await.expect("slot"));
+    assert!(store.take_order_slot(&d.id, 2).await.expect("slot"));
+    assert!(!store.take_order_slot(&d.id, 2).await.expect("slot"));
+
+    // Write-once settings: the first value stays.
+    assert_eq!(store.setting("acct").await.expect("get"), None);
+    assert_eq!(
+        store.setting_once("acct", b"one").await.expect("set"),
+        b"one"
+    );
+    assert_eq!(
+        store.setting_once("acct", b"two").await.expect("set"),
+        b"one"
+    );
+
+    // Detach: route gone; a second detach is a 404.
+    let v = store.ping().await.expect("version");
+    store.delete_domain("test", &d.id).await.expect("detach");
+    let delta = store.delta_since(v).await.expect("delta").expect("some");
+    assert!(delta
+        .routes
+        .iter()
+        .any(|r| matches!(r, RouteChange::Upsert(r) if r.id == a.id
+        && r.hostnames.iter().all(|h| h.to_display() != "www.shop.test"))));
+    assert!(matches!(
+        store.delete_domain("test", &d.id).await,
+        Err(Error::NotFound(_))
+    ));
+    assert_eq!(
+        store.get_domain(&d.id).await.expect("kept").status,
+        DomainStatus::Deleted
+    );
+    // The name is free again.
+    store
+        .attach_domain("test", &c.id, "www.shop.test")
+        .await
+        .expect("attach after detach");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_domains_on_both_stores() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    domains(&sqlite_store(&dir)).await;
+    let pg = PgCluster::start().await;
+    domains(&postgres_store(&pg, "domains").await).await;
+}

@@ -482,6 +482,12 @@ impl Domains {
                         Ok(Some(after))
                     }
                     Err(Error::Conflict(_)) => {
+                        // Either another tenant's domain took the name first, or this one
+                        // stopped being pending meanwhile (detached, blocked).
+                        let now = self.store.get_domain(&d.id).await?;
+                        if now.status != DomainStatus::PendingVerification {
+                            return Ok(None);
+                        }
                         self.store
                             .note_domain(
                                 &d.id,

@@ -781,14 +781,14 @@ impl Store {
         rows.iter().map(|r| text(r, 0)).collect()
     }
 
-    /// Take the domain for `owner` until `until` (ms) unless another node holds it: one node
-    /// works on a domain at a time across a fleet.
+    /// Take the domain for `owner` until `until` (ms) unless it is held (by any node, this
+    /// one included): one worker at a time works on a domain across a fleet.
     pub async fn claim_domain(&self, id: &str, owner: &str, until: i64) -> Result<bool> {
         let mut tx = self.backend.begin(true).await?;
         let rows = tx
             .query(
                 "UPDATE domains SET lease_owner = $1, lease_until = $2 WHERE id = $3 AND \
-                 (lease_until < $4 OR lease_owner = $1) RETURNING id",
+                 lease_until < $4 RETURNING id",
                 &[t(owner), Value::Int(until), t(id), Value::Int(now_ms())],
             )
             .await?;
