@@ -554,7 +554,36 @@ async fn domains(store: &Store) {
         b"one"
     );
 
-    // Detach: route gone; a second detach is a 404.
+    // A certificate that runs out before it is renewed is reported as expired, once.
+    let d = store
+        .install_domain_certificate(
+            &d.id,
+            &NewCertificate {
+                chain_pem: "PEM".into(),
+                sealed_key: vec![1, 2, 3],
+                names: vec!["www.shop.test".into()],
+                issuer: "CN=Test CA".into(),
+                not_after: 1_000,
+                source: "acme",
+            },
+            None,
+        )
+        .await
+        .expect("install");
+    assert_eq!(d.cert_issuer.as_deref(), Some("CN=Test CA"));
+    let expired = store.mark_expired(i64::MAX / 4).await.expect("sweep");
+    assert_eq!(expired.len(), 1);
+    assert_eq!(
+        store.get_domain(&d.id).await.expect("get").ssl_status,
+        tenantgate_control::model::SslStatus::Expired
+    );
+    assert!(store
+        .mark_expired(i64::MAX / 4)
+        .await
+        .expect("sweep")
+        .is_empty());
+
+    // Detach: route and certificate gone; a second detach is a 404.
     let v = store.ping().await.expect("version");
     store.delete_domain("test", &d.id).await.expect("detach");
     let delta = store.delta_since(v).await.expect("delta").expect("some");

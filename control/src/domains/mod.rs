@@ -349,8 +349,14 @@ impl Domains {
         }
     }
 
-    /// Refresh the status gauges from the store.
+    /// Refresh the status gauges from the store, after marking certificates that ran out.
     async fn count(&self) -> Result<()> {
+        for before in self.store.mark_expired(now_ms()).await? {
+            tracing::warn!(domain = %before.id, hostname = %before.hostname, "certificate expired before it was renewed");
+            if let Ok(after) = self.store.get_domain(&before.id).await {
+                self.announce("domain.status_changed", Some(&before), &after);
+            }
+        }
         let (by_status, by_ssl) = self.store.count_domains().await?;
         let m = metrics();
         for s in ["pending_verification", "active", "moved", "blocked"] {

@@ -745,6 +745,36 @@ impl Store {
         Ok(d)
     }
 
+    /// Mark the certificates of live domains that ran out before a renewal succeeded as
+    /// `expired`; returns the domains changed (before the change).
+    pub async fn mark_expired(&self, now_ms: i64) -> Result<Vec<DomainRecord>> {
+        let mut tx = self.backend.begin(true).await?;
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM domains d JOIN certificates c ON c.id = d.certificate_id \
+                     WHERE d.status IN ('active', 'moved') AND d.ssl_status <> 'expired' AND c.not_after * 1000 <= $1"
+                ),
+                &[Value::Int(now_ms)],
+            )
+            .await?;
+        let before = rows.iter().map(record).collect::<Result<Vec<_>>>()?;
+        for d in &before {
+            let mut errors = vec![format!(
+                "the certificate expired at {} before it could be renewed",
+                rfc3339(d.cert_not_after.unwrap_or(0).saturating_mul(1000))
+            )];
+            errors.extend(d.ssl_errors.iter().take(2).cloned());
+            tx.query(
+                "UPDATE domains SET ssl_status = 'expired', ssl_errors = $1, updated_at = $2 WHERE id = $3",
+                &[list_json(&errors), Value::Int(now_ms), t(&d.id)],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(before)
+    }
+
     /// How many live domains have each status, and active ones each certificate status.
     pub async fn count_domains(&self) -> Result<(Vec<(String, i64)>, Vec<(String, i64)>)> {
         let mut tx = self.backend.begin(false).await?;
