@@ -476,6 +476,19 @@ async fn domains(store: &Store) {
             .await,
         Err(Error::Conflict(_))
     ));
+    // Both are due for their first check at once; a held one is not handed out.
+    let due = store.due_domains(i64::MAX / 4, 10).await.expect("due");
+    assert!(due.contains(&d.id) && due.contains(&rival.id), "{due:?}");
+    assert!(store
+        .claim_domain(&rival.id, "n0", i64::MAX / 2)
+        .await
+        .expect("claim"));
+    let due = store.due_domains(i64::MAX / 4, 10).await.expect("due");
+    assert!(due.contains(&d.id) && !due.contains(&rival.id), "{due:?}");
+    store
+        .release_domain(&rival.id, "n0")
+        .await
+        .expect("release");
     // Proxies get the ownership token of both, and only that.
     let snap = store.snapshot().await.expect("snapshot");
     let tokens: Vec<_> = snap.challenges.iter().flat_map(|s| &s.challenges).collect();
