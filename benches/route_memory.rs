@@ -41,15 +41,6 @@ fn snapshot(n: usize) -> Vec<u8> {
     serde_json::to_vec(&snap).expect("json")
 }
 
-fn pss_kib(pid: u32) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-    text.lines()
-        .find(|l| l.starts_with("Pss:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let sizes = sizes_arg(&[0, 10_000, 100_000, 1_000_000]);

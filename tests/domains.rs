@@ -65,6 +65,37 @@ fn tls_client(tg: &Running, root_pem: &str, host: &str) -> reqwest::Client {
         .expect("client")
 }
 
+/// Attach `host` to tenant `tid` through `tg` (asserting 201); the domain's JSON.
+async fn attach(tg: &Running, tid: &str, host: &str) -> Value {
+    let (s, d) = tg
+        .api(
+            "POST",
+            &format!("/v1/tenants/{tid}/domains"),
+            Some(json!({"hostname": host})),
+        )
+        .await;
+    assert_eq!(s, 201, "attaching {host}: {d}");
+    d
+}
+
+/// Wait until `tg` answers `https://<host>/` with 200 to a client trusting only `root`.
+async fn wait_tls_ok(tg: &Running, root: &str, host: &str) {
+    let client = tls_client(tg, root, host);
+    let url = format!("https://{host}:{}/", tg.https.expect("https").port());
+    wait_for(
+        &format!("{host}'s certificate to be served"),
+        Duration::from_secs(10),
+        || {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let r = client.get(&url).send().await.ok()?;
+                (r.status() == 200).then_some(())
+            }
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_custom_domain_is_verified_issued_served_and_detached() {
     let port = free_port();
@@ -79,14 +110,7 @@ async fn a_custom_domain_is_verified_issued_served_and_detached() {
     // The merchant's DNS does not point at us yet: the HTTP token cannot be reached.
     pebble.set_a(host, &["127.0.0.2"]).await;
 
-    let (s, d) = tg
-        .api(
-            "POST",
-            &format!("/v1/tenants/{tid}/domains"),
-            Some(json!({"hostname": "WWW.Shop.test."})),
-        )
-        .await;
-    assert_eq!(s, 201, "{d}");
+    let d = attach(&tg, &tid, "WWW.Shop.test.").await;
     let id = d["id"].as_str().expect("id").to_owned();
     assert_eq!(d["hostname"], host);
     assert_eq!(d["tenant_id"], tid.as_str());
@@ -108,12 +132,19 @@ async fn a_custom_domain_is_verified_issued_served_and_detached() {
         "{http_url}"
     );
 
-    // Every proxy answers the HTTP token already (it is how a merchant whose DNS points
-    // here proves ownership), but routes nothing to the tenant yet.
+    // Every proxy answers the HTTP token within milliseconds of the API's answer (it is how
+    // a merchant whose DNS points here proves ownership), but routes nothing to the tenant.
     let path = http_url.trim_start_matches("http://www.shop.test");
-    let r = tg.get(host, path).await;
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.expect("body"), token);
+    let body = wait_for("the token to be served", Duration::from_secs(5), || async {
+        let r = tg.get(host, path).await;
+        if r.status() == 200 {
+            r.text().await.ok()
+        } else {
+            None
+        }
+    })
+    .await;
+    assert_eq!(body, token);
     assert_eq!(tg.get(host, "/").await.status(), 404);
 
     // No TXT record: stays pending, saying why.
@@ -158,9 +189,8 @@ async fn a_custom_domain_is_verified_issued_served_and_detached() {
     })
     .await;
     assert!(d["ssl"]["errors"].to_string().contains("127.0.0.2"), "{d}");
-    // Routed over plain HTTP meanwhile; the verification token is gone.
-    let b = backend_json(tg.get(host, "/hello").await).await;
-    assert_eq!(b["backend"], "shop");
+    // Routed over plain HTTP meanwhile; the verification token went in the same change.
+    tg.wait_backend(host, "shop").await;
     assert_eq!(tg.get(host, path).await.status(), 404);
 
     // DNS now points here: the retry succeeds.
@@ -292,14 +322,7 @@ async fn a_custom_domain_is_verified_issued_served_and_detached() {
     assert_eq!(s, 404);
 
     // Re-attaching starts over with a new token.
-    let (s, d) = tg
-        .api(
-            "POST",
-            &format!("/v1/tenants/{tid}/domains"),
-            Some(json!({"hostname": host})),
-        )
-        .await;
-    assert_eq!(s, 201, "{d}");
+    let d = attach(&tg, &tid, host).await;
     assert_ne!(d["verification"]["txt_value"], token.as_str());
     assert_eq!(d["status"], "pending_verification");
     drop(pebble);
@@ -421,14 +444,7 @@ async fn http_token_verifies_moves_are_noticed_blocking_works_and_webhooks_are_s
 
     // No TXT record at all: the DNS already points here (challtestsrv answers 127.0.0.1), so
     // the HTTP token every proxy serves proves ownership.
-    let (s, d) = tg
-        .api(
-            "POST",
-            &format!("/v1/tenants/{tid}/domains"),
-            Some(json!({"hostname": host})),
-        )
-        .await;
-    assert_eq!(s, 201, "{d}");
+    let d = attach(&tg, tid, host).await;
     let id = d["id"].as_str().expect("id").to_owned();
     wait_domain(&tg, &id, "verification over HTTP", |d| {
         d["status"] == "active"
@@ -440,10 +456,7 @@ async fn http_token_verifies_moves_are_noticed_blocking_works_and_webhooks_are_s
     .await;
     let (_, audit) = tg.api("GET", "/v1/audit", None).await;
     assert!(audit.to_string().contains(r#"\"by\":\"http\""#), "{audit}");
-    assert_eq!(
-        backend_json(tg.get(host, "/").await).await["backend"],
-        "shop"
-    );
+    tg.wait_backend(host, "shop").await;
 
     // The merchant points the name elsewhere: moved, no longer routed or renewed.
     pebble.set_a(host, &["192.0.2.9"]).await;
@@ -495,14 +508,7 @@ async fn http_token_verifies_moves_are_noticed_blocking_works_and_webhooks_are_s
     // A domain that never proves ownership: checks stop after verify_timeout_seconds, with a
     // reason; a refresh starts a new period.
     pebble.set_a("never.test", &["127.0.0.2"]).await;
-    let (s, d) = tg
-        .api(
-            "POST",
-            &format!("/v1/tenants/{tid}/domains"),
-            Some(json!({"hostname": "never.test"})),
-        )
-        .await;
-    assert_eq!(s, 201, "{d}");
+    let d = attach(&tg, tid, "never.test").await;
     let never = d["id"].as_str().expect("id").to_owned();
     let d = wait_domain(&tg, &never, "verification to give up", |d| {
         errors(d).contains("ownership was not proven within 3 s")
@@ -551,14 +557,7 @@ async fn orders_survive_a_ca_that_stops_and_rejects_nonces() {
 
     // The CA stops answering before the first order.
     pebble.freeze(true);
-    let (s, d) = tg
-        .api(
-            "POST",
-            &format!("/v1/tenants/{tid}/domains"),
-            Some(json!({"hostname": host})),
-        )
-        .await;
-    assert_eq!(s, 201, "{d}");
+    let d = attach(&tg, tid, host).await;
     let id = d["id"].as_str().expect("id").to_owned();
     pebble
         .set_txt(
@@ -591,25 +590,7 @@ async fn orders_survive_a_ca_that_stops_and_rejects_nonces() {
             .contains("Pebble"),
         "{d}"
     );
-    let root = pebble.issuing_root().await;
-    let client = tls_client(&tg, &root, host);
-    let url = format!("https://{host}:{}/", tg.https.expect("https").port());
-    wait_for(
-        "the certificate to be served",
-        Duration::from_secs(5),
-        || {
-            let (client, url) = (client.clone(), url.clone());
-            async move {
-                client
-                    .get(&url)
-                    .send()
-                    .await
-                    .ok()
-                    .filter(|r| r.status() == 200)
-            }
-        },
-    )
-    .await;
+    wait_tls_ok(&tg, &pebble.issuing_root().await, host).await;
 }
 
 /// A TLS connection to `tg` for `host`, trusting `root`; returns it and the leaf's DER.
@@ -695,14 +676,7 @@ async fn renewal_forced_by_configuration_swaps_the_certificate_without_dropping_
     let t = tg.create_tenant("shop", &[shop.addr]).await;
     let tid = t["id"].as_str().expect("id");
     let host = "www.renew.test";
-    let (s, d) = tg
-        .api(
-            "POST",
-            &format!("/v1/tenants/{tid}/domains"),
-            Some(json!({"hostname": host})),
-        )
-        .await;
-    assert_eq!(s, 201, "{d}");
+    let d = attach(&tg, tid, host).await;
     let id = d["id"].as_str().expect("id").to_owned();
     wait_domain(&tg, &id, "the first certificate", |d| {
         d["ssl"]["status"] == "active"
@@ -805,24 +779,26 @@ async fn two_control_nodes_on_one_postgres_place_exactly_one_order() {
     // The proxy serves them all; one detached through the other node leaves it at once.
     let root = pebble.issuing_root().await;
     for i in 0..4 {
-        let host = format!("www.fleet{i}.test");
-        let client = tls_client(&proxy, &root, &host);
-        let url = format!("https://{host}:{}/", proxy.https.expect("https").port());
-        wait_for(
-            "the fleet proxy to serve the certificate",
-            Duration::from_secs(10),
-            || {
-                let (client, url) = (client.clone(), url.clone());
-                async move {
-                    client
-                        .get(&url)
-                        .send()
-                        .await
-                        .ok()
-                        .filter(|r| r.status() == 200)
-                }
-            },
-        )
-        .await;
+        wait_tls_ok(&proxy, &root, &format!("www.fleet{i}.test")).await;
     }
+    let (s, _) = b
+        .api("DELETE", &format!("/v1/domains/{}", ids[0]), None)
+        .await;
+    assert_eq!(s, 204);
+    proxy.wait_status("www.fleet0.test", 404).await;
+    let client = tls_client(&proxy, &root, "www.fleet0.test");
+    let url = format!(
+        "https://www.fleet0.test:{}/",
+        proxy.https.expect("https").port()
+    );
+    wait_for(
+        "the detached certificate to leave the proxy",
+        Duration::from_secs(10),
+        || {
+            let (client, url) = (client.clone(), url.clone());
+            async move { client.get(&url).send().await.is_err().then_some(()) }
+        },
+    )
+    .await;
+    proxy.wait_backend("www.fleet1.test", "shop").await;
 }

@@ -8,7 +8,8 @@
 use tenantgate_config::{Challenge, ChallengeSet};
 
 use super::{
-    bytes, int, live_tenant, placeholders, t, text, NewCertificate, Row, Store, Tx, Value,
+    bytes, insert_certificate, int, live_tenant, placeholders, t, text, NewCertificate, Row, Store,
+    Tx, Value,
 };
 use crate::model::{rfc3339, Domain, DomainStatus, Ssl, SslStatus, Verification};
 use crate::{now_ms, random_id, Error, Result};
@@ -656,20 +657,7 @@ impl Store {
                 d.status.as_str()
             )));
         }
-        tx.query(
-            "INSERT INTO certificates (id, names, issuer, chain_pem, sealed_key, not_after, source, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'acme', $7)",
-            &[
-                t(&cert_id),
-                t(&c.names.join(" ")),
-                t(&c.issuer),
-                t(&c.chain_pem),
-                Value::Bytes(c.sealed_key.clone()),
-                Value::Int(c.not_after),
-                Value::Int(now_ms()),
-            ],
-        )
-        .await?;
+        insert_certificate(&mut *tx, &cert_id, c).await?;
         if let Some(old) = &d.certificate_id {
             tx.query("DELETE FROM certificates WHERE id = $1", &[t(old)])
                 .await?;

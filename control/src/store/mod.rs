@@ -489,21 +489,7 @@ impl Store {
     ) -> Result<CertificateInfo> {
         let id = random_id("c_")?;
         let (mut tx, version) = self.begin_write("certificate", &id).await?;
-        tx.query(
-            "INSERT INTO certificates (id, names, issuer, chain_pem, sealed_key, not_after, source, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            &[
-                t(&id),
-                t(&c.names.join(" ")),
-                t(&c.issuer),
-                t(&c.chain_pem),
-                Value::Bytes(c.sealed_key.clone()),
-                Value::Int(c.not_after),
-                t(c.source),
-                Value::Int(now_ms()),
-            ],
-        )
-        .await?;
+        insert_certificate(&mut *tx, &id, c).await?;
         let info = load_certificates(&mut *tx, Some(&id))
             .await?
             .pop()
@@ -705,6 +691,26 @@ async fn current_version(tx: &mut dyn Tx) -> Result<u64> {
             .ok_or_else(|| Error::Internal("meta row missing".into()))?,
         0,
     )?))
+}
+
+/// Store a certificate row under `id`.
+async fn insert_certificate(tx: &mut dyn Tx, id: &str, c: &NewCertificate) -> Result<()> {
+    tx.query(
+        "INSERT INTO certificates (id, names, issuer, chain_pem, sealed_key, not_after, source, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            t(id),
+            t(&c.names.join(" ")),
+            t(&c.issuer),
+            t(&c.chain_pem),
+            Value::Bytes(c.sealed_key.clone()),
+            Value::Int(c.not_after),
+            t(c.source),
+            Value::Int(now_ms()),
+        ],
+    )
+    .await?;
+    Ok(())
 }
 
 async fn write_upstreams(tx: &mut dyn Tx, id: &str, upstreams: &[SocketAddr]) -> Result<()> {
