@@ -89,7 +89,15 @@ impl Checker {
         // Answers must be fresh: a merchant who just published a record expects it to count.
         opts.cache_size = 0;
         let builder = if cfg.nameservers.is_empty() {
-            TokioResolver::builder_tokio().map_err(|e| format!("system DNS configuration: {e}"))?
+            // A node without a usable resolv.conf still serves; its domain checks fail with
+            // the DNS error until [domains] nameservers is set.
+            TokioResolver::builder_tokio().unwrap_or_else(|e| {
+                tracing::warn!("system DNS configuration unusable ({e}): set [domains] nameservers for custom-domain checks");
+                TokioResolver::builder_with_config(
+                    ResolverConfig::new(),
+                    TokioConnectionProvider::default(),
+                )
+            })
         } else {
             let mut config = ResolverConfig::new();
             for ns in &cfg.nameservers {
