@@ -545,10 +545,10 @@ async fn http_token_verifies_moves_are_noticed_blocking_works_and_webhooks_are_s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn orders_survive_a_ca_that_stops_and_rejects_nonces() {
+async fn orders_survive_a_ca_that_stops_rejects_nonces_and_forgets_our_account() {
     let port = free_port();
     // Pebble rejects 30% of nonces: the client retries those.
-    let pebble = Pebble::start(port, &[("PEBBLE_WFE_NONCEREJECT", "30")]).await;
+    let mut pebble = Pebble::start(port, &[("PEBBLE_WFE_NONCEREJECT", "30")]).await;
     let tg = start_edge(port, &pebble, "order_timeout_seconds = 3").await;
     let shop = Backend::start("shop").await;
     let t = tg.create_tenant("shop", &[shop.addr]).await;
@@ -589,6 +589,28 @@ async fn orders_survive_a_ca_that_stops_and_rejects_nonces() {
             .expect("issuer")
             .contains("Pebble"),
         "{d}"
+    );
+    wait_tls_ok(&tg, &pebble.issuing_root().await, host).await;
+
+    // The CA loses its data, our account with it: the next order is refused for an unknown
+    // account, a new account is created, and the retry issues.
+    pebble.restart().await;
+    let host = "www.after-reset.test";
+    let d = attach(&tg, tid, host).await;
+    let id = d["id"].as_str().expect("id").to_owned();
+    pebble
+        .set_txt(
+            "_tenantgate.www.after-reset.test",
+            d["verification"]["txt_value"].as_str().expect("token"),
+        )
+        .await;
+    wait_domain(&tg, &id, "a certificate from the reset CA", |d| {
+        d["ssl"]["status"] == "active"
+    })
+    .await;
+    assert!(
+        tg.logs().contains("does not know our ACME account"),
+        "the account was not re-created"
     );
     wait_tls_ok(&tg, &pebble.issuing_root().await, host).await;
 }

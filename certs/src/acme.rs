@@ -38,6 +38,9 @@ pub enum AcmeErrorKind {
     RateLimited,
     /// The CA refused (validation failed, name not allowed, ...): retry later with backoff.
     Refused,
+    /// The CA does not know the account (its data was reset, or the account was
+    /// deactivated): create a new one and retry.
+    AccountGone,
     /// Our own side failed (presenting a challenge, parsing).
     Local,
 }
@@ -57,6 +60,8 @@ impl AcmeError {
                 let t = p.r#type.as_deref().unwrap_or("");
                 let kind = if t.ends_with(":rateLimited") {
                     AcmeErrorKind::RateLimited
+                } else if t.ends_with(":accountDoesNotExist") {
+                    AcmeErrorKind::AccountGone
                 } else if t.ends_with(":serverInternal") || p.status.is_some_and(|s| s >= 500) {
                     AcmeErrorKind::Unavailable
                 } else {

@@ -235,6 +235,16 @@ impl Pebble {
             .await;
     }
 
+    /// Stop Pebble and start a new one on the same addresses: it has forgotten every account,
+    /// order and its issuing root, as a CA whose data was reset.
+    pub async fn restart(&mut self) {
+        if let Some(mut p) = self.pebble.take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        self.start_pebble().await;
+    }
+
     /// Freeze (`SIGSTOP`) or thaw (`SIGCONT`) Pebble: it keeps its state, but answers
     /// nothing while frozen.
     pub fn freeze(&self, frozen: bool) {

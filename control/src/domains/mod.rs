@@ -27,7 +27,7 @@ use std::time::Duration;
 use tenantgate_certs::acme::{AcmeErrorKind, Directory, Responder};
 use tenantgate_certs::SealingKey;
 use tenantgate_config::Config;
-use tokio::sync::{Notify, OnceCell, Semaphore};
+use tokio::sync::{Mutex, Notify, Semaphore};
 
 use crate::model::{rfc3339, DomainStatus, SslStatus};
 use crate::store::{DomainFilter, DomainNote, DomainRecord, NewCertificate, Store};
@@ -109,7 +109,8 @@ pub struct Domains {
     moved_every: i64,
     wake: Notify,
     node: String,
-    account: OnceCell<String>,
+    /// The ACME account's credentials and their sealed form as stored.
+    account: Mutex<Option<(String, Vec<u8>)>>,
 }
 
 /// `ms` as "3 s", "12 min", "7 h" or "7 d", whichever unit divides it.
@@ -175,7 +176,7 @@ impl Domains {
             moved_every: d.moved_check_seconds.saturating_mul(1000) as i64,
             wake: Notify::new(),
             node: random_id("n_")?,
-            account: OnceCell::new(),
+            account: Mutex::new(None),
         }))
     }
 
@@ -614,34 +615,59 @@ impl Domains {
         not_after.saturating_mul(1000) - window - jitter(window / 10)
     }
 
+    fn account_setting(acme: &Acme) -> String {
+        format!("acme_account:{}", acme.directory.url)
+    }
+
+    /// The account's credentials: cached, else stored, else created (once across a fleet).
     async fn account(&self, acme: &Acme) -> std::result::Result<String, String> {
-        self.account
-            .get_or_try_init(|| async {
-                let name = format!("acme_account:{}", acme.directory.url);
-                let sealed = match self.store.setting(&name).await.map_err(|e| e.to_string())? {
-                    Some(s) => s,
-                    None => {
-                        let creds = acme
-                            .directory
-                            .create_account()
-                            .await
-                            .map_err(|e| format!("cannot create the ACME account: {e}"))?;
-                        let sealed = self
-                            .sealing
-                            .seal(creds.as_bytes())
-                            .map_err(|e| e.to_string())?;
-                        tracing::info!(directory = %acme.directory.url, "ACME account created");
-                        self.store
-                            .setting_once(&name, &sealed)
-                            .await
-                            .map_err(|e| e.to_string())?
-                    }
-                };
-                let plain = self.sealing.open(&sealed).map_err(|e| e.to_string())?;
-                String::from_utf8(plain).map_err(|e| e.to_string())
-            })
-            .await
-            .cloned()
+        let mut cached = self.account.lock().await;
+        if let Some((creds, _)) = &*cached {
+            return Ok(creds.clone());
+        }
+        let name = Self::account_setting(acme);
+        let sealed = match self.store.setting(&name).await.map_err(|e| e.to_string())? {
+            Some(s) => s,
+            None => {
+                let creds = acme
+                    .directory
+                    .create_account()
+                    .await
+                    .map_err(|e| format!("cannot create the ACME account: {e}"))?;
+                let sealed = self
+                    .sealing
+                    .seal(creds.as_bytes())
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(directory = %acme.directory.url, "ACME account created");
+                self.store
+                    .setting_once(&name, &sealed)
+                    .await
+                    .map_err(|e| e.to_string())?
+            }
+        };
+        let plain = self.sealing.open(&sealed).map_err(|e| e.to_string())?;
+        let creds = String::from_utf8(plain).map_err(|e| e.to_string())?;
+        *cached = Some((creds.clone(), sealed));
+        Ok(creds)
+    }
+
+    /// The CA no longer knows the stored account (e.g. its data was reset): drop it, so the
+    /// next attempt creates a new one. Only the account this node used is dropped; one that
+    /// another node already put in its place stays.
+    async fn forget_account(&self, acme: &Acme) {
+        let mut cached = self.account.lock().await;
+        if let Some((_, sealed)) = cached.take() {
+            match self
+                .store
+                .delete_setting_if(&Self::account_setting(acme), &sealed)
+                .await
+            {
+                Ok(()) => {
+                    tracing::warn!(directory = %acme.directory.url, "the CA does not know our ACME account: a new one will be created")
+                }
+                Err(e) => tracing::warn!("cannot drop the stale ACME account: {e}"),
+            }
+        }
     }
 
     /// Issue or renew the domain's certificate if it is due.
@@ -742,6 +768,9 @@ impl Domains {
             }
             Err((kind, message, retry_after)) => {
                 tracing::warn!(domain = %d.id, hostname = %d.hostname, "certificate order failed: {message}");
+                if kind == AcmeErrorKind::AccountGone {
+                    self.forget_account(acme).await;
+                }
                 if let Err(e) = self.store.withdraw_challenges(&d.id).await {
                     tracing::warn!(domain = %d.id, "cannot withdraw challenges: {e}");
                 }

@@ -872,6 +872,17 @@ impl Store {
         rows.first().map(|r| bytes(r, 0)).transpose()
     }
 
+    /// Remove the setting `name` if it still holds `value`.
+    pub async fn delete_setting_if(&self, name: &str, value: &[u8]) -> Result<()> {
+        let mut tx = self.backend.begin(true).await?;
+        tx.query(
+            "DELETE FROM settings WHERE name = $1 AND value = $2",
+            &[t(name), Value::Bytes(value.to_vec())],
+        )
+        .await?;
+        tx.commit().await
+    }
+
     /// Store `value` under `name` unless a value is there already; returns the one kept
     /// (two nodes racing to create the same thing agree on one).
     pub async fn setting_once(&self, name: &str, value: &[u8]) -> Result<Vec<u8>> {
