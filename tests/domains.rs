@@ -328,14 +328,15 @@ async fn a_custom_domain_is_verified_issued_served_and_detached() {
     drop(pebble);
 }
 
-/// A webhook receiver: every POST's signature header and body.
+/// A webhook receiver: every accepted POST's signature header and body. The first
+/// `refuse` requests are answered 503 (and not recorded).
 struct Hooks {
     addr: std::net::SocketAddr,
     got: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
 }
 
 impl Hooks {
-    async fn start() -> Hooks {
+    async fn start(refuse: usize) -> Hooks {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let l = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -343,9 +344,11 @@ impl Hooks {
         let addr = l.local_addr().expect("addr");
         let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = got.clone();
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         tokio::spawn(async move {
             while let Ok((mut s, _)) = l.accept().await {
                 let sink = sink.clone();
+                let refused = refused.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
@@ -374,6 +377,12 @@ impl Hooks {
                         .unwrap_or("")
                         .trim()
                         .to_string();
+                    if refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < refuse {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+                            .await;
+                        return;
+                    }
                     sink.lock().expect("lock").push((sig, body));
                     let _ = s
                         .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
@@ -418,7 +427,8 @@ impl Hooks {
 async fn http_token_verifies_moves_are_noticed_blocking_works_and_webhooks_are_signed() {
     let port = free_port();
     let pebble = Pebble::start(port, &[]).await;
-    let hooks = Hooks::start().await;
+    // The receiver refuses the first two deliveries: they are retried from the outbox.
+    let hooks = Hooks::start(2).await;
     let secret = "webhook-secret-0123456789";
     let ca = TestCa::new();
     let (c, k) = ca.issue(&["*.platform.test"]);

@@ -596,6 +596,26 @@ async fn domains(store: &Store) {
         .expect("sweep")
         .is_empty());
 
+    // The webhook outbox: oldest first, leased to one taker, retried later, dropped.
+    store.queue_event("e1", "{\"n\":1}").await.expect("queue");
+    store.queue_event("e2", "{\"n\":2}").await.expect("queue");
+    let far = i64::MAX / 4;
+    let got = store.take_events(10, far).await.expect("take");
+    assert_eq!(
+        got.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(),
+        ["e1", "e2"]
+    );
+    assert!(
+        store.take_events(10, far).await.expect("take").is_empty(),
+        "leased twice"
+    );
+    store.retry_event("e1", 0).await.expect("retry");
+    store.drop_event("e2").await.expect("drop");
+    let got = store.take_events(10, far).await.expect("take");
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].0.as_str(), got[0].2), ("e1", 1));
+    store.drop_event("e1").await.expect("drop");
+
     // Detach: route and certificate gone; a second detach is a 404.
     let v = store.ping().await.expect("version");
     store.delete_domain("test", &d.id).await.expect("detach");

@@ -180,7 +180,13 @@ impl Domains {
         }))
     }
 
-    fn announce(&self, kind: &'static str, before: Option<&DomainRecord>, after: &DomainRecord) {
+    /// Queue a webhook event if the statuses changed (the outbox survives restarts).
+    async fn announce(
+        &self,
+        kind: &'static str,
+        before: Option<&DomainRecord>,
+        after: &DomainRecord,
+    ) {
         let Some(hooks) = &self.hooks else { return };
         if let Some(b) = before {
             if b.status == after.status && b.ssl_status == after.ssl_status {
@@ -188,16 +194,21 @@ impl Domains {
             }
         }
         let Ok(id) = random_id("evt_") else { return };
-        hooks.send(&Event {
-            id,
-            kind,
-            at: rfc3339(now_ms()),
-            domain: after.to_api(),
-            previous: before.map(|b| Previous {
-                status: b.status,
-                ssl_status: b.ssl_status,
-            }),
-        });
+        hooks
+            .send(
+                &self.store,
+                &Event {
+                    id,
+                    kind,
+                    at: rfc3339(now_ms()),
+                    domain: after.to_api(),
+                    previous: before.map(|b| Previous {
+                        status: b.status,
+                        ssl_status: b.ssl_status,
+                    }),
+                },
+            )
+            .await;
     }
 
     /// Attach a hostname to a tenant; the first ownership check runs at once.
@@ -208,7 +219,7 @@ impl Domains {
         hostname: &str,
     ) -> Result<DomainRecord> {
         let d = self.store.attach_domain(actor, tenant_id, hostname).await?;
-        self.announce("domain.attached", None, &d);
+        self.announce("domain.attached", None, &d).await;
         self.wake.notify_one();
         Ok(d)
     }
@@ -228,7 +239,7 @@ impl Domains {
         let before = self.store.get_domain(id).await?;
         self.store.delete_domain(actor, id).await?;
         if let Ok(after) = self.store.get_domain(id).await {
-            self.announce("domain.deleted", Some(&before), &after);
+            self.announce("domain.deleted", Some(&before), &after).await;
         }
         Ok(())
     }
@@ -303,7 +314,8 @@ impl Domains {
                 .set_domain_status(actor, id, status, vec![], check_at, ssl_at)
                 .await?
         };
-        self.announce("domain.status_changed", Some(&before), &after);
+        self.announce("domain.status_changed", Some(&before), &after)
+            .await;
         self.wake.notify_one();
         Ok(after)
     }
@@ -314,7 +326,7 @@ impl Domains {
             let me = self.clone();
             tokio::spawn(async move {
                 if let Some(h) = &me.hooks {
-                    h.deliver().await;
+                    h.deliver(&me.store).await;
                 }
             });
         }
@@ -355,7 +367,8 @@ impl Domains {
         for before in self.store.mark_expired(now_ms()).await? {
             tracing::warn!(domain = %before.id, hostname = %before.hostname, "certificate expired before it was renewed");
             if let Ok(after) = self.store.get_domain(&before.id).await {
-                self.announce("domain.status_changed", Some(&before), &after);
+                self.announce("domain.status_changed", Some(&before), &after)
+                    .await;
             }
         }
         let (by_status, by_ssl) = self.store.count_domains().await?;
@@ -485,7 +498,8 @@ impl Domains {
                 {
                     Ok(after) => {
                         tracing::info!(domain = %d.id, hostname = %d.hostname, by = how, "domain verified");
-                        self.announce("domain.status_changed", Some(&d), &after);
+                        self.announce("domain.status_changed", Some(&d), &after)
+                            .await;
                         Ok(Some(after))
                     }
                     Err(Error::Conflict(_)) => {
@@ -603,7 +617,8 @@ impl Domains {
                     .await
             }
         };
-        self.announce("domain.status_changed", Some(&d), &after);
+        self.announce("domain.status_changed", Some(&d), &after)
+            .await;
         Ok(after)
     }
 
@@ -738,7 +753,8 @@ impl Domains {
                 },
             )
             .await?;
-        self.announce("domain.status_changed", Some(&before), &d);
+        self.announce("domain.status_changed", Some(&before), &d)
+            .await;
         let outcome = match self.account(acme).await {
             Ok(creds) => {
                 let responder = Publish {
@@ -763,7 +779,8 @@ impl Domains {
         match result {
             Ok(after) => {
                 tracing::info!(domain = %d.id, hostname = %d.hostname, renewal = renewing, "certificate issued");
-                self.announce("domain.status_changed", Some(&d), &after);
+                self.announce("domain.status_changed", Some(&d), &after)
+                    .await;
                 Ok(())
             }
             Err((kind, message, retry_after)) => {
@@ -805,7 +822,8 @@ impl Domains {
                         },
                     )
                     .await?;
-                self.announce("domain.status_changed", Some(&d), &after);
+                self.announce("domain.status_changed", Some(&d), &after)
+                    .await;
                 Ok(())
             }
         }

@@ -2,18 +2,24 @@
 //!
 //! The signature header is `X-Tenantgate-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of
 //! "<t>.<body>" keyed with the secret>`; receivers recompute it and reject old timestamps.
-//! Delivery is at least once while the process lives: failures are retried with backoff
-//! (1, 2, 4, 8, 16 s), then logged. Events are not kept across restarts.
+//!
+//! Events go through an outbox in the store: queued right after the change they announce,
+//! taken (leased) by whichever control node delivers next, deleted once the receiver
+//! answers 2xx. Failures are retried with backoff from 1 s to an hour for a day, then logged
+//! and dropped. Delivery is at least once (a receiver may see an event twice, e.g. when a
+//! node stops between sending and deleting it), roughly in order; events carry an `id` for
+//! de-duplication.
 
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use crate::model::{Domain, DomainStatus, SslStatus};
+use crate::store::Store;
 
-/// Events waiting beyond this many are dropped (and logged).
-const QUEUE: usize = 10_000;
+/// Give up on an event after this many failed deliveries (about a day with the backoff).
+const MAX_ATTEMPTS: i64 = 30;
 
 /// One event.
 #[derive(Debug, Serialize)]
@@ -42,12 +48,10 @@ pub struct Previous {
 
 /// The sender.
 pub struct Webhooks {
-    tx: mpsc::Sender<Vec<u8>>,
-    /// The delivery loop's half, until [`Webhooks::deliver`] takes it.
-    rx: std::sync::Mutex<Option<mpsc::Receiver<Vec<u8>>>>,
     http: reqwest::Client,
     url: String,
     secret: String,
+    wake: Notify,
 }
 
 /// `t=...,v1=...` for `body` at `t` (unix seconds).
@@ -68,7 +72,7 @@ pub fn signature(secret: &[u8], t: i64, body: &[u8]) -> String {
 }
 
 impl Webhooks {
-    /// Events for `url`, signed with `secret`; delivered once [`Webhooks::deliver`] runs.
+    /// Events for `url`, signed with `secret`; delivered while [`Webhooks::deliver`] runs.
     pub fn new(url: String, secret: String) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -76,64 +80,86 @@ impl Webhooks {
             .user_agent(concat!("tenantgate-webhooks/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("webhook client: {e}"))?;
-        let (tx, rx) = mpsc::channel::<Vec<u8>>(QUEUE);
         Ok(Webhooks {
-            tx,
-            rx: std::sync::Mutex::new(Some(rx)),
             http,
             url,
             secret,
+            wake: Notify::new(),
         })
     }
 
-    /// Deliver queued events, one at a time, until the process ends (runs once).
-    pub async fn deliver(&self) {
-        let rx = self
-            .rx
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        let Some(mut rx) = rx else { return };
-        while let Some(body) = rx.recv().await {
-            deliver(&self.http, &self.url, self.secret.as_bytes(), body).await;
-        }
-    }
-
-    /// Queue an event.
-    pub fn send(&self, event: &Event) {
-        match serde_json::to_vec(event) {
-            Ok(body) => {
-                if self.tx.try_send(body).is_err() {
-                    tracing::error!(event = %event.id, "webhook queue full: event dropped");
-                }
+    /// Queue an event in the store's outbox.
+    pub async fn send(&self, store: &Store, event: &Event) {
+        let body = match serde_json::to_string(event) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("cannot encode a webhook event: {e}");
+                return;
             }
-            Err(e) => tracing::error!("cannot encode a webhook event: {e}"),
+        };
+        match store.queue_event(&event.id, &body).await {
+            Ok(()) => self.wake.notify_one(),
+            Err(e) => tracing::error!(event = %event.id, "webhook event not queued: {e}"),
         }
     }
-}
 
-async fn deliver(http: &reqwest::Client, url: &str, secret: &[u8], body: Vec<u8>) {
-    let mut delay = Duration::from_secs(1);
-    for attempt in 1..=6 {
+    /// Deliver due events from the outbox until the process ends.
+    pub async fn deliver(&self, store: &Store) {
+        loop {
+            match store.take_events(20, crate::now_ms() + 60_000).await {
+                Ok(events) if !events.is_empty() => {
+                    for (id, body, attempts) in events {
+                        self.deliver_one(store, &id, body, attempts).await;
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("webhook outbox unreadable: {e}"),
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    async fn deliver_one(&self, store: &Store, id: &str, body: String, attempts: i64) {
         let t = crate::now_ms() / 1000;
-        let sent = http
-            .post(url)
+        let sent = self
+            .http
+            .post(&self.url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header("x-tenantgate-signature", signature(secret, t, &body))
-            .body(body.clone())
+            .header(
+                "x-tenantgate-signature",
+                signature(self.secret.as_bytes(), t, body.as_bytes()),
+            )
+            .body(body)
             .send()
             .await;
-        match sent {
-            Ok(r) if r.status().is_success() => return,
-            Ok(r) => tracing::warn!(attempt, status = %r.status(), "webhook not accepted"),
-            Err(e) => tracing::warn!(attempt, "webhook delivery failed: {e}"),
-        }
-        if attempt < 6 {
-            tokio::time::sleep(delay).await;
-            delay *= 2;
+        let done = match sent {
+            Ok(r) if r.status().is_success() => true,
+            Ok(r) => {
+                tracing::warn!(event = id, attempts, status = %r.status(), "webhook not accepted");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(event = id, attempts, "webhook delivery failed: {e}");
+                false
+            }
+        };
+        let outcome = if done {
+            store.drop_event(id).await
+        } else if attempts + 1 >= MAX_ATTEMPTS {
+            tracing::error!(event = id, url = %self.url, "webhook event given up after {MAX_ATTEMPTS} attempts");
+            store.drop_event(id).await
+        } else {
+            let wait = (1_000i64 << attempts.clamp(0, 12)).min(3_600_000);
+            store.retry_event(id, crate::now_ms() + wait).await
+        };
+        if let Err(e) = outcome {
+            tracing::warn!(event = id, "webhook outbox not updated: {e}");
         }
     }
-    tracing::error!(url, "webhook event given up after 6 attempts");
 }
 
 #[cfg(test)]

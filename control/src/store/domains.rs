@@ -872,6 +872,66 @@ impl Store {
         rows.first().map(|r| bytes(r, 0)).transpose()
     }
 
+    /// Queue a webhook event for delivery.
+    pub async fn queue_event(&self, id: &str, body: &str) -> Result<()> {
+        let mut tx = self.backend.begin(true).await?;
+        let now = now_ms();
+        tx.query(
+            "INSERT INTO webhook_events (id, body, attempts, next_at, lease_until, created_at) \
+             VALUES ($1, $2, 0, $3, 0, $3)",
+            &[t(id), t(body), Value::Int(now)],
+        )
+        .await?;
+        tx.commit().await
+    }
+
+    /// Take up to `limit` due events until `until` (ms), oldest first: (id, body, attempts).
+    pub async fn take_events(
+        &self,
+        limit: usize,
+        until: i64,
+    ) -> Result<Vec<(String, String, i64)>> {
+        let mut tx = self.backend.begin(true).await?;
+        let now = now_ms();
+        let rows = tx
+            .query(
+                &format!(
+                    "UPDATE webhook_events SET lease_until = $1 WHERE id IN (SELECT id FROM webhook_events \
+                     WHERE next_at <= $2 AND lease_until < $2 ORDER BY created_at, id LIMIT {}) \
+                     AND lease_until < $2 RETURNING id, body, attempts, created_at",
+                    limit.clamp(1, 100)
+                ),
+                &[Value::Int(until), Value::Int(now)],
+            )
+            .await?;
+        tx.commit().await?;
+        let mut out = rows
+            .iter()
+            .map(|r| Ok((text(r, 0)?, text(r, 1)?, int(r, 2)?, int(r, 3)?)))
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by(|a, b| (a.3, &a.0).cmp(&(b.3, &b.0)));
+        Ok(out.into_iter().map(|(i, b, a, _)| (i, b, a)).collect())
+    }
+
+    /// The event was accepted (or given up): forget it.
+    pub async fn drop_event(&self, id: &str) -> Result<()> {
+        let mut tx = self.backend.begin(true).await?;
+        tx.query("DELETE FROM webhook_events WHERE id = $1", &[t(id)])
+            .await?;
+        tx.commit().await
+    }
+
+    /// The event was not accepted: try again at `next_at` (ms).
+    pub async fn retry_event(&self, id: &str, next_at: i64) -> Result<()> {
+        let mut tx = self.backend.begin(true).await?;
+        tx.query(
+            "UPDATE webhook_events SET attempts = attempts + 1, next_at = $1, lease_until = 0 WHERE id = $2",
+            &[Value::Int(next_at), t(id)],
+        )
+        .await?;
+        tx.commit().await
+    }
+
     /// Remove the setting `name` if it still holds `value`.
     pub async fn delete_setting_if(&self, name: &str, value: &[u8]) -> Result<()> {
         let mut tx = self.backend.begin(true).await?;

@@ -65,3 +65,15 @@ CREATE TABLE acme_orders (
     domain_id TEXT NOT NULL
 );
 CREATE INDEX acme_orders_at ON acme_orders (at);
+
+-- Webhook events waiting for delivery (an outbox): written right after the status change
+-- they announce, deleted once the receiver accepted them; any control node delivers.
+CREATE TABLE webhook_events (
+    id          TEXT PRIMARY KEY,
+    body        TEXT NOT NULL,
+    attempts    INTEGER NOT NULL,
+    next_at     INTEGER NOT NULL,
+    lease_until INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+CREATE INDEX webhook_events_next_at ON webhook_events (next_at);
