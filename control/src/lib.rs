@@ -16,6 +16,7 @@ pub mod model;
 pub mod publish;
 pub mod setup;
 pub mod store;
+pub mod tenantdb;
 pub mod upkeep;
 
 pub use store::Store;

@@ -1,0 +1,196 @@
+//! Per-tenant databases on the platform's tenant-database PostgreSQL server
+//! (`[tenant_db] url`): a schema and a login role per tenant, the role owning its schema and
+//! nothing else, so tenant A's role cannot read or change tenant B's data.
+//!
+//! Invariants: identifiers come from validated slugs (`[a-z0-9-]`, hyphens become
+//! underscores) and are quoted anyway; passwords are generated (32 hex digits) and never
+//! logged; provisioning and dropping are idempotent, so a retried or rolled-back
+//! provisioning leaves no orphan role or schema.
+
+use std::time::Duration;
+
+use tokio_postgres::NoTls;
+
+use crate::{random_id, Error, Result};
+
+/// A tenant's schema and role, and the password its containers log in with.
+#[derive(Clone)]
+pub struct TenantDatabase {
+    /// Schema (also the role's `search_path`).
+    pub schema: String,
+    /// Login role owning the schema.
+    pub role: String,
+    /// Generated password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for TenantDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantDatabase")
+            .field("schema", &self.schema)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TenantDatabase {
+    /// The URL a tenant's containers connect with, to `host:port/dbname`.
+    pub fn url(&self, host: &str, port: u16, dbname: &str) -> String {
+        format!(
+            "postgres://{}:{}@{host}:{port}/{dbname}?options=-csearch_path%3D{}",
+            self.role, self.password, self.schema
+        )
+    }
+}
+
+/// The tenant-database server, reached with an administrative role.
+pub struct TenantDb {
+    config: tokio_postgres::Config,
+    dbname: String,
+}
+
+/// `tg_<slug>` with hyphens as underscores: a safe identifier for a validated slug.
+pub fn ident(slug: &str) -> Result<String> {
+    let ok = !slug.is_empty()
+        && slug.len() <= 60
+        && slug
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !ok {
+        return Err(Error::invalid(
+            "invalid_slug",
+            format!("slug {slug:?} cannot name a tenant database"),
+        ));
+    }
+    Ok(format!("tg_{}", slug.replace('-', "_")))
+}
+
+fn db_err(e: tokio_postgres::Error) -> Error {
+    match e.as_db_error() {
+        Some(d) => Error::Unavailable(format!("tenant database: {}", d.message())),
+        None => Error::Unavailable(format!("tenant database: {e}")),
+    }
+}
+
+impl TenantDb {
+    /// The server at `url` (`postgres://admin@host/db`), not contacted yet.
+    pub fn new(url: &str) -> Result<Self> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| Error::invalid("config", format!("tenant_db.url: {e}")))?;
+        config.connect_timeout(Duration::from_secs(5));
+        let dbname = config
+            .get_dbname()
+            .map(str::to_owned)
+            .or_else(|| config.get_user().map(str::to_owned))
+            .unwrap_or_else(|| "postgres".into());
+        Ok(TenantDb { config, dbname })
+    }
+
+    /// Name of the database tenants' schemas live in.
+    pub fn dbname(&self) -> &str {
+        &self.dbname
+    }
+
+    async fn connect(&self) -> Result<tokio_postgres::Client> {
+        let (client, conn) = self.config.connect(NoTls).await.map_err(db_err)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("tenant database connection ended: {e}");
+            }
+        });
+        Ok(client)
+    }
+
+    /// Create (or re-key, when it exists) the tenant's role and schema, in one transaction.
+    pub async fn provision(&self, slug: &str) -> Result<TenantDatabase> {
+        let name = ident(slug)?;
+        let password = format!("{}{}", random_id("")?, random_id("")?);
+        let mut client = self.connect().await?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        let exists = !tx
+            .query("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
+            .await
+            .map_err(db_err)?
+            .is_empty();
+        // The password is 32 hex digits and the names are checked identifiers: safe to
+        // spell out (CREATE ROLE takes no bound parameters).
+        let role_sql = if exists {
+            format!("ALTER ROLE \"{name}\" LOGIN PASSWORD '{password}'")
+        } else {
+            format!(
+                "CREATE ROLE \"{name}\" LOGIN PASSWORD '{password}' NOSUPERUSER NOCREATEDB \
+                 NOCREATEROLE NOINHERIT NOREPLICATION CONNECTION LIMIT 50"
+            )
+        };
+        let db = self.dbname.replace('"', "\"\"");
+        tx.batch_execute(&format!(
+            "{role_sql};\
+             CREATE SCHEMA IF NOT EXISTS \"{name}\" AUTHORIZATION \"{name}\";\
+             REVOKE ALL ON SCHEMA \"{name}\" FROM PUBLIC;\
+             ALTER ROLE \"{name}\" SET search_path = \"{name}\";\
+             REVOKE ALL ON DATABASE \"{db}\" FROM PUBLIC;\
+             GRANT CONNECT ON DATABASE \"{db}\" TO \"{name}\";\
+             REVOKE CREATE ON SCHEMA public FROM PUBLIC;"
+        ))
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(TenantDatabase {
+            schema: name.clone(),
+            role: name,
+            password,
+        })
+    }
+
+    /// Drop the tenant's schema (with its data) and role; nothing to drop is not an error.
+    pub async fn drop_tenant(&self, slug: &str) -> Result<()> {
+        let name = ident(slug)?;
+        let mut client = self.connect().await?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        let db = self.dbname.replace('"', "\"\"");
+        tx.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE;"))
+            .await
+            .map_err(db_err)?;
+        let exists = !tx
+            .query("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
+            .await
+            .map_err(db_err)?
+            .is_empty();
+        if exists {
+            tx.batch_execute(&format!(
+                "REVOKE ALL ON DATABASE \"{db}\" FROM \"{name}\";DROP OWNED BY \"{name}\";DROP ROLE \"{name}\";"
+            ))
+            .await
+            .map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_come_only_from_plain_slugs() {
+        assert_eq!(ident("shop-1").expect("ok"), "tg_shop_1");
+        for bad in ["", "Shop", "a\"b", "a;b", "ä", &"x".repeat(61)] {
+            assert!(ident(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn urls_carry_the_search_path_and_debug_hides_the_password() {
+        let d = TenantDatabase {
+            schema: "tg_a".into(),
+            role: "tg_a".into(),
+            password: "secret".into(),
+        };
+        assert_eq!(
+            d.url("db", 5432, "tenants"),
+            "postgres://tg_a:secret@db:5432/tenants?options=-csearch_path%3Dtg_a"
+        );
+        assert!(!format!("{d:?}").contains("secret"));
+    }
+}
