@@ -71,6 +71,13 @@ enum Command {
         #[arg(short, long, env = "TENANTGATE_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Validate the blueprint files in a directory: print every problem with its file and
+    /// key (exit 1), or each blueprint's components, routes and themes.
+    CheckBlueprints {
+        /// Directory of `*.toml` blueprints.
+        #[arg(default_value = "deploy/blueprints")]
+        dir: PathBuf,
+    },
     /// Manage tenants through the admin API of a running node.
     Tenants {
         /// Configuration file (TOML): the admin address and token come from it.
@@ -110,6 +117,37 @@ enum TenantsAction {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::CheckBlueprints { dir } => {
+            match tenantgate_control::blueprint::Blueprint::load_dir(&dir) {
+                Ok(all) => {
+                    for b in all.values() {
+                        println!(
+                            "{}: components {}; routes {}; themes {} (default {})",
+                            b.name,
+                            b.components
+                                .iter()
+                                .map(|c| format!("{}×{} ({})", c.replicas, c.name, c.image))
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            b.routes
+                                .iter()
+                                .map(|r| format!("{} → {}", r.path, r.component))
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            b.themes.keys().cloned().collect::<Vec<_>>().join(", "),
+                            b.default_theme
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(problems) => {
+                    for p in problems {
+                        eprintln!("{p}");
+                    }
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::CheckConfig { config } => match load(config.as_deref()) {
             Ok(Loaded {
                 cfg, table, certs, ..

@@ -165,3 +165,40 @@ fn domain_acme_and_webhook_settings_are_checked() {
         assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
     }
 }
+
+#[test]
+fn check_blueprints_lists_the_shipped_ones_and_names_every_problem() {
+    let run = |dir: &std::path::Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tenantgate"))
+            .arg("check-blueprints")
+            .arg(dir)
+            .output()
+            .expect("run check-blueprints");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/blueprints");
+    let (code, out, err) = run(&shipped);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("demo-storefront: components 1×web"), "{out}");
+    assert!(out.contains("/store → medusa") && out.contains("electronics, fashion"), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    write_file(
+        &dir.path().join("broken.toml"),
+        "name = \"broken\"\ndatabase = \"schema\"\ndefault_theme = \"a\"\ncomponents = []\nroutes = []\n[themes.a]\n",
+    );
+    write_file(&dir.path().join("typo.toml"), "name = \"typo\"\nimage = \"x\"\n");
+    let (code, _, err) = run(dir.path());
+    assert_eq!(code, 1);
+    for needle in [
+        "broken.toml: components: at least one component is needed",
+        "broken.toml: routes: at least one route is needed",
+        "typo.toml: line 2: unknown field `image`",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+}

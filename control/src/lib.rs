@@ -10,6 +10,7 @@
 #![deny(clippy::unwrap_used)]
 
 pub mod api;
+pub mod blueprint;
 pub mod client;
 pub mod domains;
 pub mod model;
