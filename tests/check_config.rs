@@ -184,14 +184,20 @@ fn check_blueprints_lists_the_shipped_ones_and_names_every_problem() {
     let (code, out, err) = run(&shipped);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("demo-storefront: components 1×web"), "{out}");
-    assert!(out.contains("/store → medusa") && out.contains("electronics, fashion"), "{out}");
+    assert!(
+        out.contains("/store → medusa") && out.contains("electronics, fashion"),
+        "{out}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     write_file(
         &dir.path().join("broken.toml"),
         "name = \"broken\"\ndatabase = \"schema\"\ndefault_theme = \"a\"\ncomponents = []\nroutes = []\n[themes.a]\n",
     );
-    write_file(&dir.path().join("typo.toml"), "name = \"typo\"\nimage = \"x\"\n");
+    write_file(
+        &dir.path().join("typo.toml"),
+        "name = \"typo\"\nimage = \"x\"\n",
+    );
     let (code, _, err) = run(dir.path());
     assert_eq!(code, 1);
     for needle in [

@@ -15,6 +15,7 @@ pub mod client;
 pub mod domains;
 pub mod model;
 pub mod publish;
+pub mod runtime;
 pub mod setup;
 pub mod store;
 pub mod tenantdb;
