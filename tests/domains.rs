@@ -65,15 +65,19 @@ fn tls_client(tg: &Running, root_pem: &str, host: &str) -> reqwest::Client {
         .expect("client")
 }
 
+/// Ask `tg` to attach `host` to tenant `tid`: the status and JSON answer.
+async fn try_attach(tg: &Running, tid: &str, host: &str) -> (u16, Value) {
+    tg.api(
+        "POST",
+        &format!("/v1/tenants/{tid}/domains"),
+        Some(json!({"hostname": host})),
+    )
+    .await
+}
+
 /// Attach `host` to tenant `tid` through `tg` (asserting 201); the domain's JSON.
 async fn attach(tg: &Running, tid: &str, host: &str) -> Value {
-    let (s, d) = tg
-        .api(
-            "POST",
-            &format!("/v1/tenants/{tid}/domains"),
-            Some(json!({"hostname": host})),
-        )
-        .await;
+    let (s, d) = try_attach(tg, tid, host).await;
     assert_eq!(s, 201, "attaching {host}: {d}");
     d
 }
@@ -254,26 +258,14 @@ async fn a_custom_domain_is_verified_issued_served_and_detached() {
 
     // Another tenant cannot attach it; the answer does not say who holds it.
     let t2id = t2["id"].as_str().expect("id");
-    let (s, e) = tg
-        .api(
-            "POST",
-            &format!("/v1/tenants/{t2id}/domains"),
-            Some(json!({"hostname": host})),
-        )
-        .await;
+    let (s, e) = try_attach(&tg, t2id, host).await;
     assert_eq!(s, 409, "{e}");
     assert!(
         !e.to_string().contains(&tid) && !e.to_string().contains("shop\""),
         "{e}"
     );
     // Nor can the same tenant twice, nor a platform name, nor a wildcard.
-    let (s, _) = tg
-        .api(
-            "POST",
-            &format!("/v1/tenants/{tid}/domains"),
-            Some(json!({"hostname": host})),
-        )
-        .await;
+    let (s, _) = try_attach(&tg, &tid, host).await;
     assert_eq!(s, 409);
     for bad in [
         "other.platform.test",
@@ -281,13 +273,7 @@ async fn a_custom_domain_is_verified_issued_served_and_detached() {
         "10.0.0.1",
         "bad_name.test",
     ] {
-        let (s, e) = tg
-            .api(
-                "POST",
-                &format!("/v1/tenants/{tid}/domains"),
-                Some(json!({"hostname": bad})),
-            )
-            .await;
+        let (s, e) = try_attach(&tg, &tid, bad).await;
         assert_eq!(s, 422, "{bad}: {e}");
     }
 
@@ -492,13 +478,7 @@ async fn http_token_verifies_moves_are_noticed_blocking_works_and_webhooks_are_s
     assert_eq!(d["status"], "blocked");
     tg.wait_status(host, 404).await;
     let t2id = t2["id"].as_str().expect("id");
-    let (s, _) = tg
-        .api(
-            "POST",
-            &format!("/v1/tenants/{t2id}/domains"),
-            Some(json!({"hostname": host})),
-        )
-        .await;
+    let (s, _) = try_attach(&tg, t2id, host).await;
     assert_eq!(s, 409);
     let (s, _) = tg
         .api("POST", &format!("/v1/domains/{id}/refresh"), None)
@@ -777,13 +757,7 @@ async fn two_control_nodes_on_one_postgres_place_exactly_one_order() {
     let mut ids = Vec::new();
     for i in 0..4 {
         let host = format!("www.fleet{i}.test");
-        let (s, d) = a
-            .api(
-                "POST",
-                &format!("/v1/tenants/{tid}/domains"),
-                Some(json!({"hostname": host})),
-            )
-            .await;
+        let (s, d) = try_attach(&a, tid, &host).await;
         assert_eq!(s, 201, "{d}");
         ids.push(d["id"].as_str().expect("id").to_owned());
     }
