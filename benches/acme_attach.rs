@@ -28,7 +28,7 @@ async fn main() {
     let tg = Tenantgate::new()
         .http_port(port)
         .cert(c, k, true)
-        .section("[platform]\ndomain = \"platform.test\"\n")
+        .section(PLATFORM_TEST)
         .section(&pebble.config(port, ""))
         .start()
         .await;

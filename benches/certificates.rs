@@ -159,17 +159,9 @@ async fn main() {
         );
         let mb = bytes.len() as f64 / (1024.0 * 1024.0);
         let (dc, dk) = ca.issue(&["default.platform.test"]);
-        let node = Tenantgate::new()
-            .command("proxy")
-            .cert(dc, dk, true)
-            .fleet_store("postgres://tenantgate@127.0.0.1:1/tenantgate");
+        let node = Tenantgate::offline_proxy().cert(dc, dk, true);
         let t0 = Instant::now();
-        let tg = node
-            .start_with(|dir| {
-                std::fs::create_dir_all(dir.join("data")).expect("data dir");
-                std::fs::write(dir.join("data/snapshot.json"), &bytes).expect("snapshot");
-            })
-            .await;
+        let tg = node.start_with_snapshot(&bytes).await;
         let ready = t0.elapsed().as_secs_f64();
         drop(bytes);
         tokio::time::sleep(Duration::from_millis(500)).await;

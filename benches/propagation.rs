@@ -121,7 +121,7 @@ async fn main() {
     println!("| scenario | trials | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|");
     for &n in &sizes {
         // Single node: serve with the embedded store, preloaded before start.
-        let node = Tenantgate::new().section("[platform]\ndomain = \"platform.test\"");
+        let node = Tenantgate::new().section(PLATFORM_TEST);
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let store = Store::new(Arc::new(
@@ -160,12 +160,7 @@ async fn main() {
             ));
             preload(&store, n).await;
         }
-        let fleet = |cmd| {
-            Tenantgate::new()
-                .command(cmd)
-                .fleet_store(&url)
-                .section("[platform]\ndomain = \"platform.test\"")
-        };
+        let fleet = |cmd| Tenantgate::fleet_node(cmd, &url);
         let control = fleet("control").start().await;
         let proxy = fleet("proxy").start().await;
         let ms = trials(&control, &proxy, &a, &b).await;

@@ -50,17 +50,9 @@ async fn main() {
     for n in sizes {
         let bytes = snapshot(n);
         let mb = bytes.len() as f64 / (1024.0 * 1024.0);
-        // Port 1 on loopback refuses at once: the store is "down", the snapshot is served.
-        let node = Tenantgate::new()
-            .command("proxy")
-            .fleet_store("postgres://tenantgate@127.0.0.1:1/tenantgate");
+        let node = Tenantgate::offline_proxy();
         let t0 = Instant::now();
-        let tg = node
-            .start_with(|dir| {
-                std::fs::create_dir_all(dir.join("data")).expect("data dir");
-                std::fs::write(dir.join("data/snapshot.json"), &bytes).expect("snapshot");
-            })
-            .await;
+        let tg = node.start_with_snapshot(&bytes).await;
         let ready = t0.elapsed().as_secs_f64();
         if n > 0 {
             let host = format!("shop{}.platform.test", n - 1);

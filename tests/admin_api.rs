@@ -7,7 +7,7 @@ use common::*;
 use serde_json::json;
 
 fn platform() -> Tenantgate {
-    Tenantgate::new().section("[platform]\ndomain = \"platform.test\"")
+    Tenantgate::new().section(PLATFORM_TEST)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

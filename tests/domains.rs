@@ -10,15 +10,13 @@ use common::pebble::Pebble;
 use common::*;
 use serde_json::{json, Value};
 
-const PLATFORM: &str = "[platform]\ndomain = \"platform.test\"\n";
-
 async fn start_edge(http_port: u16, pebble: &Pebble, extra: &str) -> Running {
     let ca = TestCa::new();
     let (c, k) = ca.issue(&["*.platform.test"]);
     Tenantgate::new()
         .http_port(http_port)
         .cert(c, k, true)
-        .section(PLATFORM)
+        .section(PLATFORM_TEST)
         .section(&pebble.config(http_port, extra))
         .start()
         .await
@@ -80,6 +78,14 @@ async fn attach(tg: &Running, tid: &str, host: &str) -> Value {
     let (s, d) = try_attach(tg, tid, host).await;
     assert_eq!(s, 201, "attaching {host}: {d}");
     d
+}
+
+/// Attach `host` and publish its TXT record, as a merchant does; the domain's id.
+async fn attach_with_txt(tg: &Running, pebble: &Pebble, tid: &str, host: &str) -> String {
+    let d = attach(tg, tid, host).await;
+    let token = d["verification"]["txt_value"].as_str().expect("token");
+    pebble.set_txt(&format!("_tenantgate.{host}"), token).await;
+    d["id"].as_str().expect("id").to_owned()
 }
 
 /// Wait until `tg` answers `https://<host>/` with 200 to a client trusting only `root`.
@@ -421,7 +427,7 @@ async fn http_token_verifies_moves_are_noticed_blocking_works_and_webhooks_are_s
     let tg = Tenantgate::new()
         .http_port(port)
         .cert(c, k, true)
-        .section(PLATFORM)
+        .section(PLATFORM_TEST)
         .section(&pebble.config(port, "").replace(
             "[acme]",
             "edge_addresses = [\"127.0.0.1\"]\nmoved_check_seconds = 1\nverify_timeout_seconds = 3\n[acme]",
@@ -547,14 +553,7 @@ async fn orders_survive_a_ca_that_stops_rejects_nonces_and_forgets_our_account()
 
     // The CA stops answering before the first order.
     pebble.freeze(true);
-    let d = attach(&tg, tid, host).await;
-    let id = d["id"].as_str().expect("id").to_owned();
-    pebble
-        .set_txt(
-            "_tenantgate.www.patient.test",
-            d["verification"]["txt_value"].as_str().expect("token"),
-        )
-        .await;
+    let id = attach_with_txt(&tg, &pebble, tid, host).await;
     let d = wait_domain(&tg, &id, "the stalled order to fail", |d| {
         d["ssl"]["status"] == "failed"
     })
@@ -586,14 +585,7 @@ async fn orders_survive_a_ca_that_stops_rejects_nonces_and_forgets_our_account()
     // account, a new account is created, and the retry issues.
     pebble.restart().await;
     let host = "www.after-reset.test";
-    let d = attach(&tg, tid, host).await;
-    let id = d["id"].as_str().expect("id").to_owned();
-    pebble
-        .set_txt(
-            "_tenantgate.www.after-reset.test",
-            d["verification"]["txt_value"].as_str().expect("token"),
-        )
-        .await;
+    let id = attach_with_txt(&tg, &pebble, tid, host).await;
     wait_domain(&tg, &id, "a certificate from the reset CA", |d| {
         d["ssl"]["status"] == "active"
     })
@@ -741,13 +733,7 @@ async fn two_control_nodes_on_one_postgres_place_exactly_one_order() {
     let pebble = Pebble::start(port, &[]).await;
     let ca = TestCa::new();
     let (c, k) = ca.issue(&["*.platform.test"]);
-    let node = |cmd: &'static str| {
-        Tenantgate::new()
-            .command(cmd)
-            .fleet_store(&url)
-            .section(PLATFORM)
-            .section(&pebble.config(port, ""))
-    };
+    let node = |cmd| Tenantgate::fleet_node(cmd, &url).section(&pebble.config(port, ""));
     let a = node("control").start().await;
     let b = node("control").start().await;
     let proxy = node("proxy").http_port(port).cert(c, k, true).start().await;

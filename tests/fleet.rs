@@ -19,12 +19,7 @@ struct Fleet {
 async fn fleet(db: &str) -> Fleet {
     let pg = PgCluster::start().await;
     let url = pg.database(db).await;
-    let node = |cmd| {
-        Tenantgate::new()
-            .command(cmd)
-            .fleet_store(&url)
-            .section("[platform]\ndomain = \"platform.test\"")
-    };
+    let node = |cmd| Tenantgate::fleet_node(cmd, &url);
     let control = node("control").start().await;
     let a = node("proxy").start().await;
     let b = node("proxy").start().await;
@@ -228,12 +223,7 @@ async fn a_single_node_on_postgresql_follows_writes_from_other_nodes() {
     let shop = Backend::start("shop").await;
     let pg = PgCluster::start().await;
     let url = pg.database("shared").await;
-    let node = |cmd| {
-        Tenantgate::new()
-            .command(cmd)
-            .fleet_store(&url)
-            .section("[platform]\ndomain = \"platform.test\"")
-    };
+    let node = |cmd| Tenantgate::fleet_node(cmd, &url);
     let serve = node("serve").start().await;
     let control = node("control").start().await;
     // Its own write, and one made through another node of the same store.
@@ -250,20 +240,12 @@ async fn a_damaged_snapshot_file_does_not_keep_a_proxy_down() {
     let shop = Backend::start("shop").await;
     let pg = PgCluster::start().await;
     let url = pg.database("damaged").await;
-    let node = |cmd| {
-        Tenantgate::new()
-            .command(cmd)
-            .fleet_store(&url)
-            .section("[platform]\ndomain = \"platform.test\"")
-    };
+    let node = |cmd| Tenantgate::fleet_node(cmd, &url);
     let control = node("control").start().await;
     control.create_tenant("shop", &[shop.addr]).await;
+    // A torn snapshot file.
     let proxy = node("proxy")
-        .start_with(|dir| {
-            std::fs::create_dir_all(dir.join("data")).expect("data dir");
-            std::fs::write(dir.join("data/snapshot.json"), b"{\"version\": 3, \"rou")
-                .expect("damaged file");
-        })
+        .start_with_snapshot(b"{\"version\": 3, \"rou")
         .await;
     proxy.wait_backend("shop.platform.test", "shop").await;
     assert!(

@@ -46,7 +46,8 @@ pub enum AcmeErrorKind {
 }
 
 impl AcmeError {
-    fn new(kind: AcmeErrorKind, message: impl Into<String>) -> Self {
+    /// An error of `kind` with no `Retry-After`.
+    pub fn new(kind: AcmeErrorKind, message: impl Into<String>) -> Self {
         AcmeError {
             kind,
             message: message.into(),

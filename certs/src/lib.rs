@@ -1,11 +1,12 @@
 //! Certificates of tenantgate: PEM parsing and checks, an in-memory store keyed by hostname,
-//! and the rustls `ResolvesServerCert` the TLS listener asks during every handshake.
+//! the rustls `ResolvesServerCert` the TLS listener asks during every handshake, the HTTP-01
+//! challenge answers, and ACME issuance.
 //!
 //! Invariants: the resolver never blocks and never allocates on the lookup path; it answers an
 //! exact SAN first, then a one-label wildcard SAN, then the configured default, and otherwise
 //! refuses the handshake. It never falls back to a certificate that names another hostname.
-//! The store is replaced as a whole snapshot (`ArcSwap`), so a handshake sees either the old or
-//! the new set, never a mix.
+//! Each change (a whole set, or a few certificates changed in place) is published as one new
+//! index (`ArcSwap`), so a handshake sees either the old or the new set, never a mix.
 
 #![deny(clippy::unwrap_used)]
 

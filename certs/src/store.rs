@@ -144,25 +144,8 @@ impl CertificateStore {
         for (id, c) in certs {
             w.insert(id, c, &mut touched);
         }
-        let mut idx = Index {
-            default: default.map(|d| d.key.clone()),
-            count: w.certs.len(),
-            ..Index::default()
-        };
-        let mut shards: Vec<Shard> = (0..SHARDS).map(|_| Shard::default()).collect();
-        for name in touched {
-            if let Some(k) = w.winner(&name) {
-                let shard = &mut shards[shard_of(&name.1)];
-                let map = if name.0 {
-                    &mut shard.wildcard
-                } else {
-                    &mut shard.exact
-                };
-                map.insert(name.1, k);
-            }
-        }
-        idx.shards = shards.into_iter().map(Arc::new).collect();
-        self.index.store(Arc::new(idx));
+        let shards = Index::default().shards;
+        self.publish(&w, shards, touched, default.map(|d| d.key.clone()));
     }
 
     /// Add, replace (`Some`) or remove (`None`) certificates by key; only the shards holding
@@ -180,7 +163,18 @@ impl CertificateStore {
             }
         }
         let cur = self.index.load_full();
-        let mut shards = cur.shards.clone();
+        self.publish(&w, cur.shards.clone(), touched, cur.default.clone());
+    }
+
+    /// Point every `touched` name at its winner in `shards` (copying a shard only while it is
+    /// shared with the served index) and serve the result.
+    fn publish(
+        &self,
+        w: &Claims,
+        mut shards: Vec<Arc<Shard>>,
+        touched: HashSet<Claim>,
+        default: Option<Arc<CertifiedKey>>,
+    ) {
         for name in touched {
             let winner = w.winner(&name);
             let shard = Arc::make_mut(&mut shards[shard_of(&name.1)]);
@@ -200,7 +194,7 @@ impl CertificateStore {
         }
         self.index.store(Arc::new(Index {
             shards,
-            default: cur.default.clone(),
+            default,
             count: w.certs.len(),
         }));
     }

@@ -33,6 +33,15 @@ impl IpNet {
     }
 }
 
+/// Whether `ip` is link-local (169.254.0.0/16, fe80::/10; IPv4-mapped ones too): where cloud
+/// metadata endpoints live, so nothing the control plane reaches on a user's word may be.
+pub fn is_link_local(ip: IpAddr) -> bool {
+    match canonical(ip) {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
 /// IPv4-mapped IPv6 (`::ffff:a.b.c.d`) as the IPv4 address it is.
 pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
@@ -86,6 +95,16 @@ mod tests {
         assert!(one.contains("::1".parse().expect("ip")));
         for bad in ["10.0.0.0/33", "x/8", "10.0.0.0/", "::/129"] {
             assert!(bad.parse::<IpNet>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn link_local_in_both_families_and_mapped() {
+        for ip in ["169.254.169.254", "fe80::1", "::ffff:169.254.1.1"] {
+            assert!(is_link_local(ip.parse().expect("ip")), "{ip}");
+        }
+        for ip in ["10.0.0.1", "127.0.0.1", "fd00::1", "2001:db8::1"] {
+            assert!(!is_link_local(ip.parse().expect("ip")), "{ip}");
         }
     }
 }

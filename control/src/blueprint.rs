@@ -198,9 +198,14 @@ impl Blueprint {
     /// reported as `file: key: reason`.
     pub fn parse(file: &str, text: &str) -> Result<Blueprint, Vec<String>> {
         let b: Blueprint = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|r| text[..r.start.min(text.len())].matches('\n').count() + 1);
+            let line = e.span().map(|r| {
+                let upto = r.start.min(text.len());
+                text.as_bytes()[..upto]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count()
+                    + 1
+            });
             vec![match line {
                 Some(l) => format!("{file}: line {l}: {}", e.message()),
                 None => format!("{file}: {}", e.message()),

@@ -102,6 +102,15 @@ pub enum DomainStatus {
 }
 
 impl DomainStatus {
+    /// Every status.
+    pub const ALL: [DomainStatus; 5] = [
+        DomainStatus::PendingVerification,
+        DomainStatus::Active,
+        DomainStatus::Moved,
+        DomainStatus::Deleted,
+        DomainStatus::Blocked,
+    ];
+
     /// The stored spelling.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -115,15 +124,7 @@ impl DomainStatus {
 
     /// Parse the stored spelling.
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            DomainStatus::PendingVerification,
-            DomainStatus::Active,
-            DomainStatus::Moved,
-            DomainStatus::Deleted,
-            DomainStatus::Blocked,
-        ]
-        .into_iter()
-        .find(|d| d.as_str() == s)
+        Self::ALL.into_iter().find(|d| d.as_str() == s)
     }
 }
 
@@ -146,6 +147,16 @@ pub enum SslStatus {
 }
 
 impl SslStatus {
+    /// Every status.
+    pub const ALL: [SslStatus; 6] = [
+        SslStatus::PendingValidation,
+        SslStatus::PendingIssuance,
+        SslStatus::Active,
+        SslStatus::Renewing,
+        SslStatus::Failed,
+        SslStatus::Expired,
+    ];
+
     /// The stored spelling.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -160,16 +171,7 @@ impl SslStatus {
 
     /// Parse the stored spelling.
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            SslStatus::PendingValidation,
-            SslStatus::PendingIssuance,
-            SslStatus::Active,
-            SslStatus::Renewing,
-            SslStatus::Failed,
-            SslStatus::Expired,
-        ]
-        .into_iter()
-        .find(|d| d.as_str() == s)
+        Self::ALL.into_iter().find(|d| d.as_str() == s)
     }
 }
 

@@ -87,11 +87,6 @@ impl TenantDb {
         Ok(TenantDb { config, dbname })
     }
 
-    /// Name of the database tenants' schemas live in.
-    pub fn dbname(&self) -> &str {
-        &self.dbname
-    }
-
     async fn connect(&self) -> Result<tokio_postgres::Client> {
         let (client, conn) = self.config.connect(NoTls).await.map_err(db_err)?;
         tokio::spawn(async move {

@@ -336,6 +336,9 @@ pub struct Tenantgate {
     http_port: Option<u16>,
 }
 
+/// The `[platform]` section most tests use.
+pub const PLATFORM_TEST: &str = "[platform]\ndomain = \"platform.test\"\n";
+
 /// The admin token every test node is configured with.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
@@ -391,6 +394,31 @@ impl Tenantgate {
     pub fn command(mut self, command: &'static str) -> Tenantgate {
         self.command = Some(command);
         self
+    }
+
+    /// `tenantgate <command>` on the fleet store at `url`, tenants under `platform.test`.
+    pub fn fleet_node(command: &'static str, url: &str) -> Tenantgate {
+        Tenantgate::new()
+            .command(command)
+            .fleet_store(url)
+            .section(PLATFORM_TEST)
+    }
+
+    /// A fleet proxy whose store is unreachable (port 1 on loopback refuses at once): it
+    /// serves what its snapshot file holds.
+    pub fn offline_proxy() -> Tenantgate {
+        Tenantgate::new()
+            .command("proxy")
+            .fleet_store("postgres://tenantgate@127.0.0.1:1/tenantgate")
+    }
+
+    /// Start with `snapshot` (JSON of a `Snapshot`) as the node's last-known-good file.
+    pub async fn start_with_snapshot(self, snapshot: &[u8]) -> Running {
+        self.start_with(|dir| {
+            std::fs::create_dir_all(dir.join("data")).expect("data dir");
+            std::fs::write(dir.join("data/snapshot.json"), snapshot).expect("snapshot");
+        })
+        .await
     }
 
     /// A fleet node on this PostgreSQL store, with the fleet's encryption key.

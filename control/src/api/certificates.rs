@@ -48,14 +48,7 @@ pub async fn create_certificate(
         .store
         .add_certificate(
             ACTOR,
-            &NewCertificate {
-                chain_pem: body.chain_pem,
-                sealed_key,
-                names: parsed.names.iter().map(|n| n.to_display()).collect(),
-                issuer: parsed.issuer.clone(),
-                not_after: parsed.not_after,
-                source: "uploaded",
-            },
+            &NewCertificate::new(body.chain_pem, &parsed, sealed_key, "uploaded"),
         )
         .await?;
     let location = format!("/v1/certificates/{}", info.id);

@@ -40,22 +40,15 @@ async fn list(
     tenant_id: Option<String>,
     query: Result<Query<DomainQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Page<Domain>>, ApiError> {
-    let Query(q) = query
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
-    if let Some(l) = q.limit.filter(|l| !(1..=500).contains(l)) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            format!("limit {l}: must be between 1 and 500"),
-        ));
-    }
+    let q = super::listing_query(query)?;
+    let limit = super::page_limit(q.limit)?;
     let (items, next) = s
         .domains
         .list(&DomainFilter {
             tenant_id,
             status: q.status,
             after: q.after,
-            limit: q.limit.unwrap_or(50),
+            limit,
         })
         .await?;
     Ok(Json(Page {

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use tenantgate_config::net::canonical;
+use tenantgate_config::net::{canonical, is_link_local};
 use tenantgate_config::{HostPattern, IpNet};
 
 use crate::{Error, Result};
@@ -152,11 +152,7 @@ impl InputRules {
                 "is outside the allowed upstream networks (admin.upstream_networks)".into()
             });
         }
-        let link_local = match ip {
-            IpAddr::V4(v4) => v4.is_link_local(),
-            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
-        };
-        link_local.then(|| {
+        is_link_local(ip).then(|| {
             "is link-local (cloud metadata endpoints live there); allow it explicitly with admin.upstream_networks".into()
         })
     }

@@ -187,6 +187,27 @@ pub fn router(state: ApiState) -> axum::Router {
         .with_state(state)
 }
 
+/// A listing's query, or a 400 saying what is wrong with it.
+fn listing_query<T>(
+    query: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiError> {
+    query
+        .map(|q| q.0)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))
+}
+
+/// A listing's page size: `limit` (1-500) or 50.
+fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit {
+        Some(l) if !(1..=500).contains(&l) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("limit {l}: must be between 1 and 500"),
+        )),
+        l => Ok(l.unwrap_or(50)),
+    }
+}
+
 /// The route table as proxies see it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RoutesView {

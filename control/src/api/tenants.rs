@@ -104,8 +104,7 @@ pub async fn list_tenants(
     State(s): State<ApiState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Page<Tenant>>, ApiError> {
-    let Query(q) = query
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let q = super::listing_query(query)?;
     let hostname = match q.hostname {
         Some(h) => Some(tenantgate_config::host::normalize(&h).map_err(|e| {
             ApiError::new(
@@ -116,20 +115,14 @@ pub async fn list_tenants(
         })?),
         None => None,
     };
-    if let Some(l) = q.limit.filter(|l| !(1..=500).contains(l)) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            format!("limit {l}: must be between 1 and 500"),
-        ));
-    }
+    let limit = super::page_limit(q.limit)?;
     let page = s
         .store
         .list_tenants(&TenantFilter {
             status: q.status,
             hostname,
             after: q.after,
-            limit: q.limit.unwrap_or(50),
+            limit,
         })
         .await?;
     Ok(Json(page))

@@ -11,6 +11,7 @@ use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::rr::RecordType;
 use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::{ResolveError, TokioResolver};
+use tenantgate_config::net::is_link_local;
 use tenantgate_config::DomainsConfig;
 
 use crate::store::DomainRecord;
@@ -207,7 +208,7 @@ impl Checker {
         };
         let mut last = String::new();
         for ip in addrs.iter().take(3) {
-            if ip.is_unspecified() || ip.is_multicast() || link_local(ip) {
+            if ip.is_unspecified() || ip.is_multicast() || is_link_local(*ip) {
                 last = format!("{url}: {host} resolves to {ip}, which is never checked");
                 continue;
             }
@@ -220,8 +221,7 @@ impl Checker {
                 .await
             {
                 Ok(r) if r.status() == reqwest::StatusCode::OK => {
-                    return r
-                        .text()
+                    return read_limited(r)
                         .await
                         .map_err(|e| format!("{url}: reading the answer failed: {e}"))
                 }
@@ -295,9 +295,19 @@ impl Checker {
     }
 }
 
-fn link_local(ip: &IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_link_local(),
-        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+/// A token is 32 characters: a body this long is not one, and the rest is not read (the
+/// server is the merchant's, or anyone's their DNS points at).
+const MAX_BODY: usize = 1024;
+
+/// The body of `r`, at most [`MAX_BODY`] bytes of it.
+async fn read_limited(mut r: reqwest::Response) -> Result<String, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = r.chunk().await? {
+        let room = MAX_BODY - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() == MAX_BODY {
+            break;
+        }
     }
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }

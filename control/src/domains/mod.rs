@@ -24,7 +24,7 @@ pub mod webhooks;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tenantgate_certs::acme::{AcmeErrorKind, Directory, Responder};
+use tenantgate_certs::acme::{AcmeError, AcmeErrorKind, Directory, Responder};
 use tenantgate_certs::SealingKey;
 use tenantgate_config::Config;
 use tokio::sync::{Mutex, Notify, Semaphore};
@@ -94,6 +94,15 @@ struct Acme {
     retry_min: i64,
     retry_max: i64,
     order_timeout: Duration,
+}
+
+impl Acme {
+    /// When a certificate issued at `issued_ms` and valid until `not_after_s` (unix seconds)
+    /// becomes due for renewal (ms): once `renew_fraction` of its lifetime remains.
+    fn renewal_due(&self, issued_ms: i64, not_after_s: i64) -> i64 {
+        let end = not_after_s.saturating_mul(1000);
+        end - ((end - issued_ms).max(0) as f64 * self.renew_fraction) as i64
+    }
 }
 
 /// The custom-domain service: API operations and the background worker.
@@ -332,12 +341,12 @@ impl Domains {
         }
         let permits = Arc::new(Semaphore::new(PARALLEL));
         let mut counted = tokio::time::Instant::now();
-        let _ = self.count().await;
+        let _ = self.upkeep().await;
         loop {
             if counted.elapsed() >= Duration::from_secs(10) {
                 counted = tokio::time::Instant::now();
-                if let Err(e) = self.count().await {
-                    tracing::warn!("cannot count domains: {e}");
+                if let Err(e) = self.upkeep().await {
+                    tracing::warn!("domain upkeep failed: {e}");
                 }
             }
             match self.store.due_domains(now_ms(), 200).await {
@@ -362,8 +371,8 @@ impl Domains {
         }
     }
 
-    /// Refresh the status gauges from the store, after marking certificates that ran out.
-    async fn count(&self) -> Result<()> {
+    /// Periodic upkeep: mark certificates that ran out, then refresh the status gauges.
+    async fn upkeep(&self) -> Result<()> {
         for before in self.store.mark_expired(now_ms()).await? {
             tracing::warn!(domain = %before.id, hostname = %before.hostname, "certificate expired before it was renewed");
             if let Ok(after) = self.store.get_domain(&before.id).await {
@@ -373,23 +382,18 @@ impl Domains {
         }
         let (by_status, by_ssl) = self.store.count_domains().await?;
         let m = metrics();
-        for s in ["pending_verification", "active", "moved", "blocked"] {
-            let n = by_status
-                .iter()
-                .find(|(k, _)| k == s)
-                .map_or(0, |(_, n)| *n);
-            m.domains.with_label_values(&[s]).set(n);
+        let count = |pairs: &[(String, i64)], s: &str| {
+            pairs.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n)
+        };
+        for s in DomainStatus::ALL.map(DomainStatus::as_str) {
+            if s != DomainStatus::Deleted.as_str() {
+                m.domains.with_label_values(&[s]).set(count(&by_status, s));
+            }
         }
-        for s in [
-            "pending_validation",
-            "pending_issuance",
-            "active",
-            "renewing",
-            "failed",
-            "expired",
-        ] {
-            let n = by_ssl.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
-            m.certificates.with_label_values(&[s]).set(n);
+        for s in SslStatus::ALL.map(SslStatus::as_str) {
+            m.certificates
+                .with_label_values(&[s])
+                .set(count(&by_ssl, s));
         }
         Ok(())
     }
@@ -622,14 +626,6 @@ impl Domains {
         Ok(after)
     }
 
-    /// When a certificate valid until `not_after` (unix s), obtained now, is renewed (ms).
-    fn renew_at(&self, acme: &Acme, not_after: i64) -> i64 {
-        let now = now_ms();
-        let life = (not_after.saturating_mul(1000) - now).max(0);
-        let window = (life as f64 * acme.renew_fraction) as i64;
-        not_after.saturating_mul(1000) - window - jitter(window / 10)
-    }
-
     fn account_setting(acme: &Acme) -> String {
         format!("acme_account:{}", acme.directory.url)
     }
@@ -702,8 +698,7 @@ impl Domains {
         let now = now_ms();
         // Another node may have finished while we waited for the lease.
         if let (Some(not_after), Some(issued)) = (d.cert_not_after, d.cert_created_at) {
-            let life = not_after * 1000 - issued;
-            let due = not_after * 1000 - (life as f64 * acme.renew_fraction) as i64;
+            let due = acme.renewal_due(issued, not_after);
             if d.ssl_status == SslStatus::Active && due > now {
                 self.store
                     .note_domain(
@@ -764,9 +759,8 @@ impl Domains {
                 acme.directory
                     .issue(&creds, &d.hostname, &responder, acme.order_timeout)
                     .await
-                    .map_err(|e| (e.kind, e.message, e.retry_after))
             }
-            Err(e) => Err((AcmeErrorKind::Unavailable, e, None)),
+            Err(e) => Err(AcmeError::new(AcmeErrorKind::Unavailable, e)),
         };
         let result = match outcome {
             Ok(issued) => self.install(acme, &d, &issued).await,
@@ -783,7 +777,11 @@ impl Domains {
                     .await;
                 Ok(())
             }
-            Err((kind, message, retry_after)) => {
+            Err(AcmeError {
+                kind,
+                message,
+                retry_after,
+            }) => {
                 tracing::warn!(domain = %d.id, hostname = %d.hostname, "certificate order failed: {message}");
                 if kind == AcmeErrorKind::AccountGone {
                     self.forget_account(acme).await;
@@ -834,8 +832,8 @@ impl Domains {
         acme: &Acme,
         d: &DomainRecord,
         issued: &tenantgate_certs::acme::Issued,
-    ) -> std::result::Result<DomainRecord, (AcmeErrorKind, String, Option<Duration>)> {
-        let local = |m: String| (AcmeErrorKind::Local, m, None);
+    ) -> std::result::Result<DomainRecord, AcmeError> {
+        let local = |m: String| AcmeError::new(AcmeErrorKind::Local, m);
         let parsed =
             tenantgate_certs::parse_pem(issued.chain_pem.as_bytes(), issued.key_pem.as_bytes())
                 .map_err(|e| local(format!("the CA's certificate is unusable: {e}")))?;
@@ -849,15 +847,11 @@ impl Domains {
             .sealing
             .seal(issued.key_pem.as_bytes())
             .map_err(|e| local(e.to_string()))?;
-        let new = NewCertificate {
-            chain_pem: issued.chain_pem.clone(),
-            sealed_key,
-            names: parsed.names.iter().map(|n| n.to_display()).collect(),
-            issuer: parsed.issuer.clone(),
-            not_after: parsed.not_after,
-            source: "acme",
-        };
-        let renew = self.renew_at(acme, parsed.not_after);
+        let new = NewCertificate::new(issued.chain_pem.clone(), &parsed, sealed_key, "acme");
+        // Jittered earlier by up to a tenth of the renewal window, so certificates issued
+        // together are not all renewed at once.
+        let due = acme.renewal_due(now_ms(), parsed.not_after);
+        let renew = due - jitter((parsed.not_after.saturating_mul(1000) - due) / 10);
         self.store
             .install_domain_certificate(&d.id, &new, Some(renew))
             .await

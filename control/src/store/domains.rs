@@ -5,11 +5,13 @@
 //! check time, failure counts, reasons, leases) is written without a new version, so a
 //! thousand domains retrying their checks do not flood the change log.
 
+use std::collections::BTreeMap;
+
 use tenantgate_config::{Challenge, ChallengeSet};
 
 use super::{
-    bytes, insert_certificate, int, live_tenant, placeholders, t, text, NewCertificate, Row, Store,
-    Tx, Value,
+    bytes, id_filter, insert_certificate, int, live_tenant, lock_writers, t, text, NewCertificate,
+    Row, Store, Tx, Value,
 };
 use crate::model::{rfc3339, Domain, DomainStatus, Ssl, SslStatus, Verification};
 use crate::{now_ms, random_id, Error, Result};
@@ -205,13 +207,8 @@ pub(super) async fn load_challenges(
     tx: &mut dyn Tx,
     ids: Option<&[String]>,
 ) -> Result<Vec<ChallengeSet>> {
-    let (filter, params) = match ids {
-        Some([]) => return Ok(Vec::new()),
-        Some(ids) => (
-            format!(" WHERE domain_id IN ({})", placeholders(1, ids.len())),
-            ids.iter().map(|i| t(i)).collect(),
-        ),
-        None => (String::new(), Vec::new()),
+    let Some((filter, params)) = id_filter(" WHERE domain_id", ids) else {
+        return Ok(Vec::new());
     };
     let rows = tx
         .query(
@@ -219,30 +216,26 @@ pub(super) async fn load_challenges(
             &params,
         )
         .await?;
-    let mut sets: Vec<ChallengeSet> = ids
+    // Every domain asked about gets a set, an empty one withdrawing what it had.
+    let mut sets: BTreeMap<String, Vec<Challenge>> = ids
         .unwrap_or_default()
         .iter()
-        .map(|id| ChallengeSet {
-            domain_id: id.clone(),
-            challenges: Vec::new(),
-        })
+        .map(|id| (id.clone(), Vec::new()))
         .collect();
     for r in &rows {
-        let domain_id = text(r, 0)?;
-        let c = Challenge {
+        sets.entry(text(r, 0)?).or_default().push(Challenge {
             hostname: text(r, 1)?,
             path: text(r, 2)?,
             body: text(r, 3)?,
-        };
-        match sets.iter_mut().find(|s| s.domain_id == domain_id) {
-            Some(s) => s.challenges.push(c),
-            None => sets.push(ChallengeSet {
-                domain_id,
-                challenges: vec![c],
-            }),
-        }
+        });
     }
-    Ok(sets)
+    Ok(sets
+        .into_iter()
+        .map(|(domain_id, challenges)| ChallengeSet {
+            domain_id,
+            challenges,
+        })
+        .collect())
 }
 
 /// 32 random hex digits.
@@ -832,10 +825,7 @@ impl Store {
     /// Count an order against the fleet-wide hourly budget; `false` when it is spent.
     pub async fn take_order_slot(&self, domain_id: &str, per_hour: u32) -> Result<bool> {
         let mut tx = self.backend.begin(true).await?;
-        // Holding the meta row serialises slot-takers with each other (and with writers)
-        // without taking a version.
-        tx.query("UPDATE meta SET version = version WHERE id = 1", &[])
-            .await?;
+        lock_writers(&mut *tx).await?;
         let now = now_ms();
         let rows = tx
             .query(
@@ -947,8 +937,7 @@ impl Store {
     /// (two nodes racing to create the same thing agree on one).
     pub async fn setting_once(&self, name: &str, value: &[u8]) -> Result<Vec<u8>> {
         let mut tx = self.backend.begin(true).await?;
-        tx.query("UPDATE meta SET version = version WHERE id = 1", &[])
-            .await?;
+        lock_writers(&mut *tx).await?;
         let rows = tx
             .query("SELECT value FROM settings WHERE name = $1", &[t(name)])
             .await?;

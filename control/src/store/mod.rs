@@ -107,6 +107,26 @@ pub struct NewCertificate {
     pub source: &'static str,
 }
 
+impl NewCertificate {
+    /// What to store for a checked certificate: its chain, its key already sealed, and the
+    /// names, issuer and expiry read from `parsed`.
+    pub fn new(
+        chain_pem: String,
+        parsed: &tenantgate_certs::ParsedCertificate,
+        sealed_key: Vec<u8>,
+        source: &'static str,
+    ) -> Self {
+        NewCertificate {
+            chain_pem,
+            sealed_key,
+            names: parsed.names.iter().map(|n| n.to_display()).collect(),
+            issuer: parsed.issuer.clone(),
+            not_after: parsed.not_after,
+            source,
+        }
+    }
+}
+
 /// Filter of a tenant listing.
 #[derive(Debug, Clone, Default)]
 pub struct TenantFilter {
@@ -153,6 +173,14 @@ fn t(s: &str) -> Value {
 
 fn version_of(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
+}
+
+/// Serialise this transaction with every writer (and every other caller) without taking a
+/// version: holds the meta row until the transaction ends.
+async fn lock_writers(tx: &mut dyn Tx) -> Result<()> {
+    tx.query("UPDATE meta SET version = version WHERE id = 1", &[])
+        .await?;
+    Ok(())
 }
 
 /// `<column> IN ($1, ...)` and its parameters for `ids`; an empty filter for `None` (all
