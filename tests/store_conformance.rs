@@ -634,10 +634,35 @@ async fn domains(store: &Store) {
         DomainStatus::Deleted
     );
     // The name is free again.
-    store
+    let again = store
         .attach_domain("test", &c.id, "www.shop.test")
         .await
         .expect("attach after detach");
+    // Deleting the tenant retires its domains and withdraws their challenges in one change.
+    let v = store.ping().await.expect("version");
+    store
+        .delete_tenant("test", &c.id)
+        .await
+        .expect("delete tenant");
+    assert_eq!(
+        store.get_domain(&again.id).await.expect("kept").status,
+        DomainStatus::Deleted
+    );
+    let delta = store.delta_since(v).await.expect("delta").expect("some");
+    assert!(
+        delta
+            .challenges
+            .iter()
+            .any(|s| s.domain_id == again.id && s.challenges.is_empty()),
+        "{delta:?}"
+    );
+    assert!(store
+        .snapshot()
+        .await
+        .expect("snapshot")
+        .challenges
+        .iter()
+        .all(|s| s.domain_id != again.id));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use tenantgate_config::{Challenge, ChallengeSet};
 
 use super::{
-    bytes, id_filter, insert_certificate, int, live_tenant, lock_writers, t, text, NewCertificate,
-    Row, Store, Tx, Value,
+    bytes, id_filter, insert_certificate, int, live_tenant, lock_writers, log_change, t, text,
+    NewCertificate, Row, Store, Tx, Value,
 };
 use crate::model::{rfc3339, Domain, DomainStatus, Ssl, SslStatus, Verification};
 use crate::{now_ms, random_id, Error, Result};
@@ -189,7 +189,7 @@ fn record(r: &Row) -> Result<DomainRecord> {
     })
 }
 
-async fn load_domain(tx: &mut dyn Tx, id: &str) -> Result<DomainRecord> {
+pub(super) async fn load_domain(tx: &mut dyn Tx, id: &str) -> Result<DomainRecord> {
     let rows = tx
         .query(
             &format!("SELECT {COLUMNS} FROM domains d LEFT JOIN certificates c ON c.id = d.certificate_id WHERE d.id = $1"),
@@ -244,25 +244,6 @@ fn token() -> Result<String> {
 }
 
 impl Store {
-    pub(super) async fn log_change(
-        tx: &mut dyn Tx,
-        version: u64,
-        entity: &str,
-        id: &str,
-    ) -> Result<()> {
-        tx.query(
-            "INSERT INTO changes (version, entity, entity_id, at) VALUES ($1, $2, $3, $4)",
-            &[
-                Value::Int(version as i64),
-                t(entity),
-                t(id),
-                Value::Int(now_ms()),
-            ],
-        )
-        .await?;
-        Ok(())
-    }
-
     /// Attach `hostname` (validated, normalised) to a tenant: pending until verified.
     pub async fn attach_domain(
         &self,
@@ -390,18 +371,7 @@ impl Store {
         if d.status == DomainStatus::Deleted {
             return Err(Error::NotFound(format!("domain {id:?}")));
         }
-        self.unroute(&mut *tx, version, &d).await?;
-        if let Some(c) = &d.certificate_id {
-            tx.query("DELETE FROM certificates WHERE id = $1", &[t(c)])
-                .await?;
-            Self::log_change(&mut *tx, version, "certificate", c).await?;
-        }
-        tx.query(
-            "UPDATE domains SET status = 'deleted', certificate_id = NULL, check_at = NULL, ssl_at = NULL, \
-             updated_at = $1 WHERE id = $2",
-            &[Value::Int(now_ms()), t(id)],
-        )
-        .await?;
+        self.retire_domain(&mut *tx, version, &d).await?;
         self.finish(
             tx,
             version,
@@ -413,6 +383,30 @@ impl Store {
         .await
     }
 
+    /// Retire a domain inside a versioned write: its route, challenges and certificate leave
+    /// every proxy and its token stops counting.
+    pub(super) async fn retire_domain(
+        &self,
+        tx: &mut dyn Tx,
+        version: u64,
+        d: &DomainRecord,
+    ) -> Result<()> {
+        self.unroute(tx, version, d).await?;
+        log_change(tx, version, "domain", &d.id).await?;
+        if let Some(c) = &d.certificate_id {
+            tx.query("DELETE FROM certificates WHERE id = $1", &[t(c)])
+                .await?;
+            log_change(tx, version, "certificate", c).await?;
+        }
+        tx.query(
+            "UPDATE domains SET status = 'deleted', certificate_id = NULL, check_at = NULL, ssl_at = NULL, \
+             updated_at = $1 WHERE id = $2",
+            &[Value::Int(now_ms()), t(&d.id)],
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Remove a domain's route and challenges (inside a versioned write).
     async fn unroute(&self, tx: &mut dyn Tx, version: u64, d: &DomainRecord) -> Result<()> {
         let routed = tx
@@ -422,7 +416,7 @@ impl Store {
             )
             .await?;
         if !routed.is_empty() {
-            Self::log_change(tx, version, "tenant", &d.tenant_id).await?;
+            log_change(tx, version, "tenant", &d.tenant_id).await?;
         }
         tx.query("DELETE FROM challenges WHERE domain_id = $1", &[t(&d.id)])
             .await?;
@@ -465,7 +459,7 @@ impl Store {
             &[t(&d.hostname), t(&d.tenant_id), Value::Int(now_ms())],
         )
         .await?;
-        Self::log_change(tx, version, "tenant", &d.tenant_id).await
+        log_change(tx, version, "tenant", &d.tenant_id).await
     }
 
     /// Ownership proven: the domain becomes active and routed; issuance is queued at
@@ -654,11 +648,11 @@ impl Store {
         if let Some(old) = &d.certificate_id {
             tx.query("DELETE FROM certificates WHERE id = $1", &[t(old)])
                 .await?;
-            Self::log_change(&mut *tx, version, "certificate", old).await?;
+            log_change(&mut *tx, version, "certificate", old).await?;
         }
         tx.query("DELETE FROM challenges WHERE domain_id = $1", &[t(id)])
             .await?;
-        Self::log_change(&mut *tx, version, "domain", id).await?;
+        log_change(&mut *tx, version, "domain", id).await?;
         tx.query(
             "UPDATE domains SET certificate_id = $1, ssl_status = 'active', ssl_errors = '[]', ssl_at = $2, \
              ssl_failures = 0, updated_at = $3 WHERE id = $4",

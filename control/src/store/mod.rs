@@ -175,6 +175,22 @@ fn version_of(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
+/// Record that `entity` `id` changed in `version` (once, however often a write says so).
+async fn log_change(tx: &mut dyn Tx, version: u64, entity: &str, id: &str) -> Result<()> {
+    tx.query(
+        "INSERT INTO changes (version, entity, entity_id, at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT DO NOTHING",
+        &[
+            Value::Int(version as i64),
+            t(entity),
+            t(id),
+            Value::Int(now_ms()),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Serialise this transaction with every writer (and every other caller) without taking a
 /// version: holds the meta row until the transaction ends.
 async fn lock_writers(tx: &mut dyn Tx) -> Result<()> {
@@ -238,16 +254,7 @@ impl Store {
                 .ok_or_else(|| Error::Internal("meta row missing".into()))?,
             0,
         )?);
-        tx.query(
-            "INSERT INTO changes (version, entity, entity_id, at) VALUES ($1, $2, $3, $4)",
-            &[
-                Value::Int(version as i64),
-                t(entity),
-                t(entity_id),
-                Value::Int(now_ms()),
-            ],
-        )
-        .await?;
+        log_change(&mut *tx, version, entity, entity_id).await?;
         self.backend.announce(&mut *tx, version).await?;
         Ok((tx, version))
     }
@@ -472,27 +479,14 @@ impl Store {
         // Its custom domains go with it: challenges, certificates, tokens.
         let doomed = tx
             .query(
-                "SELECT id, certificate_id FROM domains WHERE tenant_id = $1 AND status <> 'deleted'",
+                "SELECT id FROM domains WHERE tenant_id = $1 AND status <> 'deleted'",
                 &[t(id)],
             )
             .await?;
         for r in &doomed {
-            let domain = text(r, 0)?;
-            tx.query("DELETE FROM challenges WHERE domain_id = $1", &[t(&domain)])
-                .await?;
-            Self::log_change(&mut *tx, version, "domain", &domain).await?;
-            if let Some(Value::Text(cert)) = r.get(1) {
-                tx.query("DELETE FROM certificates WHERE id = $1", &[t(cert)])
-                    .await?;
-                Self::log_change(&mut *tx, version, "certificate", cert).await?;
-            }
+            let d = domains::load_domain(&mut *tx, &text(r, 0)?).await?;
+            self.retire_domain(&mut *tx, version, &d).await?;
         }
-        tx.query(
-            "UPDATE domains SET status = 'deleted', certificate_id = NULL, check_at = NULL, ssl_at = NULL, \
-             updated_at = $1 WHERE tenant_id = $2 AND status <> 'deleted'",
-            &[Value::Int(now_ms()), t(id)],
-        )
-        .await?;
         tx.query(
             "UPDATE tenants SET status = 'deleted', updated_at = $1 WHERE id = $2",
             &[Value::Int(now_ms()), t(id)],
