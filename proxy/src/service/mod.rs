@@ -120,11 +120,41 @@ impl EdgeProxy {
     ) -> Result<bool> {
         let req = session.req_header();
         let html = pages::wants_html(req.headers.get(header::ACCEPT).map(HeaderValue::as_bytes));
-        let head = req.method == http::Method::HEAD;
         let (content_type, body) = match location {
             Some(_) => ("text/plain; charset=utf-8", Bytes::new()),
             None => pages::body(status, html),
         };
+        if matches!(status, 400 | 431) {
+            // A malformed request may leave the stream in an unknown state: do not reuse it.
+            session.set_keepalive(None);
+        }
+        self.respond(session, ctx, status, content_type, body, location)
+            .await
+    }
+
+    /// Answer a live challenge: its exact body as plain text.
+    async fn challenge(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+        body: &str,
+    ) -> Result<bool> {
+        let body = Bytes::copy_from_slice(body.as_bytes());
+        self.respond(session, ctx, 200, "text/plain", body, None)
+            .await
+    }
+
+    /// Write a complete response of our own (no body for HEAD).
+    async fn respond(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+        status: u16,
+        content_type: &'static str,
+        body: Bytes,
+        location: Option<String>,
+    ) -> Result<bool> {
+        let head = session.req_header().method == http::Method::HEAD;
         let mut resp = ResponseHeader::build(status, Some(6))?;
         resp.insert_header(header::CONTENT_TYPE, content_type)?;
         resp.insert_header(header::CONTENT_LENGTH, body.len())?;
@@ -135,38 +165,9 @@ impl EdgeProxy {
         if let Some(id) = &ctx.request_id {
             resp.insert_header("x-request-id", id.clone())?;
         }
-        if matches!(status, 400 | 431) {
-            // A malformed request may leave the stream in an unknown state: do not reuse it.
-            session.set_keepalive(None);
-        }
         let end = head || body.is_empty();
         session.write_response_header(Box::new(resp), end).await?;
         if !end {
-            session.write_response_body(Some(body), true).await?;
-        }
-        Ok(true)
-    }
-}
-
-impl EdgeProxy {
-    /// Answer a live challenge: its exact body as plain text.
-    async fn challenge(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestContext,
-        body: &str,
-    ) -> Result<bool> {
-        let head = session.req_header().method == http::Method::HEAD;
-        let body = Bytes::copy_from_slice(body.as_bytes());
-        let mut resp = ResponseHeader::build(200, Some(4))?;
-        resp.insert_header(header::CONTENT_TYPE, "text/plain")?;
-        resp.insert_header(header::CONTENT_LENGTH, body.len())?;
-        resp.insert_header(header::CACHE_CONTROL, "no-store")?;
-        if let Some(id) = &ctx.request_id {
-            resp.insert_header("x-request-id", id.clone())?;
-        }
-        session.write_response_header(Box::new(resp), head).await?;
-        if !head {
             session.write_response_body(Some(body), true).await?;
         }
         Ok(true)
