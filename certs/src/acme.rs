@@ -127,58 +127,53 @@ impl std::fmt::Debug for Issued {
 pub struct Directory {
     /// Directory URL.
     pub url: String,
-    /// PEM root(s) to trust for the CA's endpoint instead of the Mozilla roots.
-    pub ca_pem: Option<Vec<u8>>,
     /// Account contacts.
     pub contact: Vec<String>,
+    /// One HTTP client (connection pool, trust roots) for every order.
+    http: reqwest::Client,
 }
 
 impl Directory {
-    /// Read `ca_file` (if any) once.
+    /// The CA at `url`, trusting `ca_file` (PEM roots) instead of the Mozilla roots when
+    /// given. A file that cannot be read or parsed is an error now, not at the first order.
     pub fn new(url: &str, ca_file: Option<&Path>, contact: &[String]) -> Result<Self, AcmeError> {
-        let ca_pem = ca_file
-            .map(|p| {
-                std::fs::read(p).map_err(|e| {
-                    AcmeError::new(AcmeErrorKind::Local, format!("{}: {e}", p.display()))
-                })
-            })
-            .transpose()?;
-        Ok(Directory {
-            url: url.to_owned(),
-            ca_pem,
-            contact: contact.to_vec(),
-        })
-    }
-
-    fn client(&self) -> Result<(Box<dyn HttpClient>, RetryAfter), AcmeError> {
+        let local = |m: String| AcmeError::new(AcmeErrorKind::Local, m);
         let mut b = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("tenantgate/", env!("CARGO_PKG_VERSION")));
-        if let Some(pem) = &self.ca_pem {
-            let roots = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| AcmeError::new(AcmeErrorKind::Local, format!("acme.ca_file: {e}")))?;
+        if let Some(p) = ca_file {
+            let pem = std::fs::read(p).map_err(|e| local(format!("{}: {e}", p.display())))?;
+            let roots = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| local(format!("acme.ca_file {}: {e}", p.display())))?;
             b = b.tls_built_in_root_certs(false);
             for r in roots {
                 b = b.add_root_certificate(r);
             }
         }
-        let http = b
-            .build()
-            .map_err(|e| AcmeError::new(AcmeErrorKind::Local, format!("HTTP client: {e}")))?;
+        let http = b.build().map_err(|e| local(format!("HTTP client: {e}")))?;
+        Ok(Directory {
+            url: url.to_owned(),
+            contact: contact.to_vec(),
+            http,
+        })
+    }
+
+    /// instant-acme's client for one operation, with the `Retry-After` it will see.
+    fn client(&self) -> (Box<dyn HttpClient>, RetryAfter) {
         let seen = RetryAfter::default();
-        Ok((
+        (
             Box::new(Client {
-                http,
+                http: self.http.clone(),
                 retry_after: seen.clone(),
             }),
             seen,
-        ))
+        )
     }
 
     /// Create a new account; returns its credentials (JSON, to be stored sealed).
     pub async fn create_account(&self) -> Result<String, AcmeError> {
-        let (http, seen) = self.client()?;
+        let (http, seen) = self.client();
         let contact: Vec<&str> = self.contact.iter().map(String::as_str).collect();
         let (_, creds) = Account::builder_with_http(http)
             .create(
@@ -205,7 +200,7 @@ impl Directory {
         responder: &dyn Responder,
         timeout: Duration,
     ) -> Result<Issued, AcmeError> {
-        let (http, seen) = self.client()?;
+        let (http, seen) = self.client();
         let creds: AccountCredentials = serde_json::from_str(credentials)
             .map_err(|e| AcmeError::new(AcmeErrorKind::Local, format!("stored account: {e}")))?;
         let work = async {
