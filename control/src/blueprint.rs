@@ -149,48 +149,64 @@ fn plain_name(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
-/// The variables used in `value`, or why it is malformed.
-fn variables(value: &str) -> Result<Vec<&str>, String> {
+/// A piece of a template value.
+enum Piece<'a> {
+    /// Literal text.
+    Text(&'a str),
+    /// A `{{variable}}`, trimmed.
+    Var(&'a str),
+}
+
+/// `value` split into text and variables, or why it is malformed.
+fn pieces(value: &str) -> Result<Vec<Piece<'_>>, String> {
     let mut out = Vec::new();
     let mut rest = value;
     while let Some(i) = rest.find("{{") {
+        out.push(Piece::Text(&rest[..i]));
         let after = &rest[i + 2..];
         let end = after
             .find("}}")
             .ok_or_else(|| "has \"{{\" without a closing \"}}\"".to_string())?;
-        out.push(after[..end].trim());
+        out.push(Piece::Var(after[..end].trim()));
         rest = &after[end + 2..];
     }
     if rest.contains("}}") {
         return Err("has \"}}\" without an opening \"{{\"".into());
     }
+    out.push(Piece::Text(rest));
     Ok(out)
 }
 
+/// The variables used in `value`, or why it is malformed.
+fn variables(value: &str) -> Result<Vec<&str>, String> {
+    Ok(pieces(value)?
+        .into_iter()
+        .filter_map(|p| match p {
+            Piece::Var(v) => Some(v),
+            Piece::Text(_) => None,
+        })
+        .collect())
+}
+
+/// `value` with its variables filled in (it was checked when the blueprint was loaded).
 fn render(value: &str, ctx: &Context, theme: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    let mut rest = value;
-    while let Some(i) = rest.find("{{") {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 2..];
-        let Some(end) = after.find("}}") else {
-            out.push_str(&rest[i..]);
-            return out;
-        };
-        out.push_str(match after[..end].trim() {
-            "tenant.slug" => &ctx.slug,
-            "tenant.name" => &ctx.name,
-            "tenant.id" => &ctx.id,
-            "tenant.hostname" => &ctx.hostname,
-            "database.url" => &ctx.database_url,
-            "database.schema" => &ctx.database_schema,
-            "theme.name" => theme,
-            _ => "",
-        });
-        rest = &after[end + 2..];
-    }
-    out.push_str(rest);
-    out
+    let Ok(pieces) = pieces(value) else {
+        return value.to_owned();
+    };
+    pieces
+        .into_iter()
+        .map(|p| match p {
+            Piece::Text(t) => t,
+            Piece::Var("tenant.slug") => &ctx.slug,
+            Piece::Var("tenant.name") => &ctx.name,
+            Piece::Var("tenant.id") => &ctx.id,
+            Piece::Var("tenant.hostname") => &ctx.hostname,
+            Piece::Var("database.url") => &ctx.database_url,
+            Piece::Var("database.schema") => &ctx.database_schema,
+            Piece::Var("theme.name") => theme,
+            Piece::Var(_) => "",
+        })
+        .collect()
 }
 
 impl Blueprint {
