@@ -31,6 +31,7 @@ async fn preload(store: &Store, n: usize) {
                     name: format!("Preloaded {i}"),
                     platform_hostname: format!("pre{i}.platform.test"),
                     upstreams: vec![std::net::SocketAddr::from(([127, 0, 0, 1], 9))],
+                    blueprint: None,
                 },
             )
             .await

@@ -12,6 +12,7 @@ use pingora::services::background::background_service;
 use tenantgate_certs::{generate_self_signed, parse_pem, CertificateStore, ParsedCertificate};
 use tenantgate_config::{Config, LogFormat, RouteTable};
 use tenantgate_control::domains::Domains;
+use tenantgate_control::lifecycle::Lifecycle;
 use tenantgate_control::publish::{follow, Event, FollowSettings, Wake};
 use tenantgate_control::store::Store;
 use tenantgate_control::{api, setup, upkeep};
@@ -92,11 +93,13 @@ enum Command {
 enum TenantsAction {
     /// List tenants as JSON lines.
     List {
-        /// Only tenants with this status (active, suspended, deleted).
+        /// Only tenants with this status (provisioning, active, suspended, failed, deleted).
         #[arg(long)]
         status: Option<String>,
     },
-    /// Create a tenant; prints it as JSON.
+    /// Create a tenant with upstreams of its own, or provisioned from a blueprint (answered
+    /// at once with status "provisioning"; `tenants list` shows when it is active); prints
+    /// it as JSON.
     Create {
         /// URL-safe short name; the tenant gets <slug>.<platform domain>.
         slug: String,
@@ -104,8 +107,18 @@ enum TenantsAction {
         #[arg(long)]
         name: String,
         /// Backend address (ip:port); repeat for several.
-        #[arg(long = "upstream", required = true)]
+        #[arg(
+            long = "upstream",
+            required_unless_present = "blueprint",
+            conflicts_with = "blueprint"
+        )]
         upstreams: Vec<String>,
+        /// Provision from this blueprint (database, containers, route).
+        #[arg(long)]
+        blueprint: Option<String>,
+        /// Theme of the blueprint (default: its default theme).
+        #[arg(long, requires = "blueprint")]
+        theme: Option<String>,
     },
     /// Delete a tenant by id.
     Delete {
@@ -242,8 +255,19 @@ fn tenants(path: Option<&Path>, action: TenantsAction) -> anyhow::Result<()> {
             slug,
             name,
             upstreams,
+            blueprint,
+            theme,
         } => {
-            let body = serde_json::json!({"slug": slug, "name": name, "upstreams": upstreams});
+            let body = match blueprint {
+                Some(b) => {
+                    let mut body = serde_json::json!({"slug": slug, "name": name, "blueprint": b});
+                    if let Some(t) = theme {
+                        body["theme"] = t.into();
+                    }
+                    body
+                }
+                None => serde_json::json!({"slug": slug, "name": name, "upstreams": upstreams}),
+            };
             println!("{}", client.call("POST", "/v1/tenants", Some(&body))?);
         }
         TenantsAction::Delete { id } => {
@@ -424,9 +448,15 @@ fn serve(path: Option<&Path>, upgrade: bool, role: Role) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("custom domains: {e}"))?,
         ),
     };
-    let api_router = match &domains {
-        None => None,
-        Some(domains) => {
+    let lifecycle = match role {
+        Role::Proxy(_) => None,
+        Role::Single | Role::Control(_) => Some(
+            Lifecycle::new(&cfg, store.clone(), sealing.clone())
+                .map_err(|e| anyhow::anyhow!("tenant provisioning: {e}"))?,
+        ),
+    };
+    let api_router = match (&domains, &lifecycle) {
+        (Some(domains), Some(lifecycle)) => {
             let (token, from) = setup::admin_token(&cfg)?;
             tracing::info!(token_from = %from, "admin API enabled on {}", cfg.admin.listen);
             Some(api::router(api::ApiState::new(
@@ -434,9 +464,11 @@ fn serve(path: Option<&Path>, upgrade: bool, role: Role) -> anyhow::Result<()> {
                 setup::input_rules(&cfg),
                 sealing,
                 domains.clone(),
+                lifecycle.clone(),
                 &token,
             )))
         }
+        _ => None,
     };
 
     let opt = Opt {
@@ -459,6 +491,12 @@ fn serve(path: Option<&Path>, upgrade: bool, role: Role) -> anyhow::Result<()> {
         server.add_service(background_service(
             "custom domains",
             BackgroundTask::new(domains.run()),
+        ));
+    }
+    if let Some(lifecycle) = lifecycle {
+        server.add_service(background_service(
+            "tenant reconciler",
+            BackgroundTask::new(lifecycle.run()),
         ));
     }
     // A `control` node serves no routes: it is ready while its store answers.

@@ -5,56 +5,16 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use common::docker::demo_image;
 use common::*;
 use tenantgate_control::runtime::docker::Docker;
 use tenantgate_control::runtime::{ContainerSpec, Runtime, RuntimeError};
 
-/// Build the demo storefront as a static executable and package it `FROM scratch`.
-fn demo_image(tag: &str) {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let target = root.join("target/static");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(&root)
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "demo-storefront",
-            "--target",
-            "x86_64-unknown-linux-gnu",
-            "--target-dir",
-        ])
-        .arg(&target)
-        .status()
-        .expect("cargo");
-    assert!(status.success(), "static build of demo-storefront failed");
-    let ctx = tempfile::tempdir().expect("tempdir");
-    std::fs::copy(
-        target.join("x86_64-unknown-linux-gnu/debug/demo-storefront"),
-        ctx.path().join("demo-storefront"),
-    )
-    .expect("copy binary");
-    write_file(
-        &ctx.path().join("Dockerfile"),
-        "FROM scratch\nCOPY demo-storefront /demo-storefront\nENTRYPOINT [\"/demo-storefront\"]\n",
-    );
-    let out = Command::new("docker")
-        .args(["build", "-q", "-t", tag])
-        .arg(ctx.path())
-        .output()
-        .expect("docker CLI (the Docker Engine is required)");
-    assert!(
-        out.status.success(),
-        "docker build failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+/// The installation these containers belong to.
+const INSTANCE: &str = "runtime-test";
 
 fn spec(tenant: &str, network: &str, image: &str) -> ContainerSpec {
     ContainerSpec {
@@ -66,6 +26,7 @@ fn spec(tenant: &str, network: &str, image: &str) -> ContainerSpec {
             ("STORE_NAME".into(), format!("Store {tenant}")),
             ("STORE_THEME".into(), "forest".into()),
         ],
+        instance: INSTANCE.into(),
         tenant: tenant.into(),
         component: "web".into(),
         generation: 1,
@@ -104,7 +65,7 @@ async fn a_tenant_container_runs_on_its_network_with_labels_and_a_loopback_port(
     let tenant = format!("rt{}", std::process::id());
     let network = format!("tg-{tenant}");
     // Leftovers of an interrupted earlier run with the same pid.
-    for c in docker.list(Some(&tenant)).await.expect("list") {
+    for c in docker.list(INSTANCE, Some(&tenant)).await.expect("list") {
         docker.remove(&c.id).await.expect("clean");
     }
 
@@ -147,14 +108,14 @@ async fn a_tenant_container_runs_on_its_network_with_labels_and_a_loopback_port(
         format!("250000000 67108864 unless-stopped {network}")
     );
 
-    let listed = docker.list(Some(&tenant)).await.expect("list");
+    let listed = docker.list(INSTANCE, Some(&tenant)).await.expect("list");
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].id, c.id);
     assert_eq!(listed[0].address, c.address);
 
     docker.stop(&c.id).await.expect("stop");
     docker.stop(&c.id).await.expect("stop again");
-    let listed = docker.list(Some(&tenant)).await.expect("list");
+    let listed = docker.list(INSTANCE, Some(&tenant)).await.expect("list");
     assert!(!listed[0].running && listed[0].address.is_none());
     let c = docker.start(&c.id).await.expect("start");
     let addr = c.address.expect("published again");
@@ -170,11 +131,22 @@ async fn a_tenant_container_runs_on_its_network_with_labels_and_a_loopback_port(
         Err(RuntimeError::NotFound(_)) => {}
         other => panic!("expected a missing image to be NotFound, got {other:?}"),
     }
-    assert_eq!(docker.list(Some(&tenant)).await.expect("list").len(), 1);
+    assert_eq!(
+        docker
+            .list(INSTANCE, Some(&tenant))
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
 
     docker.remove(&c.id).await.expect("remove");
     docker.remove(&c.id).await.expect("remove again");
-    assert!(docker.list(Some(&tenant)).await.expect("list").is_empty());
+    assert!(docker
+        .list(INSTANCE, Some(&tenant))
+        .await
+        .expect("list")
+        .is_empty());
     docker
         .remove_network(&network)
         .await
@@ -196,7 +168,7 @@ async fn an_unreachable_engine_is_unavailable_not_a_panic() {
         Err(RuntimeError::Unavailable(_)) => {}
         other => panic!("expected Unavailable, got {other:?}"),
     }
-    match docker.list(None).await {
+    match docker.list(INSTANCE, None).await {
         Err(RuntimeError::Unavailable(_)) => {}
         other => panic!("expected Unavailable, got {other:?}"),
     }

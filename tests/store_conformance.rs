@@ -24,6 +24,7 @@ fn new_tenant(slug: &str, port: u16) -> NewTenant {
         name: format!("Shop {slug}"),
         platform_hostname: format!("{slug}.platform.test"),
         upstreams: vec![addr(port)],
+        blueprint: None,
     }
 }
 
@@ -671,4 +672,147 @@ async fn custom_domains_on_both_stores() {
     domains(&sqlite_store(&dir)).await;
     let pg = PgCluster::start().await;
     domains(&postgres_store(&pg, "domains").await).await;
+}
+
+/// Tenants provisioned from blueprints: not routed while provisioning, routed to their
+/// containers once deployed, a failed one unrouted, the lease held by one node at a time,
+/// events in order.
+async fn provisioning(store: &Store) {
+    let mut new = new_tenant("prov", 1);
+    new.upstreams.clear();
+    new.blueprint = Some(("demo-storefront".into(), "ocean".into()));
+    let t = store.create_tenant("test", &new).await.expect("create");
+    assert_eq!(t.status, TenantStatus::Provisioning);
+    assert_eq!(
+        (t.blueprint.as_deref(), t.theme.as_deref(), t.generation),
+        (Some("demo-storefront"), Some("ocean"), Some(0))
+    );
+    let routed = |snap: &tenantgate_config::Snapshot, id: &str| {
+        snap.routes.iter().find(|r| r.id == id).cloned()
+    };
+    assert!(routed(&store.snapshot().await.expect("snap"), &t.id).is_none());
+    // Upstreams of a provisioned tenant follow its containers, not the API.
+    let e = store
+        .set_upstreams("test", &t.id, &[addr(2)])
+        .await
+        .expect_err("refused");
+    assert!(matches!(e, Error::Conflict(_)), "{e:?}");
+    // Suspending a tenant that is not live yet is refused.
+    let e = store
+        .set_status("test", &t.id, TenantStatus::Suspended)
+        .await
+        .expect_err("refused");
+    assert!(matches!(e, Error::Conflict(_)), "{e:?}");
+
+    // One holder at a time; the holder gives it back.
+    let until = i64::MAX / 2;
+    assert!(store.claim_tenant(&t.id, "n1", until).await.expect("claim"));
+    assert!(!store.claim_tenant(&t.id, "n2", until).await.expect("claim"));
+    assert!(store.deployment(&t.id).await.expect("d").leased);
+    store
+        .release_tenant(&t.id, "n2")
+        .await
+        .expect("not the holder");
+    assert!(!store.claim_tenant(&t.id, "n2", until).await.expect("claim"));
+    store.release_tenant(&t.id, "n1").await.expect("release");
+    assert!(!store.deployment(&t.id).await.expect("d").leased);
+
+    store.tenant_event(&t.id, "first").await.expect("event");
+    store.tenant_event(&t.id, "second").await.expect("event");
+    store
+        .set_db_secret(&t.id, Some(b"sealed"))
+        .await
+        .expect("secret");
+    assert_eq!(
+        store
+            .deployment(&t.id)
+            .await
+            .expect("d")
+            .db_secret
+            .as_deref(),
+        Some(&b"sealed"[..])
+    );
+
+    // Deployed: active and routed to the containers, generation and theme recorded.
+    let before = store.ping().await.expect("version");
+    store
+        .deploy("test", &t.id, 1, "sunset", &[addr(7001)])
+        .await
+        .expect("deploy");
+    assert_eq!(store.ping().await.expect("version"), before + 1);
+    let got = store.get_tenant(&t.id).await.expect("get");
+    assert_eq!(got.status, TenantStatus::Active);
+    assert_eq!(
+        (got.generation, got.theme.as_deref()),
+        (Some(1), Some("sunset"))
+    );
+    assert_eq!(got.upstreams, ["127.0.0.1:7001"]);
+    let events: Vec<String> = got
+        .events
+        .expect("events")
+        .into_iter()
+        .map(|e| e.message)
+        .collect();
+    assert_eq!(events, ["first", "second"]);
+    let delta = store
+        .delta_since(before)
+        .await
+        .expect("delta")
+        .expect("some");
+    assert!(
+        matches!(&delta.routes[..], [RouteChange::Upsert(r)] if r.id == t.id && r.upstreams.len() == 1)
+    );
+    // A redeploy of a suspended tenant keeps it suspended.
+    store
+        .set_status("test", &t.id, TenantStatus::Suspended)
+        .await
+        .expect("suspend");
+    store
+        .deploy("test", &t.id, 2, "sunset", &[addr(7002)])
+        .await
+        .expect("redeploy");
+    assert_eq!(
+        store.get_tenant(&t.id).await.expect("get").status,
+        TenantStatus::Suspended
+    );
+    // Only a provisioning tenant can fail.
+    let e = store
+        .fail_tenant("test", &t.id, "late")
+        .await
+        .expect_err("refused");
+    assert!(matches!(e, Error::Conflict(_)), "{e:?}");
+
+    // A failed tenant: not routed, its reason kept, deletable.
+    let mut other = new_tenant("prov2", 1);
+    other.upstreams.clear();
+    other.blueprint = Some(("demo-storefront".into(), "ocean".into()));
+    let f = store.create_tenant("test", &other).await.expect("create");
+    store
+        .fail_tenant("test", &f.id, "image missing")
+        .await
+        .expect("fail");
+    let got = store.get_tenant(&f.id).await.expect("get");
+    assert_eq!(got.status, TenantStatus::Failed);
+    assert_eq!(got.status_reason.as_deref(), Some("image missing"));
+    assert!(routed(&store.snapshot().await.expect("snap"), &f.id).is_none());
+    let e = store
+        .deploy("test", &f.id, 1, "ocean", &[addr(7003)])
+        .await
+        .expect_err("refused");
+    assert!(matches!(e, Error::Conflict(_)), "{e:?}");
+    assert_eq!(store.deployments().await.expect("all").len(), 2);
+    store.delete_tenant("test", &f.id).await.expect("delete");
+    assert_eq!(store.deployments().await.expect("all").len(), 1);
+    assert_eq!(
+        store.deployment(&f.id).await.expect("kept").status,
+        "deleted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisioned_tenants_on_both_stores() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    provisioning(&sqlite_store(&dir)).await;
+    let pg = PgCluster::start().await;
+    provisioning(&postgres_store(&pg, "provisioning").await).await;
 }

@@ -87,6 +87,10 @@ pub struct Config {
     pub acme: AcmeConfig,
     /// Signed JSON events on every domain status change.
     pub webhooks: WebhooksConfig,
+    /// Tenants created from blueprints: where blueprints are, how containers are run.
+    pub provisioning: ProvisioningConfig,
+    /// The PostgreSQL server holding tenants' own schemas and roles.
+    pub tenant_db: TenantDbConfig,
     /// Static certificates.
     pub certificates: Vec<CertificateConfig>,
     /// Static routes.
@@ -366,6 +370,55 @@ pub struct WebhooksConfig {
     pub secret: Option<String>,
 }
 
+/// `[provisioning]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProvisioningConfig {
+    /// Directory of blueprint files (`*.toml`); missing: provisioning is off.
+    pub blueprints_dir: PathBuf,
+    /// Seconds between reconcile passes (desired tenants against running containers).
+    pub reconcile_seconds: u64,
+    /// Seconds old containers keep serving after a redeploy switched the route away.
+    pub drain_seconds: u64,
+    /// What happens to a deleted tenant's schema and role: `drop` or `keep`.
+    pub retention: Retention,
+}
+
+impl Default for ProvisioningConfig {
+    fn default() -> Self {
+        ProvisioningConfig {
+            blueprints_dir: "deploy/blueprints".into(),
+            reconcile_seconds: 10,
+            drain_seconds: 2,
+            retention: Retention::Drop,
+        }
+    }
+}
+
+/// What happens to a deleted tenant's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Retention {
+    /// Schema (with its data) and role are dropped.
+    Drop,
+    /// Schema and role stay; the role can no longer log in.
+    Keep,
+}
+
+/// `[tenant_db]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantDbConfig {
+    /// `postgres://admin@host:port/db` with a role that may create roles and schemas (or
+    /// `TENANTGATE_TENANT_DB_URL`); unset: blueprints that need a database are refused.
+    pub url: Option<String>,
+    /// Host name tenant containers reach that server by (default `host.docker.internal`,
+    /// the Docker host).
+    pub container_host: Option<String>,
+    /// Port tenant containers reach it on (default: the port of `url`).
+    pub container_port: Option<u16>,
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -444,6 +497,8 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("TENANTGATE_STORE_URL", "store.url"),
     ("TENANTGATE_SNAPSHOT_PATH", "store.snapshot_path"),
     ("TENANTGATE_ENCRYPTION_KEY", "store.encryption_key"),
+    ("TENANTGATE_WEBHOOK_SECRET", "webhooks.secret"),
+    ("TENANTGATE_TENANT_DB_URL", "tenant_db.url"),
 ];
 
 impl Config {
@@ -530,6 +585,20 @@ impl Config {
                 "must not be less than acme.retry_min_seconds".into(),
             );
         }
+        if self.provisioning.reconcile_seconds == 0 {
+            p(
+                "provisioning.reconcile_seconds".into(),
+                "must be greater than 0".into(),
+            );
+        }
+        if let Some(u) = &self.tenant_db.url {
+            if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
+                p("tenant_db.url".into(), "must be a postgres:// URL".into());
+            }
+        }
+        if self.tenant_db.container_port == Some(0) {
+            p("tenant_db.container_port".into(), "must not be 0".into());
+        }
         if let Some(u) = &self.webhooks.url {
             if !(u.starts_with("https://") || u.starts_with("http://")) {
                 p(
@@ -614,6 +683,9 @@ impl Config {
         }
         if let Some(v) = get("TENANTGATE_WEBHOOK_SECRET") {
             self.webhooks.secret = Some(v);
+        }
+        if let Some(v) = get("TENANTGATE_TENANT_DB_URL") {
+            self.tenant_db.url = (!v.is_empty()).then_some(v);
         }
         Ok(())
     }

@@ -13,6 +13,7 @@ pub mod api;
 pub mod blueprint;
 pub mod client;
 pub mod domains;
+pub mod lifecycle;
 pub mod model;
 pub mod publish;
 pub mod runtime;
@@ -43,6 +44,15 @@ pub enum Error {
     /// The store cannot be reached or failed (503).
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A service the operation needs, other than the store, cannot be reached (503): the
+    /// container runtime, the tenant-database server. Nothing was changed.
+    #[error("{message}")]
+    Dependency {
+        /// Machine-readable code, e.g. `runtime_unavailable`.
+        code: &'static str,
+        /// What cannot be reached, and why.
+        message: String,
+    },
     /// A bug or an unexpected state (500).
     #[error("internal error: {0}")]
     Internal(String),

@@ -7,10 +7,15 @@ use utoipa::ToSchema;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TenantStatus {
+    /// Being created from a blueprint (database, containers, health checks); not routed yet.
+    Provisioning,
     /// Served.
     Active,
     /// Answered with the proxy's 503 page; the backends are not contacted.
     Suspended,
+    /// Provisioning failed (see `status_reason`); everything partial was removed. Not
+    /// routed; delete it to free the slug.
+    Failed,
     /// Gone: hostnames released, not routed. Kept for the audit trail.
     Deleted,
 }
@@ -19,20 +24,25 @@ impl TenantStatus {
     /// The stored spelling.
     pub fn as_str(self) -> &'static str {
         match self {
+            TenantStatus::Provisioning => "provisioning",
             TenantStatus::Active => "active",
             TenantStatus::Suspended => "suspended",
+            TenantStatus::Failed => "failed",
             TenantStatus::Deleted => "deleted",
         }
     }
 
     /// Parse the stored spelling.
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "active" => Some(TenantStatus::Active),
-            "suspended" => Some(TenantStatus::Suspended),
-            "deleted" => Some(TenantStatus::Deleted),
-            _ => None,
-        }
+        [
+            TenantStatus::Provisioning,
+            TenantStatus::Active,
+            TenantStatus::Suspended,
+            TenantStatus::Failed,
+            TenantStatus::Deleted,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
     }
 }
 
@@ -59,12 +69,36 @@ pub struct Tenant {
     pub status: TenantStatus,
     /// Hostnames routed to this tenant (A-labels).
     pub hostnames: Vec<String>,
-    /// Backends as `ip:port`, tried round robin.
+    /// Backends as `ip:port`, tried round robin (a provisioned tenant: its containers).
     pub upstreams: Vec<String>,
+    /// The blueprint it was provisioned from (absent: upstreams given by hand).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blueprint: Option<String>,
+    /// Its theme (provisioned tenants).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub theme: Option<String>,
+    /// Deployed generation of its containers (provisioned tenants; each redeploy adds one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    /// Why it failed, or why the last redeploy failed, human-readable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    /// What provisioning did, oldest first (only when one tenant is read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<TenantEvent>>,
     /// Creation time, RFC 3339.
     pub created_at: String,
     /// Last change, RFC 3339.
     pub updated_at: String,
+}
+
+/// One step of a tenant's provisioning, redeploy or teardown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TenantEvent {
+    /// When, RFC 3339.
+    pub at: String,
+    /// What happened.
+    pub message: String,
 }
 
 /// A stored certificate, without its key.

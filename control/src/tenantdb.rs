@@ -66,9 +66,12 @@ pub fn ident(slug: &str) -> Result<String> {
 }
 
 fn db_err(e: tokio_postgres::Error) -> Error {
-    match e.as_db_error() {
-        Some(d) => Error::Unavailable(format!("tenant database: {}", d.message())),
-        None => Error::Unavailable(format!("tenant database: {e}")),
+    Error::Dependency {
+        code: "tenant_db_unavailable",
+        message: match e.as_db_error() {
+            Some(d) => format!("tenant database: {}", d.message()),
+            None => format!("tenant database: {e}"),
+        },
     }
 }
 
@@ -85,6 +88,44 @@ impl TenantDb {
             .or_else(|| config.get_user().map(str::to_owned))
             .unwrap_or_else(|| "postgres".into());
         Ok(TenantDb { config, dbname })
+    }
+
+    /// The database tenants' schemas live in.
+    pub fn dbname(&self) -> &str {
+        &self.dbname
+    }
+
+    /// The server's port in `url` (5432 when it names none).
+    pub fn port(&self) -> u16 {
+        self.config.get_ports().first().copied().unwrap_or(5432)
+    }
+
+    /// Whether the server answers.
+    pub async fn ping(&self) -> Result<()> {
+        self.connect()
+            .await?
+            .simple_query("SELECT 1")
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Keep the tenant's schema and data but let its role log in no more (retention `keep`).
+    pub async fn lock_tenant(&self, slug: &str) -> Result<()> {
+        let name = ident(slug)?;
+        let client = self.connect().await?;
+        let exists = !client
+            .query("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
+            .await
+            .map_err(db_err)?
+            .is_empty();
+        if exists {
+            client
+                .batch_execute(&format!("ALTER ROLE \"{name}\" NOLOGIN"))
+                .await
+                .map_err(db_err)?;
+        }
+        Ok(())
     }
 
     async fn connect(&self) -> Result<tokio_postgres::Client> {

@@ -4,6 +4,7 @@
 
 #![allow(dead_code, missing_docs)]
 
+pub mod docker;
 pub mod pebble;
 pub mod postgres;
 
@@ -334,6 +335,7 @@ pub struct Tenantgate {
     store_extra: Vec<String>,
     command: Option<&'static str>,
     http_port: Option<u16>,
+    env: Vec<(String, String)>,
 }
 
 /// The `[platform]` section most tests use.
@@ -351,6 +353,7 @@ pub struct Running {
     pub admin: SocketAddr,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl Tenantgate {
@@ -435,6 +438,12 @@ impl Tenantgate {
         self
     }
 
+    /// An environment variable of the process.
+    pub fn env(mut self, key: &str, value: &str) -> Tenantgate {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
     /// Listen for plain HTTP on this port (e.g. the one an ACME CA validates on).
     pub fn http_port(mut self, port: u16) -> Tenantgate {
         self.http_port = Some(port);
@@ -510,6 +519,7 @@ impl Tenantgate {
             admin: SocketAddr::from(([127, 0, 0, 1], admin)),
             dir,
             config,
+            env: self.env,
         };
         running.child = Some(running.spawn(false));
         running.wait_ready().await;
@@ -527,6 +537,7 @@ impl Running {
             .expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenantgate"));
         cmd.arg(self.command).arg("--config").arg(&self.config);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         if upgrade {
             cmd.arg("--upgrade");
         }

@@ -108,10 +108,55 @@ pub struct PgCluster {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    listen: String,
 }
 
 impl PgCluster {
     pub async fn start() -> PgCluster {
+        Self::start_listening("127.0.0.1", "").await
+    }
+
+    /// A cluster that containers on Docker bridge networks reach too: it listens on the
+    /// default bridge's gateway (what `host.docker.internal` names inside a container) as
+    /// well, and takes password logins (scram) from the private ranges Docker uses.
+    /// Returns the cluster and the gateway address.
+    pub async fn start_for_containers() -> (PgCluster, String) {
+        // The gateway of the default bridge (docker0), which `host-gateway` names; the
+        // engine does not always report it, and then it is the subnet's first address.
+        let out = Command::new("docker")
+            .args([
+                "network",
+                "inspect",
+                "bridge",
+                "--format",
+                "{{range .IPAM.Config}}{{.Gateway}} {{.Subnet}}{{end}}",
+            ])
+            .output()
+            .expect("docker CLI (the Docker Engine is required)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let gateway = text
+            .split_whitespace()
+            .find_map(|w| w.parse::<std::net::Ipv4Addr>().ok())
+            .or_else(|| {
+                let subnet = text.split_whitespace().find(|w| w.contains('/'))?;
+                let net: std::net::Ipv4Addr = subnet.split('/').next()?.parse().ok()?;
+                Some(std::net::Ipv4Addr::from(u32::from(net) + 1))
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "cannot find the Docker bridge gateway ({text:?}): {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
+            .to_string();
+        let hba = "host all all 172.16.0.0/12 scram-sha-256\n\
+                   host all all 192.168.0.0/16 scram-sha-256\n\
+                   host all all 10.0.0.0/8 scram-sha-256\n";
+        let pg = Self::start_listening(&format!("127.0.0.1,{gateway}"), hba).await;
+        (pg, gateway)
+    }
+
+    async fn start_listening(listen: &str, extra_hba: &str) -> PgCluster {
         let dir = tempfile::Builder::new()
             .prefix("tg-pg-")
             .tempdir()
@@ -123,11 +168,18 @@ impl PgCluster {
             .status()
             .expect("cp");
         assert!(ok.success(), "copying the template cluster failed");
+        if !extra_hba.is_empty() {
+            let hba = dir.path().join("data/pg_hba.conf");
+            let mut text = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+            text.push_str(extra_hba);
+            std::fs::write(&hba, text).expect("pg_hba.conf");
+        }
         give_to_postgres(dir.path());
         let mut pg = PgCluster {
             port: free_port(),
             dir,
             child: None,
+            listen: listen.to_owned(),
         };
         pg.resume().await;
         pg
@@ -189,7 +241,7 @@ impl PgCluster {
             .arg(self.data())
             .args([
                 "-c",
-                "listen_addresses=127.0.0.1",
+                &format!("listen_addresses={}", self.listen),
                 "-c",
                 "fsync=off",
                 "-c",

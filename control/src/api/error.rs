@@ -67,6 +67,14 @@ impl From<Error> for ApiError {
                     "the store is unavailable; nothing was changed, retry later",
                 )
             }
+            Error::Dependency { code, message } => {
+                tracing::warn!("admin API: {message}");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    code,
+                    format!("{message}; nothing was changed, retry later"),
+                )
+            }
             Error::Internal(m) => {
                 tracing::error!("admin API: internal error: {m}");
                 ApiError::new(

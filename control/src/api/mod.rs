@@ -28,6 +28,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::domains::Domains;
+use crate::lifecycle::Lifecycle;
 use crate::model::AuditEvent;
 use crate::store::Store;
 pub use error::{ApiError, ApiJson};
@@ -47,6 +48,8 @@ pub struct ApiState {
     pub sealing: Arc<SealingKey>,
     /// Custom domains.
     pub domains: Arc<Domains>,
+    /// Tenants provisioned from blueprints.
+    pub lifecycle: Arc<Lifecycle>,
     /// SHA-256 of the bearer token.
     token_digest: [u8; 32],
 }
@@ -58,6 +61,7 @@ impl ApiState {
         rules: InputRules,
         sealing: Arc<SealingKey>,
         domains: Arc<Domains>,
+        lifecycle: Arc<Lifecycle>,
         token: &str,
     ) -> Self {
         ApiState {
@@ -65,6 +69,7 @@ impl ApiState {
             rules: Arc::new(rules),
             sealing,
             domains,
+            lifecycle,
             token_digest: digest(token.as_bytes()),
         }
     }
@@ -144,6 +149,7 @@ fn api_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(tenants::put_upstreams))
         .routes(routes!(tenants::suspend_tenant))
         .routes(routes!(tenants::resume_tenant))
+        .routes(routes!(tenants::redeploy_tenant))
         .routes(routes!(
             domains::attach_domain,
             domains::list_tenant_domains

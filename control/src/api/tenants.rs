@@ -1,4 +1,5 @@
-//! `/v1/tenants`: create, list, read, rename, delete, upstreams, suspend and resume.
+//! `/v1/tenants`: create (with upstreams, or provisioned from a blueprint), list, read,
+//! rename, delete, upstreams, suspend, resume and redeploy.
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
@@ -26,9 +27,25 @@ pub struct CreateTenant {
     /// Display name.
     #[schema(min_length = 1, max_length = 200)]
     pub name: String,
-    /// Backends as `ip:port` (IPv6 as `[::1]:80`).
+    /// Backends as `ip:port` (IPv6 as `[::1]:80`). Give either `upstreams` or `blueprint`.
     #[schema(min_items = 1, max_items = 64)]
-    pub upstreams: Vec<String>,
+    pub upstreams: Option<Vec<String>>,
+    /// Provision the tenant from this blueprint (database, containers, route): the answer
+    /// is 202 with status `provisioning`, then the tenant becomes `active` or `failed`.
+    #[schema(min_length = 1, max_length = 40)]
+    pub blueprint: Option<String>,
+    /// Theme of the blueprint (default: the blueprint's default theme).
+    #[schema(min_length = 1, max_length = 40)]
+    pub theme: Option<String>,
+}
+
+/// Body of `POST /v1/tenants/{id}/redeploy`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Redeploy {
+    /// Switch to this theme (default: keep the current one).
+    #[schema(min_length = 1, max_length = 40)]
+    pub theme: Option<String>,
 }
 
 /// Body of `PATCH /v1/tenants/{id}`.
@@ -54,7 +71,7 @@ pub struct PutUpstreams {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// `active`, `suspended` or `deleted` (default: all but deleted).
+    /// `provisioning`, `active`, `suspended`, `failed` or `deleted` (default: all but deleted).
     pub status: Option<TenantStatus>,
     /// Only the tenant serving this hostname.
     #[param(min_length = 1, max_length = 253)]
@@ -66,9 +83,10 @@ pub struct ListQuery {
     pub limit: Option<usize>,
 }
 
-/// Create a tenant.
+/// Create a tenant: routed to the given upstreams at once (201), or provisioned from a
+/// blueprint (202: `provisioning`, then `active` or `failed`; follow `GET /v1/tenants/{id}`).
 #[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = CreateTenant,
-    responses((status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 201, body = Tenant), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 201, body = Tenant), (status = 202, body = Tenant), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn create_tenant(
     State(s): State<ApiState>,
@@ -76,7 +94,17 @@ pub async fn create_tenant(
 ) -> Result<impl IntoResponse, ApiError> {
     let platform_hostname = s.rules.slug(&body.slug)?;
     let name = s.rules.name(&body.name)?;
-    let upstreams = s.rules.upstreams(&body.upstreams)?;
+    let (upstreams, blueprint) = match (&body.upstreams, &body.blueprint) {
+        (Some(u), None) if body.theme.is_none() => (s.rules.upstreams(u)?, None),
+        (None, Some(b)) => {
+            let theme = s.lifecycle.admit(b, body.theme.as_deref()).await?;
+            (Vec::new(), Some((b.clone(), theme)))
+        }
+        (Some(_), Some(_)) => return Err(invalid("give either upstreams or blueprint, not both")),
+        (Some(_), None) => return Err(invalid("theme goes with blueprint")),
+        (None, None) => return Err(invalid("give upstreams, or a blueprint to provision from")),
+    };
+    let provision = blueprint.is_some();
     let tenant = s
         .store
         .create_tenant(
@@ -86,15 +114,22 @@ pub async fn create_tenant(
                 name,
                 platform_hostname,
                 upstreams,
+                blueprint,
             },
         )
         .await?;
     let location = format!("/v1/tenants/{}", tenant.id);
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(tenant),
-    ))
+    let status = if provision {
+        tokio::spawn(s.lifecycle.clone().provision(tenant.id.clone()));
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, [(header::LOCATION, location)], Json(tenant)))
+}
+
+fn invalid(message: &str) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", message)
 }
 
 /// List tenants, ordered by id, a page at a time.
@@ -153,14 +188,28 @@ pub async fn patch_tenant(
     Ok(Json(s.store.rename_tenant(ACTOR, &id, &name).await?))
 }
 
-/// Delete a tenant: it stops routing on every proxy and its hostnames are released.
+/// Whether tenant `id` runs from a blueprint (and so needs the container runtime).
+async fn provisioned(s: &ApiState, id: &str) -> Result<bool, ApiError> {
+    Ok(s.store.get_tenant(id).await?.blueprint.is_some())
+}
+
+/// Delete a tenant: it stops routing on every proxy and its hostnames are released; a
+/// provisioned tenant's containers and network are removed, and its schema and role per
+/// `[provisioning] retention`.
 #[utoipa::path(delete, path = "/v1/tenants/{id}", tag = "tenants", params(("id" = String, Path)),
     responses((status = 503, body = ErrorBody), (status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn delete_tenant(
     State(s): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let provisioned = provisioned(&s, &id).await?;
+    if provisioned {
+        s.lifecycle.ready().await?;
+    }
     s.store.delete_tenant(ACTOR, &id).await?;
+    if provisioned {
+        s.lifecycle.deleted(&id).await;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -176,28 +225,85 @@ pub async fn put_upstreams(
     Ok(Json(s.store.set_upstreams(ACTOR, &id, &upstreams).await?))
 }
 
-/// Suspend a tenant: its hostnames answer the proxy's 503 page.
+/// Suspend a tenant: its hostnames answer the proxy's 503 page (at once, on every proxy)
+/// and a provisioned tenant's containers are stopped.
 #[utoipa::path(post, path = "/v1/tenants/{id}/suspend", tag = "tenants", params(("id" = String, Path)),
-    responses((status = 503, body = ErrorBody), (status = 200, body = Tenant), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 503, body = ErrorBody), (status = 200, body = Tenant), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn suspend_tenant(
     State(s): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<Tenant>, ApiError> {
-    Ok(Json(
-        s.store
-            .set_status(ACTOR, &id, TenantStatus::Suspended)
-            .await?,
-    ))
+    let provisioned = provisioned(&s, &id).await?;
+    if provisioned {
+        s.lifecycle.ready().await?;
+    }
+    let tenant = s
+        .store
+        .set_status(ACTOR, &id, TenantStatus::Suspended)
+        .await?;
+    if provisioned {
+        // The route already answers 503; containers left running are stopped by the
+        // reconciler.
+        if let Err(e) = s.lifecycle.suspended(&id).await {
+            tracing::warn!(tenant = %id, "containers not stopped yet: {e}");
+        }
+    }
+    Ok(Json(tenant))
 }
 
-/// Resume a suspended tenant.
+/// Resume a suspended tenant; a provisioned tenant's containers are started and healthy
+/// before its hostnames route to them again.
 #[utoipa::path(post, path = "/v1/tenants/{id}/resume", tag = "tenants", params(("id" = String, Path)),
-    responses((status = 503, body = ErrorBody), (status = 200, body = Tenant), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 503, body = ErrorBody), (status = 200, body = Tenant), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn resume_tenant(
     State(s): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<Tenant>, ApiError> {
+    let tenant = s.store.get_tenant(&id).await?;
+    if tenant.blueprint.is_some() && tenant.status == TenantStatus::Suspended {
+        s.lifecycle.ready().await?;
+        s.lifecycle.resuming(&id).await?;
+    }
     Ok(Json(
         s.store.set_status(ACTOR, &id, TenantStatus::Active).await?,
     ))
+}
+
+/// Redeploy a provisioned tenant blue/green (picking up blueprint changes, optionally a new
+/// theme): the new generation starts beside the current one and, once healthy, takes over
+/// the route in one step; the old one is drained and removed. 202; progress in the events.
+#[utoipa::path(post, path = "/v1/tenants/{id}/redeploy", tag = "tenants", params(("id" = String, Path)), request_body = Redeploy,
+    responses((status = 503, body = ErrorBody), (status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 400, body = ErrorBody), (status = 202, body = Tenant), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn redeploy_tenant(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<Redeploy>,
+) -> Result<(StatusCode, Json<Tenant>), ApiError> {
+    let tenant = s.store.get_tenant(&id).await?;
+    let Some(blueprint) = &tenant.blueprint else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_provisioned",
+            format!("tenant {id:?} was not provisioned from a blueprint"),
+        ));
+    };
+    if tenant.status != TenantStatus::Active {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "tenant {id:?} is {}: only active tenants are redeployed",
+                tenant.status.as_str()
+            ),
+        ));
+    }
+    let theme = match &body.theme {
+        Some(t) => Some(s.lifecycle.admit(blueprint, Some(t)).await?),
+        None => {
+            s.lifecycle.ready().await?;
+            None
+        }
+    };
+    tokio::spawn(s.lifecycle.clone().redeploy(id, theme));
+    Ok((StatusCode::ACCEPTED, Json(tenant)))
 }

@@ -16,8 +16,11 @@ use bollard::query_parameters::{
 
 use super::{
     Container, ContainerSpec, Runtime, RuntimeError, LABEL_COMPONENT, LABEL_GENERATION,
-    LABEL_TENANT,
+    LABEL_INSTANCE, LABEL_TENANT,
 };
+
+/// How long pulling a missing image may take.
+const PULL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// The Docker Engine.
 pub struct Docker {
@@ -112,6 +115,42 @@ impl Runtime for Docker {
             .map_err(|e| err("ping", e))
     }
 
+    async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
+        use futures_util::StreamExt as _;
+        match self.api.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(e) => return Err(err("inspect image", e)),
+        }
+        let pull = async {
+            let mut progress = self.api.create_image(
+                Some(bollard::query_parameters::CreateImageOptions {
+                    from_image: Some(image.to_owned()),
+                    ..Default::default()
+                }),
+                None,
+                None,
+            );
+            while let Some(step) = progress.next().await {
+                step?;
+            }
+            Ok::<(), BollardError>(())
+        };
+        match tokio::time::timeout(PULL_TIMEOUT, pull).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(RuntimeError::NotFound(format!(
+                "image {image:?} is not on this host and cannot be pulled ({})",
+                err("pull", e)
+            ))),
+            Err(_) => Err(RuntimeError::NotFound(format!(
+                "image {image:?} is not on this host and pulling it took more than {}s",
+                PULL_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
     async fn ensure_network(&self, name: &str, tenant: &str) -> Result<(), RuntimeError> {
         // The engine accepts a second network with the same name (and then refuses to attach
         // to either), so look first.
@@ -163,6 +202,7 @@ impl Runtime for Docker {
     async fn run(&self, spec: &ContainerSpec) -> Result<Container, RuntimeError> {
         let port = format!("{}/tcp", spec.port);
         let labels = HashMap::from([
+            (LABEL_INSTANCE.to_owned(), spec.instance.clone()),
             (LABEL_TENANT.to_owned(), spec.tenant.clone()),
             (LABEL_COMPONENT.to_owned(), spec.component.clone()),
             (LABEL_GENERATION.to_owned(), spec.generation.to_string()),
@@ -183,6 +223,8 @@ impl Runtime for Docker {
                     }]),
                 )])),
                 network_mode: Some(spec.network.clone()),
+                // The Docker host by name (the tenant database, for one).
+                extra_hosts: Some(vec!["host.docker.internal:host-gateway".into()]),
                 nano_cpus: Some((spec.cpus * 1e9) as i64),
                 memory: Some(i64::try_from(spec.memory_bytes).unwrap_or(i64::MAX)),
                 restart_policy: Some(RestartPolicy {
@@ -262,16 +304,20 @@ impl Runtime for Docker {
         )
     }
 
-    async fn list(&self, tenant: Option<&str>) -> Result<Vec<Container>, RuntimeError> {
-        let label = match tenant {
-            Some(t) => format!("{LABEL_TENANT}={t}"),
-            None => LABEL_TENANT.to_owned(),
-        };
+    async fn list(
+        &self,
+        instance: &str,
+        tenant: Option<&str>,
+    ) -> Result<Vec<Container>, RuntimeError> {
+        let mut labels = vec![format!("{LABEL_INSTANCE}={instance}")];
+        if let Some(t) = tenant {
+            labels.push(format!("{LABEL_TENANT}={t}"));
+        }
         let summaries = self
             .api
             .list_containers(Some(ListContainersOptions {
                 all: true,
-                filters: Some(HashMap::from([("label".to_owned(), vec![label])])),
+                filters: Some(HashMap::from([("label".to_owned(), labels)])),
                 ..Default::default()
             }))
             .await

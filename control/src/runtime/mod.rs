@@ -2,10 +2,11 @@
 //! the one implementation ([`docker::Docker`]), and the interface is small enough that a
 //! Swarm or Kubernetes runtime can be added without touching provisioning.
 //!
-//! Invariants: every container carries the labels `tenantgate.tenant`,
-//! `tenantgate.component` and `tenantgate.generation`, so the actual state can always be
-//! listed and compared with the desired one; containers publish their port on loopback only,
-//! never on a public address; each tenant has a network of its own.
+//! Invariants: every container carries the labels `tenantgate.instance` (the store it
+//! belongs to, so two installations sharing an engine never touch each other's containers),
+//! `tenantgate.tenant`, `tenantgate.component` and `tenantgate.generation`, so the actual
+//! state can always be listed and compared with the desired one; containers publish their
+//! port on loopback only, never on a public address; each tenant has a network of its own.
 
 pub mod docker;
 
@@ -14,6 +15,8 @@ use std::net::SocketAddr;
 
 use async_trait::async_trait;
 
+/// Label naming the installation (store) a container belongs to.
+pub const LABEL_INSTANCE: &str = "tenantgate.instance";
 /// Label naming the tenant a container belongs to.
 pub const LABEL_TENANT: &str = "tenantgate.tenant";
 /// Label naming the blueprint component.
@@ -46,6 +49,8 @@ pub struct ContainerSpec {
     pub command: Vec<String>,
     /// Environment.
     pub env: Vec<(String, String)>,
+    /// Installation id (label).
+    pub instance: String,
     /// Tenant id (label).
     pub tenant: String,
     /// Component name (label).
@@ -101,6 +106,9 @@ impl Container {
 pub trait Runtime: Send + Sync {
     /// Whether the runtime answers.
     async fn ping(&self) -> Result<(), RuntimeError>;
+    /// Make sure `image` is on the host (pulling it when it is not); `NotFound` when it
+    /// cannot be had.
+    async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError>;
     /// Create the tenant's network unless it exists.
     async fn ensure_network(&self, name: &str, tenant: &str) -> Result<(), RuntimeError>;
     /// Remove a network (absent: fine).
@@ -113,6 +121,10 @@ pub trait Runtime: Send + Sync {
     async fn stop(&self, id: &str) -> Result<(), RuntimeError>;
     /// Remove a container, stopping it first (absent: fine).
     async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
-    /// Containers managed by tenantgate (all, or one tenant's), running or not.
-    async fn list(&self, tenant: Option<&str>) -> Result<Vec<Container>, RuntimeError>;
+    /// Containers of installation `instance` (all, or one tenant's), running or not.
+    async fn list(
+        &self,
+        instance: &str,
+        tenant: Option<&str>,
+    ) -> Result<Vec<Container>, RuntimeError>;
 }

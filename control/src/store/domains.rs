@@ -793,11 +793,30 @@ impl Store {
     /// Take the domain for `owner` until `until` (ms) unless it is held (by any node, this
     /// one included): one worker at a time works on a domain across a fleet.
     pub async fn claim_domain(&self, id: &str, owner: &str, until: i64) -> Result<bool> {
+        self.claim_row("domains", id, owner, until).await
+    }
+
+    /// Give the domain back.
+    pub async fn release_domain(&self, id: &str, owner: &str) -> Result<()> {
+        self.release_row("domains", id, owner).await
+    }
+
+    /// Lease row `id` of `table` (which has `lease_owner` and `lease_until`) to `owner`
+    /// until `until` (ms) unless it is held now.
+    pub(crate) async fn claim_row(
+        &self,
+        table: &'static str,
+        id: &str,
+        owner: &str,
+        until: i64,
+    ) -> Result<bool> {
         let mut tx = self.backend.begin(true).await?;
         let rows = tx
             .query(
-                "UPDATE domains SET lease_owner = $1, lease_until = $2 WHERE id = $3 AND \
-                 lease_until < $4 RETURNING id",
+                &format!(
+                    "UPDATE {table} SET lease_owner = $1, lease_until = $2 WHERE id = $3 AND \
+                     lease_until < $4 RETURNING id"
+                ),
                 &[t(owner), Value::Int(until), t(id), Value::Int(now_ms())],
             )
             .await?;
@@ -805,11 +824,18 @@ impl Store {
         Ok(!rows.is_empty())
     }
 
-    /// Give the domain back.
-    pub async fn release_domain(&self, id: &str, owner: &str) -> Result<()> {
+    /// End `owner`'s lease of row `id` of `table`.
+    pub(crate) async fn release_row(
+        &self,
+        table: &'static str,
+        id: &str,
+        owner: &str,
+    ) -> Result<()> {
         let mut tx = self.backend.begin(true).await?;
         tx.query(
-            "UPDATE domains SET lease_owner = NULL, lease_until = 0 WHERE id = $1 AND lease_owner = $2",
+            &format!(
+                "UPDATE {table} SET lease_owner = NULL, lease_until = 0 WHERE id = $1 AND lease_owner = $2"
+            ),
             &[t(id), t(owner)],
         )
         .await?;

@@ -14,6 +14,7 @@
 
 pub mod domains;
 pub mod postgres;
+pub mod provisioning;
 pub mod sqlite;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -22,6 +23,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 pub use domains::{DomainFilter, DomainNote, DomainRecord};
+pub use provisioning::Deployment;
 use tenantgate_config::{
     CertificateChange, Delta, HostPattern, Route, RouteChange, Snapshot, StoredCertificate,
     Upstream,
@@ -88,6 +90,9 @@ pub struct NewTenant {
     pub platform_hostname: String,
     /// Backends.
     pub upstreams: Vec<SocketAddr>,
+    /// `(blueprint, theme)` of a tenant to provision: it starts as `provisioning`, without
+    /// upstreams, and is not routed until its containers are healthy.
+    pub blueprint: Option<(String, String)>,
 }
 
 /// A certificate to store, already parsed and checked, its key sealed.
@@ -146,6 +151,13 @@ fn text(row: &Row, i: usize) -> Result<String> {
         other => Err(Error::Internal(format!(
             "column {i}: expected text, got {other:?}"
         ))),
+    }
+}
+
+fn opt_text(row: &Row, i: usize) -> Result<Option<String>> {
+    match row.get(i) {
+        Some(Value::Null) => Ok(None),
+        _ => text(row, i).map(Some),
     }
 }
 
@@ -321,9 +333,22 @@ impl Store {
                 new.platform_hostname
             )));
         }
+        let (status, blueprint, theme) = match &new.blueprint {
+            Some((b, th)) => ("provisioning", t(b), t(th)),
+            None => ("active", Value::Null, Value::Null),
+        };
         tx.query(
-            "INSERT INTO tenants (id, slug, name, status, created_at, updated_at) VALUES ($1, $2, $3, 'active', $4, $4)",
-            &[t(&id), t(&new.slug), t(&new.name), now.clone()],
+            "INSERT INTO tenants (id, slug, name, status, created_at, updated_at, blueprint, theme) \
+             VALUES ($1, $2, $3, $4, $5, $5, $6, $7)",
+            &[
+                t(&id),
+                t(&new.slug),
+                t(&new.name),
+                t(status),
+                now.clone(),
+                blueprint,
+                theme,
+            ],
         )
         .await?;
         tx.query(
@@ -339,16 +364,19 @@ impl Store {
             actor,
             "tenant.create",
             &id,
-            serde_json::json!({"slug": new.slug, "name": new.name}),
+            serde_json::json!({"slug": new.slug, "name": new.name, "blueprint": new.blueprint}),
         )
         .await?;
         Ok(tenant)
     }
 
-    /// One tenant.
+    /// One tenant, with its provisioning events.
     pub async fn get_tenant(&self, id: &str) -> Result<Tenant> {
         let mut tx = self.backend.begin(false).await?;
-        let tenant = load_tenant(&mut *tx, id).await?;
+        let mut tenant = load_tenant(&mut *tx, id).await?;
+        if tenant.blueprint.is_some() {
+            tenant.events = Some(provisioning::load_events(&mut *tx, id).await?);
+        }
         tx.commit().await?;
         Ok(tenant)
     }
@@ -425,6 +453,17 @@ impl Store {
     ) -> Result<Tenant> {
         let (mut tx, version) = self.begin_write("tenant", id).await?;
         live_tenant(&mut *tx, id).await?;
+        let provisioned = tx
+            .query(
+                "SELECT 1 FROM tenants WHERE id = $1 AND blueprint IS NOT NULL",
+                &[t(id)],
+            )
+            .await?;
+        if !provisioned.is_empty() {
+            return Err(Error::Conflict(format!(
+                "tenant {id:?} runs from a blueprint: its upstreams follow its containers"
+            )));
+        }
         tx.query("DELETE FROM upstreams WHERE tenant_id = $1", &[t(id)])
             .await?;
         write_upstreams(&mut *tx, id, upstreams).await?;
@@ -453,7 +492,12 @@ impl Store {
             return Err(Error::Internal("use delete_tenant".into()));
         }
         let (mut tx, version) = self.begin_write("tenant", id).await?;
-        live_tenant(&mut *tx, id).await?;
+        let current = live_tenant(&mut *tx, id).await?;
+        if !matches!(current.as_str(), "active" | "suspended") {
+            return Err(Error::Conflict(format!(
+                "tenant {id:?} is {current}: only active and suspended tenants can be suspended or resumed"
+            )));
+        }
         tx.query(
             "UPDATE tenants SET status = $1, updated_at = $2 WHERE id = $3",
             &[t(status.as_str()), Value::Int(now_ms()), t(id)],
@@ -746,14 +790,15 @@ async fn write_upstreams(tx: &mut dyn Tx, id: &str, upstreams: &[SocketAddr]) ->
     Ok(())
 }
 
-/// The tenant must exist and not be deleted.
-async fn live_tenant(tx: &mut dyn Tx, id: &str) -> Result<()> {
+/// The tenant must exist and not be deleted; returns its status.
+async fn live_tenant(tx: &mut dyn Tx, id: &str) -> Result<String> {
     let rows = tx
         .query("SELECT status FROM tenants WHERE id = $1", &[t(id)])
         .await?;
-    match rows.first().map(|r| text(r, 0)).transpose()?.as_deref() {
-        None | Some("deleted") => Err(Error::NotFound(format!("tenant {id:?}"))),
-        Some(_) => Ok(()),
+    match rows.first().map(|r| text(r, 0)).transpose()? {
+        None => Err(Error::NotFound(format!("tenant {id:?}"))),
+        Some(s) if s == "deleted" => Err(Error::NotFound(format!("tenant {id:?}"))),
+        Some(s) => Ok(s),
     }
 }
 
@@ -772,7 +817,8 @@ async fn load_tenants(tx: &mut dyn Tx, ids: &[String]) -> Result<Vec<Tenant>> {
     let inlist = placeholders(1, ids.len());
     let rows = tx
         .query(
-            &format!("SELECT id, slug, name, status, created_at, updated_at FROM tenants WHERE id IN ({inlist}) ORDER BY id"),
+            &format!("SELECT id, slug, name, status, created_at, updated_at, blueprint, theme, generation, status_reason \
+                      FROM tenants WHERE id IN ({inlist}) ORDER BY id"),
             &params,
         )
         .await?;
@@ -807,6 +853,14 @@ async fn load_tenants(tx: &mut dyn Tx, ids: &[String]) -> Result<Vec<Tenant>> {
                     .ok_or_else(|| Error::Internal(format!("unknown tenant status {status:?}")))?,
                 hostnames: hostnames.remove(&id).unwrap_or_default(),
                 upstreams: upstreams.remove(&id).unwrap_or_default(),
+                blueprint: opt_text(r, 6)?,
+                theme: opt_text(r, 7)?,
+                generation: match opt_text(r, 6)? {
+                    Some(_) => Some(version_of(int(r, 8)?)),
+                    None => None,
+                },
+                status_reason: opt_text(r, 9)?,
+                events: None,
                 created_at: rfc3339(int(r, 4)?),
                 updated_at: rfc3339(int(r, 5)?),
                 id,
@@ -815,15 +869,15 @@ async fn load_tenants(tx: &mut dyn Tx, ids: &[String]) -> Result<Vec<Tenant>> {
         .collect()
 }
 
-/// Routes of live tenants (all, or those among `ids`). A tenant id in `ids` without a route
-/// in the result is deleted or gone.
+/// Routes of routed tenants, active or suspended (all, or those among `ids`). A tenant id
+/// in `ids` without a route in the result is not routed: provisioning, failed, deleted.
 async fn load_routes(tx: &mut dyn Tx, ids: Option<&[String]>) -> Result<Vec<Route>> {
     let Some((filter, params)) = id_filter(" AND t.id", ids) else {
         return Ok(Vec::new());
     };
     let tenants = tx
         .query(
-            &format!("SELECT t.id, t.status FROM tenants t WHERE t.status <> 'deleted'{filter} ORDER BY t.id"),
+            &format!("SELECT t.id, t.status FROM tenants t WHERE t.status IN ('active', 'suspended'){filter} ORDER BY t.id"),
             &params,
         )
         .await?;
@@ -831,7 +885,7 @@ async fn load_routes(tx: &mut dyn Tx, ids: Option<&[String]>) -> Result<Vec<Rout
         .query(
             &format!(
                 "SELECT h.tenant_id, h.hostname FROM hostnames h JOIN tenants t ON t.id = h.tenant_id \
-                 WHERE h.status = 'active' AND t.status <> 'deleted'{filter} ORDER BY h.hostname"
+                 WHERE h.status = 'active' AND t.status IN ('active', 'suspended'){filter} ORDER BY h.hostname"
             ),
             &params,
         )
@@ -840,7 +894,7 @@ async fn load_routes(tx: &mut dyn Tx, ids: Option<&[String]>) -> Result<Vec<Rout
         .query(
             &format!(
                 "SELECT u.tenant_id, u.address FROM upstreams u JOIN tenants t ON t.id = u.tenant_id \
-                 WHERE t.status <> 'deleted'{filter} ORDER BY u.tenant_id, u.position"
+                 WHERE t.status IN ('active', 'suspended'){filter} ORDER BY u.tenant_id, u.position"
             ),
             &params,
         )

@@ -53,12 +53,27 @@ impl Sqlite {
         let mut conn = rusqlite::Connection::open(path)
             .map_err(|e| Error::Unavailable(format!("cannot open {}: {e}", path.display())))?;
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF; PRAGMA busy_timeout = 5000;",
         )
         .map_err(db_err)?;
+        // Migrations run with foreign keys off: rebuilding a referenced table (SQLite's only
+        // way to change a constraint) needs it. They are checked before the store is used.
         embedded::migrations::runner()
             .run(&mut conn)
             .map_err(|e| Error::Unavailable(format!("migrating {}: {e}", path.display())))?;
+        let broken: i64 = conn
+            .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+                r.get(0)
+            })
+            .map_err(db_err)?;
+        if broken > 0 {
+            return Err(Error::Internal(format!(
+                "{}: {broken} rows break a foreign key after migrating",
+                path.display()
+            )));
+        }
+        conn.execute_batch("PRAGMA foreign_keys = ON;")
+            .map_err(db_err)?;
         Ok(Sqlite {
             conn: Arc::new(Mutex::new(conn)),
         })

@@ -1,8 +1,13 @@
 //! demo-storefront: a tiny themed storefront page server. The quickstart routes two demo
-//! hostnames to two of these; later it becomes the locally built tenant image used by
-//! provisioning. It answers `/` with the store's page, `/healthz` with `ok`, and
+//! hostnames to two of these, and it is the locally built tenant image of the
+//! `demo-storefront` blueprint. It answers `/` with the store's page, `/healthz` with `ok`, and
 //! `/api/store` with the store's name, theme and the forwarding headers it received (handy to
 //! see what the proxy passes on).
+//!
+//! With `DATABASE_URL` set (a provisioned tenant), the products live in the tenant's own
+//! schema: the table `products` is created and seeded with the theme's products on first
+//! start, and every page is rendered from it, so what a page shows is what that tenant's
+//! database holds. `/healthz` then answers 503 until the database has been reached.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -29,6 +34,17 @@ struct Args {
     /// Theme: ocean, sunset, forest or mono.
     #[arg(long, env = "STORE_THEME", default_value = "ocean")]
     theme: String,
+    /// The tenant's database (`postgres://...`); empty: the theme's built-in products.
+    #[arg(long, env = "DATABASE_URL", default_value = "", hide_env_values = true)]
+    database_url: String,
+}
+
+/// Where the products come from.
+enum Catalog {
+    /// The theme's built-in list, rendered once.
+    Static(Arc<str>),
+    /// The tenant's `products` table; `None` until the database has been reached.
+    Database(tokio::sync::RwLock<Option<tokio_postgres::Client>>),
 }
 
 struct Theme {
@@ -90,13 +106,18 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-fn page(args: &Args) -> String {
+fn page(args: &Args, products: &[(String, String)]) -> String {
     let t = theme(&args.theme);
     let name = escape(&args.name);
-    let items: String = t
-        .products
+    let items: String = products
         .iter()
-        .map(|(p, price)| format!("<li><span>{p}</span><b>${price}</b></li>"))
+        .map(|(p, price)| {
+            format!(
+                "<li><span>{}</span><b>${}</b></li>",
+                escape(p),
+                escape(price)
+            )
+        })
         .collect();
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{name}</title>\
@@ -128,18 +149,118 @@ fn json_str(s: &str) -> String {
     out
 }
 
+fn builtin(theme_name: &str) -> Vec<(String, String)> {
+    theme(theme_name)
+        .products
+        .iter()
+        .map(|(p, price)| ((*p).to_owned(), (*price).to_owned()))
+        .collect()
+}
+
+/// Create and seed the tenant's `products` table (once), through its own role and schema.
+async fn prepare(client: &tokio_postgres::Client, theme_name: &str) -> Result<(), String> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS products (\
+             position integer PRIMARY KEY, name text NOT NULL, price text NOT NULL)",
+        )
+        .await
+        .map_err(|e| format!("create products: {e}"))?;
+    for (i, (name, price)) in builtin(theme_name).iter().enumerate() {
+        let pos = i32::try_from(i).unwrap_or(i32::MAX);
+        client
+            .execute(
+                "INSERT INTO products (position, name, price) VALUES ($1, $2, $3) \
+                 ON CONFLICT (position) DO NOTHING",
+                &[&pos, name, price],
+            )
+            .await
+            .map_err(|e| format!("seed products: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Connect to the tenant database, retrying until it answers, then keep the connection
+/// (reconnecting when it drops).
+async fn connect_forever(args: Arc<Args>, catalog: Arc<Catalog>) {
+    let Catalog::Database(slot) = &*catalog else {
+        return;
+    };
+    let mut config: tokio_postgres::Config = match args.database_url.parse() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("DATABASE_URL: {e}");
+            return;
+        }
+    };
+    config.connect_timeout(std::time::Duration::from_secs(3));
+    loop {
+        match config.connect(tokio_postgres::NoTls).await {
+            Ok((client, conn)) => {
+                // The connection does the client's I/O: it runs beside everything else.
+                let mut conn = tokio::spawn(conn);
+                tokio::select! {
+                    prepared = prepare(&client, &args.theme) => match prepared {
+                        Ok(()) => {
+                            *slot.write().await = Some(client);
+                            if let Ok(Err(e)) = (&mut conn).await {
+                                eprintln!("database connection lost: {e}");
+                            }
+                            *slot.write().await = None;
+                        }
+                        Err(e) => eprintln!("{e}"),
+                    },
+                    ended = &mut conn => eprintln!("database connection ended: {ended:?}"),
+                }
+            }
+            Err(e) => eprintln!("database not reachable yet: {e}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+async fn products(
+    slot: &tokio::sync::RwLock<Option<tokio_postgres::Client>>,
+) -> Option<Vec<(String, String)>> {
+    let guard = slot.read().await;
+    let rows = guard
+        .as_ref()?
+        .query("SELECT name, price FROM products ORDER BY position", &[])
+        .await
+        .ok()?;
+    Some(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
 async fn handle(
     args: Arc<Args>,
-    html: Arc<str>,
+    catalog: Arc<Catalog>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let unavailable = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "text/plain",
+        Bytes::from_static(b"database not reachable\n"),
+    );
     let (status, ctype, body) = match req.uri().path() {
-        "/" => (
-            StatusCode::OK,
-            "text/html; charset=utf-8",
-            Bytes::from(html.to_string()),
-        ),
-        "/healthz" => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
+        "/" => match &*catalog {
+            Catalog::Static(html) => (
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                Bytes::from(html.to_string()),
+            ),
+            Catalog::Database(slot) => match products(slot).await {
+                Some(list) => (
+                    StatusCode::OK,
+                    "text/html; charset=utf-8",
+                    Bytes::from(page(&args, &list)),
+                ),
+                None => unavailable,
+            },
+        },
+        "/healthz" => match &*catalog {
+            Catalog::Database(slot) if slot.read().await.is_none() => unavailable,
+            _ => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
+        },
         "/api/store" => {
             let h = |n: &str| {
                 req.headers()
@@ -175,7 +296,19 @@ async fn handle(
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::io::Result<()> {
     let args = Arc::new(Args::parse());
-    let html: Arc<str> = page(&args).into();
+    let catalog = Arc::new(if args.database_url.is_empty() {
+        Catalog::Static(page(&args, &builtin(&args.theme)).into())
+    } else {
+        Catalog::Database(tokio::sync::RwLock::new(None))
+    });
+    tokio::spawn(connect_forever(args.clone(), catalog.clone()));
+    // As a container's first process nothing else handles SIGTERM: stop at once (the proxy
+    // has already been switched away from a container being stopped).
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::spawn(async move {
+        term.recv().await;
+        std::process::exit(0);
+    });
     let listener = TcpListener::bind(args.listen).await?;
     eprintln!(
         "demo-storefront {:?} ({}) listening on {}",
@@ -189,10 +322,10 @@ async fn main() -> std::io::Result<()> {
                 continue;
             }
         };
-        let (args, html) = (args.clone(), html.clone());
+        let (args, catalog) = (args.clone(), catalog.clone());
         tokio::spawn(async move {
             let svc =
-                hyper::service::service_fn(move |req| handle(args.clone(), html.clone(), req));
+                hyper::service::service_fn(move |req| handle(args.clone(), catalog.clone(), req));
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;

@@ -1,0 +1,867 @@
+//! Tenant lifecycle: provisioning a tenant from a blueprint (database schema and role,
+//! network, containers, health checks, route), suspending and resuming it, redeploying it
+//! blue/green, deleting it, and the reconcile loop that keeps the containers the runtime
+//! reports equal to what the store wants ([`reconcile`]).
+//!
+//! Invariants:
+//! - a tenant is routed only to containers that answered their health check;
+//! - provisioning either ends `active` or `failed` with a reason, and a failed attempt leaves
+//!   no container, network, schema or role behind;
+//! - a redeploy switches the route to the new generation in one version, after it is
+//!   healthy, and removes the old generation only after `drain_seconds`;
+//! - one node at a time works on a tenant (the store's tenant lease), and the reconciler
+//!   leaves a leased tenant alone;
+//! - database passwords are sealed in the store and reach containers only through env;
+//!   they are never logged or shown in events.
+
+pub mod reconcile;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tenantgate_certs::SealingKey;
+use tenantgate_config::{Config, Retention};
+
+use crate::blueprint::{Blueprint, Context, DatabaseKind};
+use crate::runtime::docker::Docker;
+use crate::runtime::{Container, ContainerSpec, Runtime, RuntimeError};
+use crate::store::{Deployment, Store};
+use crate::tenantdb::TenantDb;
+use crate::{now_ms, random_id, Error, Result};
+
+/// Who the audit trail names for lifecycle changes.
+pub const ACTOR: &str = "provisioner";
+
+/// How long a node holds a tenant while it provisions or redeploys it (renewed by nobody:
+/// long enough for the slowest health check, short enough that a crashed node's tenant is
+/// taken over soon).
+const LEASE: Duration = Duration::from_secs(15 * 60);
+
+/// The setting naming this installation's containers.
+const INSTANCE_SETTING: &str = "runtime.instance";
+
+/// Tenant lifecycle service.
+pub struct Lifecycle {
+    store: Arc<Store>,
+    runtime: Option<Arc<dyn Runtime>>,
+    tenant_db: Option<TenantDb>,
+    db_host: String,
+    db_port: Option<u16>,
+    sealing: Arc<SealingKey>,
+    blueprints_dir: PathBuf,
+    blueprints: RwLock<Arc<BTreeMap<String, Blueprint>>>,
+    blueprint_problems: RwLock<Vec<String>>,
+    platform_domain: String,
+    drain: Duration,
+    reconcile_every: Duration,
+    retention: Retention,
+    node: String,
+    instance: tokio::sync::OnceCell<String>,
+    http: reqwest::Client,
+}
+
+/// A container started for a tenant, and the component it runs.
+struct Started {
+    component: String,
+    container: Container,
+}
+
+impl Lifecycle {
+    /// The service for `cfg`: blueprints loaded from `[provisioning] blueprints_dir`, the
+    /// Docker Engine from the environment (contacted only when needed), the tenant-database
+    /// server from `[tenant_db]`.
+    pub fn new(cfg: &Config, store: Arc<Store>, sealing: Arc<SealingKey>) -> Result<Arc<Self>> {
+        let runtime: Option<Arc<dyn Runtime>> = match Docker::connect() {
+            Ok(d) => Some(Arc::new(d)),
+            Err(e) => {
+                tracing::warn!("tenant provisioning has no container runtime: {e}");
+                None
+            }
+        };
+        Self::with_runtime(cfg, store, sealing, runtime)
+    }
+
+    /// The service over a given runtime (`None`: provisioning answers 503).
+    pub fn with_runtime(
+        cfg: &Config,
+        store: Arc<Store>,
+        sealing: Arc<SealingKey>,
+        runtime: Option<Arc<dyn Runtime>>,
+    ) -> Result<Arc<Self>> {
+        let tenant_db = cfg
+            .tenant_db
+            .url
+            .as_deref()
+            .map(TenantDb::new)
+            .transpose()?;
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .map_err(|e| Error::Internal(format!("http client: {e}")))?;
+        let lc = Lifecycle {
+            store,
+            runtime,
+            tenant_db,
+            db_host: cfg
+                .tenant_db
+                .container_host
+                .clone()
+                .unwrap_or_else(|| "host.docker.internal".into()),
+            db_port: cfg.tenant_db.container_port,
+            sealing,
+            blueprints_dir: cfg.provisioning.blueprints_dir.clone(),
+            blueprints: RwLock::new(Arc::new(BTreeMap::new())),
+            blueprint_problems: RwLock::new(Vec::new()),
+            platform_domain: cfg.platform.domain.to_ascii_lowercase(),
+            drain: Duration::from_secs(cfg.provisioning.drain_seconds),
+            reconcile_every: Duration::from_secs(cfg.provisioning.reconcile_seconds.max(1)),
+            retention: cfg.provisioning.retention,
+            node: random_id("n_")?,
+            instance: tokio::sync::OnceCell::new(),
+            http,
+        };
+        lc.reload_blueprints();
+        Ok(Arc::new(lc))
+    }
+
+    /// Read the blueprint directory again. A directory with a broken file keeps the
+    /// blueprints loaded before, and the problems are reported (and logged).
+    pub fn reload_blueprints(&self) {
+        if !self.blueprints_dir.is_dir() {
+            *write(&self.blueprint_problems) = vec![format!(
+                "{}: no such directory (provisioning.blueprints_dir)",
+                self.blueprints_dir.display()
+            )];
+            return;
+        }
+        match Blueprint::load_dir(&self.blueprints_dir) {
+            Ok(map) => {
+                *write(&self.blueprints) = Arc::new(map);
+                write(&self.blueprint_problems).clear();
+            }
+            Err(problems) => {
+                for p in &problems {
+                    tracing::error!("blueprint not loaded: {p}");
+                }
+                *write(&self.blueprint_problems) = problems;
+            }
+        }
+    }
+
+    /// The loaded blueprints.
+    pub fn blueprints(&self) -> Arc<BTreeMap<String, Blueprint>> {
+        read(&self.blueprints).clone()
+    }
+
+    fn runtime(&self) -> Result<&Arc<dyn Runtime>> {
+        self.runtime.as_ref().ok_or_else(|| Error::Dependency {
+            code: "runtime_unavailable",
+            message: "container runtime: no Docker Engine is configured here".into(),
+        })
+    }
+
+    /// Check that a tenant with `blueprint` and `theme` can be provisioned now: the
+    /// blueprint and theme exist, what it needs is configured, and the runtime answers.
+    /// Returns the theme to use. Nothing is created.
+    pub async fn admit(&self, blueprint: &str, theme: Option<&str>) -> Result<String> {
+        let all = self.blueprints();
+        let Some(b) = all.get(blueprint) else {
+            let problems = read(&self.blueprint_problems).clone();
+            let known: Vec<&str> = all.keys().map(String::as_str).collect();
+            return Err(Error::invalid(
+                "unknown_blueprint",
+                if known.is_empty() && !problems.is_empty() {
+                    format!(
+                        "blueprint {blueprint:?}: no blueprints are loaded ({})",
+                        problems.join("; ")
+                    )
+                } else {
+                    format!(
+                        "blueprint {blueprint:?} does not exist (known: {})",
+                        known.join(", ")
+                    )
+                },
+            ));
+        };
+        let theme = theme.unwrap_or(&b.default_theme);
+        if !b.themes.contains_key(theme) {
+            return Err(Error::invalid(
+                "unknown_theme",
+                format!(
+                    "theme {theme:?} is not one of blueprint {blueprint:?}'s ({})",
+                    b.themes.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        if served_components(b).len() > 1 {
+            return Err(Error::invalid(
+                "unsupported_blueprint",
+                format!(
+                    "blueprint {blueprint:?} routes paths to several components; the proxy routes a hostname to one component so far"
+                ),
+            ));
+        }
+        match b.database {
+            DatabaseKind::None => {}
+            DatabaseKind::Schema => {
+                let Some(db) = &self.tenant_db else {
+                    return Err(Error::invalid(
+                        "no_tenant_database",
+                        format!("blueprint {blueprint:?} needs a tenant database: set [tenant_db] url"),
+                    ));
+                };
+                db.ping().await?;
+            }
+            DatabaseKind::Database => {
+                return Err(Error::invalid(
+                    "unsupported_blueprint",
+                    format!("blueprint {blueprint:?} asks for a database per tenant; only schema-per-tenant is provisioned so far"),
+                ))
+            }
+        }
+        self.runtime()?.ping().await.map_err(unavailable)?;
+        Ok(theme.to_owned())
+    }
+
+    /// Whether the runtime answers (deleting or changing a provisioned tenant needs it).
+    pub async fn ready(&self) -> Result<()> {
+        self.runtime()?.ping().await.map_err(unavailable)
+    }
+
+    /// This installation's id, shared by every node of the store (created once).
+    async fn instance(&self) -> Result<&str> {
+        self.instance
+            .get_or_try_init(|| async {
+                let fresh = random_id("")?;
+                let kept = self
+                    .store
+                    .setting_once(INSTANCE_SETTING, fresh.as_bytes())
+                    .await?;
+                Ok::<_, Error>(String::from_utf8_lossy(&kept).into_owned())
+            })
+            .await
+            .map(String::as_str)
+    }
+
+    async fn event(&self, id: &str, message: &str) {
+        tracing::info!(tenant = id, "{message}");
+        if let Err(e) = self.store.tenant_event(id, message).await {
+            tracing::warn!(tenant = id, "cannot record event {message:?}: {e}");
+        }
+    }
+
+    /// Provision tenant `id` (stored as `provisioning`) unless another node is at it.
+    pub async fn provision(self: Arc<Self>, id: String) {
+        match self
+            .store
+            .claim_tenant(&id, &self.node, now_ms() + LEASE.as_millis() as i64)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(tenant = %id, "cannot take the tenant to provision it: {e}");
+                return;
+            }
+        }
+        let started = std::time::Instant::now();
+        match self.try_provision(&id).await {
+            Ok(true) => {
+                self.event(
+                    &id,
+                    &format!(
+                        "live: routed to healthy containers ({} ms)",
+                        started.elapsed().as_millis()
+                    ),
+                )
+                .await;
+            }
+            Ok(false) => {}
+            Err(reason) => {
+                self.event(&id, &format!("failed: {reason}")).await;
+                match self.store.deployment(&id).await {
+                    Ok(d) => {
+                        self.teardown(&d, true).await;
+                        self.event(
+                            &id,
+                            "rolled back: containers, network, schema and role removed",
+                        )
+                        .await;
+                    }
+                    Err(e) => tracing::error!(tenant = %id, "cannot roll back: {e}"),
+                }
+                if let Err(e) = self.store.fail_tenant(ACTOR, &id, &reason).await {
+                    tracing::warn!(tenant = %id, "cannot mark the tenant failed: {e}");
+                }
+            }
+        }
+        if let Err(e) = self.store.release_tenant(&id, &self.node).await {
+            tracing::warn!(tenant = %id, "cannot release the tenant: {e}");
+        }
+    }
+
+    /// `Ok(true)`: provisioned; `Ok(false)`: nothing to do; `Err`: why it failed.
+    async fn try_provision(&self, id: &str) -> Result<bool, String> {
+        let d = self.store.deployment(id).await.map_err(|e| e.to_string())?;
+        if d.status != "provisioning" {
+            return Ok(false);
+        }
+        let all = self.blueprints();
+        let b = all
+            .get(&d.blueprint)
+            .ok_or_else(|| format!("blueprint {:?} is no longer loaded", d.blueprint))?;
+        let runtime = self.runtime().map_err(|e| e.to_string())?;
+        // Leftovers of an attempt a crashed node did not finish.
+        self.remove_containers(&d, |_| true)
+            .await
+            .map_err(|e| e.to_string())?;
+        for c in &b.components {
+            runtime
+                .ensure_image(&c.image)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        self.event(id, "images present").await;
+        let password = match (b.database, &self.tenant_db) {
+            (DatabaseKind::Schema, Some(db)) => {
+                let created = db.provision(&d.slug).await.map_err(|e| e.to_string())?;
+                let sealed = self
+                    .sealing
+                    .seal(created.password.as_bytes())
+                    .map_err(|e| e.to_string())?;
+                self.store
+                    .set_db_secret(id, Some(&sealed))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.event(
+                    id,
+                    &format!("database: schema and role {} created", created.schema),
+                )
+                .await;
+                Some(created.password)
+            }
+            (DatabaseKind::Schema, None) => return Err("no tenant database is configured".into()),
+            _ => None,
+        };
+        let instance = self.instance().await.map_err(|e| e.to_string())?;
+        runtime
+            .ensure_network(&network_name(instance, id), id)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.event(id, "network created").await;
+        let generation = d.generation + 1;
+        let started = self
+            .start_generation(&d, b, generation, &d.theme, password.as_deref())
+            .await?;
+        let upstreams = served_addresses(b, &started);
+        self.store
+            .deploy(ACTOR, id, generation, &d.theme, &upstreams)
+            .await
+            .map_err(|e| format!("publishing the route: {e}"))?;
+        Ok(true)
+    }
+
+    /// Start every container of `generation` and wait until all are healthy; on failure the
+    /// containers started here are removed again.
+    async fn start_generation(
+        &self,
+        d: &Deployment,
+        b: &Blueprint,
+        generation: u64,
+        theme: &str,
+        password: Option<&str>,
+    ) -> Result<Vec<Started>, String> {
+        let runtime = self.runtime().map_err(|e| e.to_string())?;
+        let instance = self.instance().await.map_err(|e| e.to_string())?.to_owned();
+        let mut started: Vec<Started> = Vec::new();
+        let outcome = async {
+            for c in &b.components {
+                for replica in 1..=c.replicas {
+                    let spec = self.spec(
+                        &instance,
+                        d,
+                        b,
+                        c.name.as_str(),
+                        generation,
+                        replica,
+                        theme,
+                        password,
+                    )?;
+                    // A container of that name left by an interrupted attempt goes first.
+                    runtime
+                        .remove(&spec.name)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let container = runtime.run(&spec).await.map_err(|e| e.to_string())?;
+                    self.event(&d.id, &format!("container {} started", spec.name))
+                        .await;
+                    started.push(Started {
+                        component: c.name.clone(),
+                        container,
+                    });
+                }
+            }
+            self.wait_all_healthy(b, &started).await?;
+            self.event(&d.id, &format!("generation {generation} healthy"))
+                .await;
+            Ok(())
+        }
+        .await;
+        match outcome {
+            Ok(()) => Ok(started),
+            Err(e) => {
+                for s in &started {
+                    let _ = runtime.remove(&s.container.id).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spec(
+        &self,
+        instance: &str,
+        d: &Deployment,
+        b: &Blueprint,
+        component: &str,
+        generation: u64,
+        replica: u32,
+        theme: &str,
+        password: Option<&str>,
+    ) -> Result<ContainerSpec, String> {
+        let c = b
+            .components
+            .iter()
+            .find(|c| c.name == component)
+            .ok_or_else(|| format!("blueprint {:?} has no component {component:?}", b.name))?;
+        let (database_url, database_schema) = match (password, &self.tenant_db) {
+            (Some(pw), Some(db)) => {
+                let schema = crate::tenantdb::ident(&d.slug).map_err(|e| e.to_string())?;
+                let creds = crate::tenantdb::TenantDatabase {
+                    schema: schema.clone(),
+                    role: schema.clone(),
+                    password: pw.to_owned(),
+                };
+                (
+                    creds.url(
+                        &self.db_host,
+                        self.db_port.unwrap_or(db.port()),
+                        db.dbname(),
+                    ),
+                    schema,
+                )
+            }
+            _ => (String::new(), String::new()),
+        };
+        let ctx = Context {
+            slug: d.slug.clone(),
+            name: d.name.clone(),
+            id: d.id.clone(),
+            hostname: format!("{}.{}", d.slug, self.platform_domain),
+            database_url,
+            database_schema,
+        };
+        let env = b.env(component, Some(theme), &ctx)?;
+        Ok(ContainerSpec {
+            name: format!(
+                "tg-{}-{}-{component}-g{generation}-{replica}",
+                short(instance),
+                d.id
+            ),
+            image: c.image.clone(),
+            command: c.command.clone(),
+            env,
+            instance: instance.to_owned(),
+            tenant: d.id.clone(),
+            component: component.to_owned(),
+            generation,
+            network: network_name(instance, &d.id),
+            port: c.port,
+            cpus: c.resources.cpus,
+            memory_bytes: c.resources.memory_mb << 20,
+        })
+    }
+
+    /// Wait, all at once, until every container answers its component's health check.
+    async fn wait_all_healthy(&self, b: &Blueprint, containers: &[Started]) -> Result<(), String> {
+        let checks = containers.iter().map(|s| {
+            let c = b.components.iter().find(|c| c.name == s.component);
+            let (path, timeout) = c.map_or(("/", 30), |c| {
+                (c.health.path.as_str(), c.health.timeout_seconds)
+            });
+            self.wait_healthy(&s.container, path, Duration::from_secs(timeout))
+        });
+        for r in futures_util::future::join_all(checks).await {
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Poll `path` on the container until it answers 2xx, up to `timeout`.
+    async fn wait_healthy(
+        &self,
+        c: &Container,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let addr = c
+            .address
+            .ok_or_else(|| format!("container {} has no published port", c.name))?;
+        let url = format!("http://{addr}{path}");
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let last = match self.http.get(&url).send().await {
+                Ok(r) if r.status().is_success() => return Ok(()),
+                Ok(r) => format!("answered {}", r.status()),
+                Err(e) => format!("{e}"),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "container {} was not healthy within {}s ({path}: {last})",
+                    c.name,
+                    timeout.as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The tenant's database password, opened from the store.
+    fn password(&self, d: &Deployment) -> Result<Option<String>, String> {
+        d.db_secret
+            .as_deref()
+            .map(|s| {
+                self.sealing
+                    .open(s)
+                    .map(|p| String::from_utf8_lossy(&p).into_owned())
+                    .map_err(|e| format!("tenant database password: {e}"))
+            })
+            .transpose()
+    }
+
+    /// Remove the tenant's containers matching `which`.
+    async fn remove_containers(
+        &self,
+        d: &Deployment,
+        which: impl Fn(&Container) -> bool,
+    ) -> Result<usize, RuntimeError> {
+        let runtime = self
+            .runtime()
+            .map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
+        let instance = self
+            .instance()
+            .await
+            .map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
+        let mut n = 0;
+        for c in runtime.list(instance, Some(&d.id)).await? {
+            if which(&c) {
+                runtime.remove(&c.id).await?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Remove everything the tenant has on the runtime, and with `drop_data` its schema and
+    /// role (or, with retention `keep`, lock the role). Best effort: failures are logged and
+    /// left to the reconciler.
+    async fn teardown(&self, d: &Deployment, drop_data: bool) {
+        if let Err(e) = self.remove_containers(d, |_| true).await {
+            tracing::warn!(tenant = %d.id, "cannot remove containers: {e}");
+        }
+        if let (Ok(runtime), Ok(instance)) = (self.runtime(), self.instance().await) {
+            if let Err(e) = runtime.remove_network(&network_name(instance, &d.id)).await {
+                tracing::warn!(tenant = %d.id, "cannot remove the network: {e}");
+            }
+        }
+        if drop_data {
+            if let Some(db) = &self.tenant_db {
+                let done = match self.retention {
+                    Retention::Drop => db.drop_tenant(&d.slug).await,
+                    Retention::Keep => db.lock_tenant(&d.slug).await,
+                };
+                match done {
+                    Ok(()) => {
+                        let _ = self.store.set_db_secret(&d.id, None).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(tenant = %d.id, "cannot remove the tenant database: {e}")
+                    }
+                }
+            }
+        }
+    }
+
+    /// After the store deleted tenant `id`: remove its containers, network and (per
+    /// retention) data.
+    pub async fn deleted(&self, id: &str) {
+        match self.store.deployment(id).await {
+            Ok(d) => {
+                self.teardown(&d, true).await;
+                self.event(id, "deleted: containers and network removed")
+                    .await;
+            }
+            Err(Error::NotFound(_)) => {}
+            Err(e) => tracing::warn!(tenant = id, "cannot clean up: {e}"),
+        }
+    }
+
+    /// After the store suspended tenant `id`: stop its containers.
+    pub async fn suspended(&self, id: &str) -> Result<()> {
+        let runtime = self.runtime()?;
+        let instance = self.instance().await?;
+        for c in runtime
+            .list(instance, Some(id))
+            .await
+            .map_err(unavailable)?
+        {
+            runtime.stop(&c.id).await.map_err(unavailable)?;
+        }
+        self.event(id, "suspended: containers stopped").await;
+        Ok(())
+    }
+
+    /// Before the store resumes tenant `id`: start its containers, wait until they are
+    /// healthy and route to where they are now.
+    pub async fn resuming(&self, id: &str) -> Result<()> {
+        let d = match self.store.deployment(id).await {
+            Ok(d) => d,
+            Err(Error::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.ensure_running(&d)
+            .await
+            .map_err(|e| Error::Dependency {
+                code: "runtime_unavailable",
+                message: format!("resuming: {e}"),
+            })?;
+        self.event(id, "resumed: containers started").await;
+        Ok(())
+    }
+
+    /// Make the containers of the tenant's current generation run (creating missing ones,
+    /// starting stopped ones), wait until they are healthy, remove other generations, and
+    /// route to them when their addresses changed. Returns whether anything was done.
+    async fn ensure_running(&self, d: &Deployment) -> Result<bool, String> {
+        let all = self.blueprints();
+        let b = all
+            .get(&d.blueprint)
+            .ok_or_else(|| format!("blueprint {:?} is no longer loaded", d.blueprint))?;
+        let runtime = self.runtime().map_err(|e| e.to_string())?;
+        let instance = self.instance().await.map_err(|e| e.to_string())?.to_owned();
+        let existing = runtime
+            .list(&instance, Some(&d.id))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut changed = false;
+        let mut current = Vec::new();
+        let password = self.password(d)?;
+        runtime
+            .ensure_network(&network_name(&instance, &d.id), &d.id)
+            .await
+            .map_err(|e| e.to_string())?;
+        for c in &b.components {
+            for replica in 1..=c.replicas {
+                let spec = self.spec(
+                    &instance,
+                    d,
+                    b,
+                    &c.name,
+                    d.generation,
+                    replica,
+                    &d.theme,
+                    password.as_deref(),
+                )?;
+                let container = match existing.iter().find(|e| e.name == spec.name) {
+                    Some(e) if e.running => e.clone(),
+                    Some(e) => {
+                        changed = true;
+                        self.event(
+                            &d.id,
+                            &format!("container {} was stopped: started again", e.name),
+                        )
+                        .await;
+                        runtime.start(&e.id).await.map_err(|e| e.to_string())?
+                    }
+                    None => {
+                        changed = true;
+                        self.event(
+                            &d.id,
+                            &format!("container {} was missing: created again", spec.name),
+                        )
+                        .await;
+                        runtime.run(&spec).await.map_err(|e| e.to_string())?
+                    }
+                };
+                current.push(Started {
+                    component: c.name.clone(),
+                    container,
+                });
+            }
+        }
+        if changed {
+            self.wait_all_healthy(b, &current).await?;
+        }
+        let keep: Vec<&str> = current.iter().map(|s| s.container.id.as_str()).collect();
+        for e in &existing {
+            if !keep.contains(&e.id.as_str()) {
+                changed = true;
+                runtime.remove(&e.id).await.map_err(|e| e.to_string())?;
+                self.event(
+                    &d.id,
+                    &format!("container {} is not wanted: removed", e.name),
+                )
+                .await;
+            }
+        }
+        let upstreams = served_addresses(b, &current);
+        if !same_set(&upstreams, &d.upstreams) {
+            changed = true;
+            self.store
+                .deploy(ACTOR, &d.id, d.generation, &d.theme, &upstreams)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.event(&d.id, "route republished to the running containers")
+                .await;
+        }
+        Ok(changed)
+    }
+
+    /// Redeploy tenant `id` blue/green, with `theme` (`None`: keep it): the next generation
+    /// is started beside the current one; once healthy, the route switches to it in one
+    /// version; the old generation is removed after `drain_seconds`. A failed redeploy
+    /// leaves the current generation serving and records why.
+    pub async fn redeploy(self: Arc<Self>, id: String, theme: Option<String>) {
+        if !matches!(
+            self.store
+                .claim_tenant(&id, &self.node, now_ms() + LEASE.as_millis() as i64)
+                .await,
+            Ok(true)
+        ) {
+            self.event(&id, "redeploy skipped: another operation holds the tenant")
+                .await;
+            return;
+        }
+        if let Err(reason) = self.try_redeploy(&id, theme).await {
+            self.event(&id, &format!("redeploy failed: {reason}")).await;
+            let _ = self
+                .store
+                .note_tenant(&id, Some(&format!("redeploy failed: {reason}")))
+                .await;
+        }
+        if let Err(e) = self.store.release_tenant(&id, &self.node).await {
+            tracing::warn!(tenant = %id, "cannot release the tenant: {e}");
+        }
+    }
+
+    async fn try_redeploy(&self, id: &str, theme: Option<String>) -> Result<(), String> {
+        self.reload_blueprints();
+        let d = self.store.deployment(id).await.map_err(|e| e.to_string())?;
+        if d.status != "active" {
+            return Err(format!("the tenant is {}", d.status));
+        }
+        let all = self.blueprints();
+        let b = all
+            .get(&d.blueprint)
+            .ok_or_else(|| format!("blueprint {:?} is no longer loaded", d.blueprint))?;
+        let theme = theme.unwrap_or_else(|| d.theme.clone());
+        let runtime = self.runtime().map_err(|e| e.to_string())?;
+        for c in &b.components {
+            runtime
+                .ensure_image(&c.image)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let password = self.password(&d)?;
+        let generation = d.generation + 1;
+        self.event(
+            id,
+            &format!("redeploy: starting generation {generation} (theme {theme})"),
+        )
+        .await;
+        let started = self
+            .start_generation(&d, b, generation, &theme, password.as_deref())
+            .await?;
+        let upstreams = served_addresses(b, &started);
+        if let Err(e) = self
+            .store
+            .deploy(ACTOR, id, generation, &theme, &upstreams)
+            .await
+        {
+            for s in &started {
+                let _ = runtime.remove(&s.container.id).await;
+            }
+            return Err(format!("switching the route: {e}"));
+        }
+        self.event(id, &format!("route switched to generation {generation}"))
+            .await;
+        tokio::time::sleep(self.drain).await;
+        let removed = self
+            .remove_containers(&d, |c| c.generation() != Some(generation))
+            .await
+            .map_err(|e| e.to_string())?;
+        self.event(
+            id,
+            &format!(
+                "generation {} drained and removed ({removed} containers)",
+                d.generation
+            ),
+        )
+        .await;
+        Ok(())
+    }
+}
+
+/// Components that serve a path of the tenant's hostname.
+fn served_components(b: &Blueprint) -> Vec<&str> {
+    let mut names: Vec<&str> = b.routes.iter().map(|r| r.component.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
+/// Addresses of the started containers of the component serving `/`.
+fn served_addresses(b: &Blueprint, started: &[Started]) -> Vec<SocketAddr> {
+    let root = b.component_for("/").map(|c| c.name.as_str());
+    started
+        .iter()
+        .filter(|s| Some(s.component.as_str()) == root)
+        .filter_map(|s| s.container.address)
+        .collect()
+}
+
+fn same_set(a: &[SocketAddr], b: &[SocketAddr]) -> bool {
+    let mut a = a.to_vec();
+    let mut b = b.to_vec();
+    a.sort_unstable();
+    b.sort_unstable();
+    a == b
+}
+
+fn short(instance: &str) -> &str {
+    instance.get(..8).unwrap_or(instance)
+}
+
+fn network_name(instance: &str, tenant: &str) -> String {
+    format!("tg-{}-{tenant}", short(instance))
+}
+
+fn unavailable(e: RuntimeError) -> Error {
+    Error::Dependency {
+        code: "runtime_unavailable",
+        message: e.to_string(),
+    }
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

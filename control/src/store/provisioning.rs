@@ -1,0 +1,259 @@
+//! Tenants provisioned from blueprints: their deployment (blueprint, theme, generation, sealed
+//! database password), the step-by-step events shown by the API, and the lease one control
+//! node holds while it provisions or redeploys a tenant.
+//!
+//! Invariants: a provisioned tenant is routed only once it is `active`, and then to the
+//! addresses of its healthy containers; switching to a new generation (blue/green) changes
+//! upstreams, generation and theme in one version, so every proxy moves at once. Events,
+//! the database secret and leases are bookkeeping proxies never see: no version.
+
+use std::net::SocketAddr;
+
+use super::{
+    bytes, int, live_tenant, opt_text, t, text, version_of, write_upstreams, Store, Tx, Value,
+};
+use crate::model::{rfc3339, TenantEvent};
+use crate::{now_ms, Error, Result};
+
+/// What control needs to run a provisioned tenant.
+#[derive(Clone, PartialEq)]
+pub struct Deployment {
+    /// Tenant id.
+    pub id: String,
+    /// Slug.
+    pub slug: String,
+    /// Display name.
+    pub name: String,
+    /// Stored status (`provisioning`, `active`, `suspended`, `failed`, `deleted`).
+    pub status: String,
+    /// Blueprint.
+    pub blueprint: String,
+    /// Theme.
+    pub theme: String,
+    /// Generation its route points at (0: none yet).
+    pub generation: u64,
+    /// The sealed tenant-database password, once created.
+    pub db_secret: Option<Vec<u8>>,
+    /// Current upstreams.
+    pub upstreams: Vec<SocketAddr>,
+    /// Whether a node holds the tenant's lease now.
+    pub leased: bool,
+}
+
+impl std::fmt::Debug for Deployment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deployment")
+            .field("id", &self.id)
+            .field("slug", &self.slug)
+            .field("status", &self.status)
+            .field("blueprint", &self.blueprint)
+            .field("theme", &self.theme)
+            .field("generation", &self.generation)
+            .field("upstreams", &self.upstreams)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Events of tenant `id`, oldest first (the newest 200).
+pub(crate) async fn load_events(tx: &mut dyn Tx, id: &str) -> Result<Vec<TenantEvent>> {
+    let rows = tx
+        .query(
+            "SELECT at, message FROM (SELECT id, at, message FROM tenant_events WHERE tenant_id = $1 \
+             ORDER BY id DESC LIMIT 200) e ORDER BY id",
+            &[t(id)],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(TenantEvent {
+                at: rfc3339(int(r, 0)?),
+                message: text(r, 1)?,
+            })
+        })
+        .collect()
+}
+
+async fn load_deployments(tx: &mut dyn Tx, id: Option<&str>) -> Result<Vec<Deployment>> {
+    let (filter, params) = match id {
+        Some(id) => (" AND id = $1", vec![t(id)]),
+        None => ("", vec![]),
+    };
+    let now = now_ms();
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT id, slug, name, status, blueprint, theme, generation, db_secret, lease_until \
+                 FROM tenants WHERE blueprint IS NOT NULL{filter} ORDER BY id"
+            ),
+            &params,
+        )
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let id = text(r, 0)?;
+        let ups = tx
+            .query(
+                "SELECT address FROM upstreams WHERE tenant_id = $1 ORDER BY position",
+                &[t(&id)],
+            )
+            .await?;
+        out.push(Deployment {
+            slug: text(r, 1)?,
+            name: text(r, 2)?,
+            status: text(r, 3)?,
+            blueprint: text(r, 4)?,
+            theme: opt_text(r, 5)?.unwrap_or_default(),
+            generation: version_of(int(r, 6)?),
+            db_secret: match r.get(7) {
+                Some(Value::Null) | None => None,
+                _ => Some(bytes(r, 7)?),
+            },
+            upstreams: ups
+                .iter()
+                .filter_map(|u| text(u, 0).ok()?.parse().ok())
+                .collect(),
+            leased: int(r, 8)? > now,
+            id,
+        });
+    }
+    Ok(out)
+}
+
+impl Store {
+    /// The deployment of provisioned tenant `id` (deleted ones included).
+    pub async fn deployment(&self, id: &str) -> Result<Deployment> {
+        let mut tx = self.backend.begin(false).await?;
+        let d = load_deployments(&mut *tx, Some(id)).await?.pop();
+        tx.commit().await?;
+        d.ok_or_else(|| Error::NotFound(format!("provisioned tenant {id:?}")))
+    }
+
+    /// Every provisioned tenant that is not deleted.
+    pub async fn deployments(&self) -> Result<Vec<Deployment>> {
+        let mut tx = self.backend.begin(false).await?;
+        let all = load_deployments(&mut *tx, None).await?;
+        tx.commit().await?;
+        Ok(all.into_iter().filter(|d| d.status != "deleted").collect())
+    }
+
+    /// Record one step of a tenant's provisioning, redeploy or teardown.
+    pub async fn tenant_event(&self, id: &str, message: &str) -> Result<()> {
+        let mut tx = self.backend.begin(true).await?;
+        tx.query(
+            "INSERT INTO tenant_events (tenant_id, at, message) VALUES ($1, $2, $3)",
+            &[t(id), Value::Int(now_ms()), t(message)],
+        )
+        .await?;
+        tx.commit().await
+    }
+
+    /// Keep the sealed tenant-database password (or forget it).
+    pub async fn set_db_secret(&self, id: &str, sealed: Option<&[u8]>) -> Result<()> {
+        let mut tx = self.backend.begin(true).await?;
+        tx.query(
+            "UPDATE tenants SET db_secret = $1 WHERE id = $2",
+            &[
+                sealed.map_or(Value::Null, |s| Value::Bytes(s.to_vec())),
+                t(id),
+            ],
+        )
+        .await?;
+        tx.commit().await
+    }
+
+    /// Record why the last redeploy (or other work on a live tenant) failed; `None` clears it.
+    pub async fn note_tenant(&self, id: &str, reason: Option<&str>) -> Result<()> {
+        let mut tx = self.backend.begin(true).await?;
+        tx.query(
+            "UPDATE tenants SET status_reason = $1 WHERE id = $2",
+            &[reason.map_or(Value::Null, t), t(id)],
+        )
+        .await?;
+        tx.commit().await
+    }
+
+    /// Route tenant `id` to the containers of `generation` (with `theme`), in one version:
+    /// a `provisioning` tenant becomes `active`; an active or suspended one keeps its status
+    /// (a redeploy, or containers that moved). Refused for failed and deleted tenants.
+    pub async fn deploy(
+        &self,
+        actor: &str,
+        id: &str,
+        generation: u64,
+        theme: &str,
+        upstreams: &[SocketAddr],
+    ) -> Result<()> {
+        let (mut tx, version) = self.begin_write("tenant", id).await?;
+        let status = live_tenant(&mut *tx, id).await?;
+        if status == "failed" {
+            return Err(Error::Conflict(format!("tenant {id:?} has failed")));
+        }
+        let next = if status == "provisioning" {
+            "active"
+        } else {
+            status.as_str()
+        };
+        tx.query("DELETE FROM upstreams WHERE tenant_id = $1", &[t(id)])
+            .await?;
+        write_upstreams(&mut *tx, id, upstreams).await?;
+        tx.query(
+            "UPDATE tenants SET status = $1, generation = $2, theme = $3, status_reason = NULL, \
+             updated_at = $4 WHERE id = $5",
+            &[
+                t(next),
+                Value::Int(generation as i64),
+                t(theme),
+                Value::Int(now_ms()),
+                t(id),
+            ],
+        )
+        .await?;
+        let list: Vec<String> = upstreams.iter().map(ToString::to_string).collect();
+        self.finish(
+            tx,
+            version,
+            actor,
+            "tenant.deploy",
+            id,
+            serde_json::json!({"generation": generation, "theme": theme, "upstreams": list, "status": next}),
+        )
+        .await
+    }
+
+    /// Provisioning of tenant `id` failed: it becomes `failed` with `reason` and is not
+    /// routed. Only a `provisioning` tenant can fail (a deleted one stays deleted).
+    pub async fn fail_tenant(&self, actor: &str, id: &str, reason: &str) -> Result<()> {
+        let (mut tx, version) = self.begin_write("tenant", id).await?;
+        let status = live_tenant(&mut *tx, id).await?;
+        if status != "provisioning" {
+            return Err(Error::Conflict(format!("tenant {id:?} is {status}")));
+        }
+        tx.query("DELETE FROM upstreams WHERE tenant_id = $1", &[t(id)])
+            .await?;
+        tx.query(
+            "UPDATE tenants SET status = 'failed', status_reason = $1, updated_at = $2 WHERE id = $3",
+            &[t(reason), Value::Int(now_ms()), t(id)],
+        )
+        .await?;
+        self.finish(
+            tx,
+            version,
+            actor,
+            "tenant.fail",
+            id,
+            serde_json::json!({"reason": reason}),
+        )
+        .await
+    }
+
+    /// Take tenant `id` for `owner` until `until` (ms) unless another holder has it: one
+    /// node at a time provisions or redeploys a tenant, and the reconciler leaves it alone.
+    pub async fn claim_tenant(&self, id: &str, owner: &str, until: i64) -> Result<bool> {
+        self.claim_row("tenants", id, owner, until).await
+    }
+
+    /// Give tenant `id` back.
+    pub async fn release_tenant(&self, id: &str, owner: &str) -> Result<()> {
+        self.release_row("tenants", id, owner).await
+    }
+}

@@ -1,0 +1,490 @@
+//! Tenant provisioning end to end, on the real Docker Engine and a real PostgreSQL: one API
+//! call gives a tenant its schema and role, its network and container, a health-checked
+//! route, and `https://<slug>.platform.test` through tenantgate shows that tenant's page and
+//! the products in its own schema. Then: isolation between two tenants, a removed container
+//! brought back by the reconciler, suspend and resume, a blue/green redeploy under load
+//! with zero failed requests, delete removing everything, a failure mid-provisioning rolled
+//! back completely, and 503 with nothing created when the engine cannot be reached.
+//! Fails (never skips) when Docker or PostgreSQL cannot start.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::docker::{demo_image, docker};
+use common::postgres::PgCluster;
+use common::*;
+
+/// The image the shipped `demo-storefront` blueprint names.
+const IMAGE: &str = "tenantgate/demo-storefront:latest";
+
+fn shipped_blueprints() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/blueprints").to_owned()
+}
+
+async fn start(pg: &PgCluster, gateway: &str, blueprints: &str, ca: &TestCa) -> Running {
+    let (c, k) = ca.issue(&["*.platform.test"]);
+    let admin_url = pg.url("tenants");
+    Tenantgate::new()
+        .cert(c, k, true)
+        .section(PLATFORM_TEST)
+        .section(&format!(
+            "[tenant_db]\nurl = {admin_url:?}\ncontainer_host = {gateway:?}\n\
+             [provisioning]\nblueprints_dir = {blueprints:?}\nreconcile_seconds = 1\ndrain_seconds = 1\n"
+        ))
+        .start()
+        .await
+}
+
+/// Wait until tenant `id` leaves `provisioning`; returns it.
+async fn settled(tg: &Running, id: &str) -> serde_json::Value {
+    wait_for(
+        &format!("tenant {id} to finish provisioning"),
+        Duration::from_secs(90),
+        || async {
+            let (s, t) = tg.api("GET", &format!("/v1/tenants/{id}"), None).await;
+            (s == 200 && t["status"] != "provisioning").then_some(t)
+        },
+    )
+    .await
+}
+
+async fn create(
+    tg: &Running,
+    slug: &str,
+    name: &str,
+    blueprint: &str,
+    theme: Option<&str>,
+) -> String {
+    let mut body = serde_json::json!({"slug": slug, "name": name, "blueprint": blueprint});
+    if let Some(t) = theme {
+        body["theme"] = t.into();
+    }
+    let (s, t) = tg.api("POST", "/v1/tenants", Some(body)).await;
+    assert_eq!(s, 202, "{t}");
+    assert_eq!(t["status"], "provisioning", "{t}");
+    assert!(t["upstreams"].as_array().is_some_and(Vec::is_empty), "{t}");
+    t["id"].as_str().expect("id").to_owned()
+}
+
+/// Containers of tenant `id` as `name running` lines.
+fn containers(id: &str) -> Vec<String> {
+    let out = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=tenantgate.tenant={id}"),
+        "--format",
+        "{{.Names}} {{.State}}",
+    ]);
+    out.lines()
+        .map(str::to_owned)
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+fn networks(id: &str) -> Vec<String> {
+    docker(&[
+        "network",
+        "ls",
+        "--filter",
+        &format!("label=tenantgate.tenant={id}"),
+        "--format",
+        "{{.Name}}",
+    ])
+    .lines()
+    .map(str::to_owned)
+    .filter(|l| !l.is_empty())
+    .collect()
+}
+
+async fn exists(pg: &PgCluster, sql: &str) -> bool {
+    !pg.execute("tenants", sql).await.is_empty()
+}
+
+async fn page(client: &reqwest::Client, host: &str) -> Option<(u16, String)> {
+    let r = client.get(format!("https://{host}/")).send().await.ok()?;
+    let s = r.status().as_u16();
+    Some((s, r.text().await.ok()?))
+}
+
+async fn wait_page(client: &reqwest::Client, host: &str, needle: &str) -> String {
+    wait_for(
+        &format!("{host} to show {needle:?}"),
+        Duration::from_secs(60),
+        || async {
+            let (s, body) = page(client, host).await?;
+            (s == 200 && body.contains(needle)).then_some(body)
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_goes_live_from_one_api_call_and_lives_its_whole_life() {
+    demo_image(IMAGE);
+    let (pg, gateway) = PgCluster::start_for_containers().await;
+    pg.execute("postgres", "CREATE DATABASE tenants").await;
+    let ca = TestCa::new();
+    let tg = start(&pg, &gateway, &shipped_blueprints(), &ca).await;
+    let client = tg.https_client(&ca, &["alpha.platform.test", "beta.platform.test"]);
+
+    // The magic flow: one call each, 202 at once, active within seconds.
+    let alpha = create(
+        &tg,
+        "alpha",
+        "Alpha Outfitters",
+        "demo-storefront",
+        Some("sunset"),
+    )
+    .await;
+    let beta = create(&tg, "beta", "Beta Electronics", "demo-storefront", None).await;
+    for id in [&alpha, &beta] {
+        let t = settled(&tg, id).await;
+        assert_eq!(t["status"], "active", "{t}\n{}", tg.logs());
+        assert_eq!(t["generation"], 1, "{t}");
+        assert_eq!(t["upstreams"].as_array().map(Vec::len), Some(1), "{t}");
+        let events: Vec<String> = t["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .map(|e| e["message"].as_str().unwrap_or("").to_owned())
+            .collect();
+        for step in [
+            "database: schema and role",
+            "network created",
+            "started",
+            "healthy",
+            "live",
+        ] {
+            assert!(
+                events.iter().any(|e| e.contains(step)),
+                "no {step:?} in {events:?}"
+            );
+        }
+        let joined = events.join("\n");
+        assert!(
+            !joined.contains("postgres://"),
+            "events must not show credentials: {joined}"
+        );
+    }
+    assert_eq!(settled(&tg, &beta).await["theme"], "ocean");
+
+    // Each hostname shows its own tenant: name, theme and products from its own schema.
+    let a = wait_page(&client, "alpha.platform.test", "Alpha Outfitters").await;
+    assert!(
+        a.contains("Theme: sunset") && a.contains("Linen Shirt"),
+        "{a}"
+    );
+    let b = wait_page(&client, "beta.platform.test", "Beta Electronics").await;
+    assert!(
+        b.contains("Theme: ocean") && b.contains("Headphones"),
+        "{b}"
+    );
+    assert!(!b.contains("Alpha") && !a.contains("Beta"));
+    // A product written to alpha's schema shows on alpha's page only.
+    pg.execute(
+        "tenants",
+        "INSERT INTO tg_alpha.products (position, name, price) VALUES (99, 'Limited Poncho', '77.00')",
+    )
+    .await;
+    wait_page(&client, "alpha.platform.test", "Limited Poncho").await;
+    let (_, b) = page(&client, "beta.platform.test").await.expect("beta");
+    assert!(!b.contains("Limited Poncho"), "{b}");
+    // Containers: labelled, one per tenant, published on loopback only.
+    let ports = docker(&[
+        "ps",
+        "--filter",
+        &format!("label=tenantgate.tenant={alpha}"),
+        "--format",
+        "{{.Ports}}",
+    ]);
+    assert!(ports.starts_with("127.0.0.1:"), "{ports}");
+    assert!(!ports.contains("0.0.0.0"), "{ports}");
+
+    // A container removed behind control's back is created again by the reconciler, and
+    // the route follows it to its new port.
+    let before = containers(&alpha);
+    assert_eq!(before.len(), 1, "{before:?}");
+    let name = before[0].split(' ').next().expect("name").to_owned();
+    docker(&["rm", "-f", &name]);
+    wait_for(
+        "the reconciler to recreate alpha's container",
+        Duration::from_secs(60),
+        || async {
+            let c = containers(&alpha);
+            (c.len() == 1 && c[0].ends_with("running")).then_some(())
+        },
+    )
+    .await;
+    wait_page(&client, "alpha.platform.test", "Limited Poncho").await;
+    // A container stopped behind control's back is started again.
+    docker(&["stop", "-t", "1", &name]);
+    wait_page(&client, "alpha.platform.test", "Limited Poncho").await;
+
+    // Suspend: our 503 page at once, containers stopped; resume: served again.
+    let (s, t) = tg
+        .api("POST", &format!("/v1/tenants/{alpha}/suspend"), None)
+        .await;
+    assert_eq!(s, 200, "{t}");
+    let (s, body) = page(&client, "alpha.platform.test")
+        .await
+        .expect("suspended page");
+    assert_eq!(s, 503, "{body}");
+    assert!(!body.contains("Alpha Outfitters"), "{body}");
+    wait_for(
+        "alpha's containers to stop",
+        Duration::from_secs(30),
+        || async {
+            containers(&alpha)
+                .iter()
+                .all(|c| !c.ends_with("running"))
+                .then_some(())
+        },
+    )
+    .await;
+    let (s, t) = tg
+        .api("POST", &format!("/v1/tenants/{alpha}/resume"), None)
+        .await;
+    assert_eq!(s, 200, "{t}");
+    assert_eq!(t["status"], "active");
+    let (s, body) = page(&client, "alpha.platform.test")
+        .await
+        .expect("resumed page");
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains("Limited Poncho"), "{body}");
+
+    // Blue/green redeploy to another theme under load: not one failed request.
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (client, stop, ok, failures) =
+            (client.clone(), stop.clone(), ok.clone(), failures.clone());
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match page(&client, "alpha.platform.test").await {
+                    Some((200, body)) if body.contains("Alpha Outfitters") => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => failures.lock().expect("lock").push(format!("{other:?}")),
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (s, t) = tg
+        .api(
+            "POST",
+            &format!("/v1/tenants/{alpha}/redeploy"),
+            Some(serde_json::json!({"theme": "mono"})),
+        )
+        .await;
+    assert_eq!(s, 202, "{t}");
+    wait_for("generation 2 to serve", Duration::from_secs(60), || async {
+        let (_, t) = tg.api("GET", &format!("/v1/tenants/{alpha}"), None).await;
+        (t["generation"] == 2 && t["theme"] == "mono").then_some(())
+    })
+    .await;
+    wait_for(
+        "generation 1 to be removed",
+        Duration::from_secs(30),
+        || async {
+            let c = containers(&alpha);
+            (c.len() == 1 && c[0].contains("-g2-")).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.expect("load task");
+    }
+    let failures = failures.lock().expect("lock").clone();
+    assert!(
+        failures.is_empty(),
+        "{} failed requests: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > 20,
+        "too little load: {}",
+        ok.load(Ordering::Relaxed)
+    );
+    let a = wait_page(&client, "alpha.platform.test", "Theme: mono").await;
+    assert!(
+        a.contains("Limited Poncho"),
+        "the data stays with the tenant: {a}"
+    );
+
+    // Delete: route, containers, network, schema and role all gone; beta untouched.
+    let (s, t) = tg
+        .api("DELETE", &format!("/v1/tenants/{alpha}"), None)
+        .await;
+    assert_eq!(s, 204, "{t}");
+    let (s, _) = page(&client, "alpha.platform.test")
+        .await
+        .unwrap_or((0, String::new()));
+    assert_ne!(s, 200);
+    assert!(containers(&alpha).is_empty(), "{:?}", containers(&alpha));
+    assert!(networks(&alpha).is_empty(), "{:?}", networks(&alpha));
+    assert!(!exists(&pg, "SELECT 1 FROM pg_namespace WHERE nspname = 'tg_alpha'").await);
+    assert!(!exists(&pg, "SELECT 1 FROM pg_roles WHERE rolname = 'tg_alpha'").await);
+    wait_page(&client, "beta.platform.test", "Beta Electronics").await;
+    let (s, _) = tg.api("DELETE", &format!("/v1/tenants/{beta}"), None).await;
+    assert_eq!(s, 204);
+    assert!(containers(&beta).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_mid_provisioning_is_rolled_back_completely() {
+    demo_image(IMAGE);
+    let (pg, gateway) = PgCluster::start_for_containers().await;
+    pg.execute("postgres", "CREATE DATABASE tenants").await;
+    // A blueprint whose container starts but never becomes healthy: the schema, role,
+    // network and container all exist by the time it fails.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shipped = std::fs::read_to_string(format!("{}/demo-storefront.toml", shipped_blueprints()))
+        .expect("shipped blueprint");
+    write_file(
+        &dir.path().join("never-healthy.toml"),
+        &shipped
+            .replace("name = \"demo-storefront\"", "name = \"never-healthy\"")
+            .replace(
+                "path = \"/healthz\", timeout_seconds = 30",
+                "path = \"/no-such-page\", timeout_seconds = 3",
+            ),
+    );
+    write_file(
+        &dir.path().join("no-image.toml"),
+        &shipped
+            .replace("name = \"demo-storefront\"", "name = \"no-image\"")
+            .replace(IMAGE, "tenantgate/not-built-anywhere:1"),
+    );
+    let ca = TestCa::new();
+    let tg = start(&pg, &gateway, &dir.path().display().to_string(), &ca).await;
+
+    let id = create(&tg, "gamma", "Gamma", "never-healthy", None).await;
+    let t = settled(&tg, &id).await;
+    assert_eq!(t["status"], "failed", "{t}");
+    let reason = t["status_reason"].as_str().unwrap_or("");
+    assert!(reason.contains("not healthy within 3s"), "{t}");
+    let events = t["events"].to_string();
+    assert!(
+        events.contains("database: schema and role") && events.contains("rolled back"),
+        "{events}"
+    );
+    assert!(containers(&id).is_empty(), "{:?}", containers(&id));
+    assert!(networks(&id).is_empty(), "{:?}", networks(&id));
+    assert!(!exists(&pg, "SELECT 1 FROM pg_namespace WHERE nspname = 'tg_gamma'").await);
+    assert!(!exists(&pg, "SELECT 1 FROM pg_roles WHERE rolname = 'tg_gamma'").await);
+    let s = tg.get("gamma.platform.test", "/").await.status().as_u16();
+    assert_eq!(s, 404, "a failed tenant is not routed");
+
+    // An image that is nowhere: failed with a reason naming it, nothing left behind.
+    let id2 = create(&tg, "delta", "Delta", "no-image", None).await;
+    let t = settled(&tg, &id2).await;
+    assert_eq!(t["status"], "failed", "{t}");
+    assert!(
+        t["status_reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("tenantgate/not-built-anywhere:1"),
+        "{t}"
+    );
+    assert!(containers(&id2).is_empty() && networks(&id2).is_empty());
+    assert!(!exists(&pg, "SELECT 1 FROM pg_roles WHERE rolname = 'tg_delta'").await);
+
+    // A failed tenant keeps its slug until deleted; then the slug is free again.
+    let (s, t) = tg
+        .api(
+            "POST",
+            "/v1/tenants",
+            Some(serde_json::json!({"slug": "gamma", "name": "G", "blueprint": "never-healthy"})),
+        )
+        .await;
+    assert_eq!(s, 409, "{t}");
+    let (s, _) = tg.api("DELETE", &format!("/v1/tenants/{id}"), None).await;
+    assert_eq!(s, 204);
+
+    // Bad requests change nothing.
+    for (body, code) in [
+        (
+            serde_json::json!({"slug": "e1", "name": "E", "blueprint": "nope"}),
+            "unknown_blueprint",
+        ),
+        (
+            serde_json::json!({"slug": "e2", "name": "E", "blueprint": "never-healthy", "theme": "neon"}),
+            "unknown_theme",
+        ),
+        (
+            serde_json::json!({"slug": "e3", "name": "E", "blueprint": "never-healthy", "upstreams": ["127.0.0.1:1"]}),
+            "invalid_body",
+        ),
+        (
+            serde_json::json!({"slug": "e4", "name": "E"}),
+            "invalid_body",
+        ),
+    ] {
+        let (s, t) = tg.api("POST", "/v1/tenants", Some(body.clone())).await;
+        assert_eq!(
+            (s, t["error"]["code"].as_str()),
+            (422, Some(code)),
+            "{body}: {t}"
+        );
+    }
+    let (_, list) = tg.api("GET", "/v1/tenants", None).await;
+    let slugs: Vec<&str> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|t| t["slug"].as_str())
+        .collect();
+    assert_eq!(slugs, ["delta"], "{list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_reachable_engine_provisioning_answers_503_and_creates_nothing() {
+    let pg = PgCluster::start().await;
+    pg.execute("postgres", "CREATE DATABASE tenants").await;
+    let ca = TestCa::new();
+    let (c, k) = ca.issue(&["*.platform.test"]);
+    let tg = Tenantgate::new()
+        .cert(c, k, true)
+        .section(PLATFORM_TEST)
+        .section(&format!(
+            "[tenant_db]\nurl = {:?}\n[provisioning]\nblueprints_dir = {:?}\n",
+            pg.url("tenants"),
+            shipped_blueprints()
+        ))
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .start()
+        .await;
+    let (s, t) = tg
+        .api(
+            "POST",
+            "/v1/tenants",
+            Some(
+                serde_json::json!({"slug": "zeta", "name": "Zeta", "blueprint": "demo-storefront"}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 503, "{t}");
+    assert_eq!(t["error"]["code"], "runtime_unavailable", "{t}");
+    let (_, list) = tg.api("GET", "/v1/tenants", None).await;
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(0), "{list}");
+    assert!(!exists(&pg, "SELECT 1 FROM pg_roles WHERE rolname = 'tg_zeta'").await);
+    // Tenants with upstreams of their own need no engine.
+    let (s, t) = tg
+        .api(
+            "POST",
+            "/v1/tenants",
+            Some(serde_json::json!({"slug": "eta", "name": "Eta", "upstreams": ["127.0.0.1:9"]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{t}");
+}
