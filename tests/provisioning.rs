@@ -45,7 +45,13 @@ async fn settled(tg: &Running, id: &str) -> serde_json::Value {
         Duration::from_secs(90),
         || async {
             let (s, t) = tg.api("GET", &format!("/v1/tenants/{id}"), None).await;
-            (s == 200 && t["status"] != "provisioning").then_some(t)
+            // The "live" event is written right after the route is published.
+            let done = match t["status"].as_str() {
+                Some("provisioning") => false,
+                Some("active") => t["events"].to_string().contains("live: "),
+                _ => true,
+            };
+            (s == 200 && done).then_some(t)
         },
     )
     .await

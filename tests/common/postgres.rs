@@ -247,7 +247,7 @@ impl PgCluster {
                 "-c",
                 "full_page_writes=off",
                 "-c",
-                "max_connections=200",
+                "max_connections=500",
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
