@@ -57,6 +57,7 @@ async fn every_v1_route_needs_the_token_and_errors_are_json() {
         ("post", "/v1/tenants/{id}/suspend"),
         ("post", "/v1/tenants/{id}/resume"),
         ("post", "/v1/tenants/{id}/redeploy"),
+        ("post", "/v1/tenants/{id}/scale"),
         ("post", "/v1/certificates"),
         ("get", "/v1/certificates"),
         ("delete", "/v1/certificates/{id}"),
@@ -76,7 +77,7 @@ async fn every_v1_route_needs_the_token_and_errors_are_json() {
         );
     }
     assert_eq!(
-        operations, 22,
+        operations, 23,
         "the document lists operations the test does not know"
     );
     // The listing's filters are query parameters, as the server reads them.

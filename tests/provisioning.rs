@@ -2,9 +2,10 @@
 //! call gives a tenant its schema and role, its network and container, a health-checked
 //! route, and `https://<slug>.platform.test` through tenantgate shows that tenant's page and
 //! the products in its own schema. Then: isolation between two tenants, a removed container
-//! brought back by the reconciler, suspend and resume, a blue/green redeploy under load
-//! with zero failed requests, delete removing everything, a failure mid-provisioning rolled
-//! back completely, and 503 with nothing created when the engine cannot be reached.
+//! brought back by the reconciler, suspend and resume, scaling out and in, a blue/green
+//! redeploy under load with zero failed requests, delete removing everything, a failure mid-provisioning rolled
+//! back completely, provisioning cut off by a crash of control finished after its restart,
+//! and 503 with nothing created when the engine cannot be reached.
 //! Fails (never skips) when Docker or PostgreSQL cannot start.
 
 mod common;
@@ -262,7 +263,38 @@ async fn a_store_goes_live_from_one_api_call_and_lives_its_whole_life() {
     assert_eq!(s, 200, "{body}");
     assert!(body.contains("Limited Poncho"), "{body}");
 
-    // Blue/green redeploy to another theme under load: not one failed request.
+    // Scale out: three healthy containers behind the route.
+    let (s, t) = tg
+        .api(
+            "POST",
+            &format!("/v1/tenants/{alpha}/scale"),
+            Some(serde_json::json!({"component": "web", "replicas": 3})),
+        )
+        .await;
+    assert_eq!(s, 200, "{t}");
+    assert_eq!(t["upstreams"].as_array().map(Vec::len), Some(3), "{t}");
+    assert_eq!(
+        containers(&alpha)
+            .iter()
+            .filter(|c| c.ends_with("running"))
+            .count(),
+        3
+    );
+    let (s, t) = tg
+        .api(
+            "POST",
+            &format!("/v1/tenants/{alpha}/scale"),
+            Some(serde_json::json!({"component": "db", "replicas": 2})),
+        )
+        .await;
+    assert_eq!(
+        (s, t["error"]["code"].as_str()),
+        (422, Some("unknown_component")),
+        "{t}"
+    );
+
+    // Blue/green redeploy to another theme, then scaling in, under load: not one failed
+    // request.
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -300,10 +332,20 @@ async fn a_store_goes_live_from_one_api_call_and_lives_its_whole_life() {
         Duration::from_secs(30),
         || async {
             let c = containers(&alpha);
-            (c.len() == 1 && c[0].contains("-g2-")).then_some(())
+            (c.len() == 3 && c.iter().all(|c| c.contains("-g2-"))).then_some(())
         },
     )
     .await;
+    let (s, t) = tg
+        .api(
+            "POST",
+            &format!("/v1/tenants/{alpha}/scale"),
+            Some(serde_json::json!({"component": "web", "replicas": 1})),
+        )
+        .await;
+    assert_eq!(s, 200, "{t}");
+    assert_eq!(t["upstreams"].as_array().map(Vec::len), Some(1), "{t}");
+    assert_eq!(containers(&alpha).len(), 1, "{:?}", containers(&alpha));
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     for l in load {
@@ -493,4 +535,39 @@ async fn without_a_reachable_engine_provisioning_answers_503_and_creates_nothing
         )
         .await;
     assert_eq!(s, 201, "{t}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisioning_cut_off_by_a_control_crash_is_finished_after_restart() {
+    demo_image(IMAGE);
+    let (pg, gateway) = PgCluster::start_for_containers().await;
+    pg.execute("postgres", "CREATE DATABASE tenants").await;
+    let ca = TestCa::new();
+    let mut tg = start(&pg, &gateway, &shipped_blueprints(), &ca).await;
+    let id = create(&tg, "kappa", "Kappa Kites", "demo-storefront", None).await;
+    // Killed once its container exists, before the route is published.
+    wait_for(
+        "kappa's container to start",
+        Duration::from_secs(60),
+        || async {
+            let (_, t) = tg.api("GET", &format!("/v1/tenants/{id}"), None).await;
+            t["events"].to_string().contains("started").then_some(())
+        },
+    )
+    .await;
+    tg.child_mut().kill().expect("kill");
+    let _ = tg.child_mut().wait();
+    let child = tg.spawn(false);
+    tg.replace_child(child);
+    tg.wait_ready().await;
+    // The crashed node's lease runs out, the reconciler provisions the tenant again.
+    let t = settled(&tg, &id).await;
+    assert_eq!(t["status"], "active", "{t}\n{}", tg.logs());
+    let client = tg.https_client(&ca, &["kappa.platform.test"]);
+    wait_page(&client, "kappa.platform.test", "Kappa Kites").await;
+    let c = containers(&id);
+    assert_eq!(c.len(), 1, "leftovers of the cut-off attempt: {c:?}");
+    let (s, _) = tg.api("DELETE", &format!("/v1/tenants/{id}"), None).await;
+    assert_eq!(s, 204);
+    assert!(containers(&id).is_empty() && networks(&id).is_empty());
 }

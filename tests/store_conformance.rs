@@ -762,6 +762,24 @@ async fn provisioning(store: &Store) {
     assert!(
         matches!(&delta.routes[..], [RouteChange::Upsert(r)] if r.id == t.id && r.upstreams.len() == 1)
     );
+    // Replicas set through the API are kept per component.
+    store
+        .set_replicas("test", &t.id, "web", 3)
+        .await
+        .expect("scale");
+    store
+        .set_replicas("test", &t.id, "worker", 2)
+        .await
+        .expect("scale");
+    store
+        .set_replicas("test", &t.id, "web", 4)
+        .await
+        .expect("scale");
+    let r = store.deployment(&t.id).await.expect("d").replicas;
+    assert_eq!(
+        r.into_iter().collect::<Vec<_>>(),
+        [("web".to_owned(), 4), ("worker".to_owned(), 2)]
+    );
     // A redeploy of a suspended tenant keeps it suspended.
     store
         .set_status("test", &t.id, TenantStatus::Suspended)

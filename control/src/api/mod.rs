@@ -150,6 +150,7 @@ fn api_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(tenants::suspend_tenant))
         .routes(routes!(tenants::resume_tenant))
         .routes(routes!(tenants::redeploy_tenant))
+        .routes(routes!(tenants::scale_tenant))
         .routes(routes!(
             domains::attach_domain,
             domains::list_tenant_domains

@@ -39,6 +39,18 @@ pub struct CreateTenant {
     pub theme: Option<String>,
 }
 
+/// Body of `POST /v1/tenants/{id}/scale`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Scale {
+    /// Component of the tenant's blueprint.
+    #[schema(min_length = 1, max_length = 40)]
+    pub component: String,
+    /// Containers to run, 1-20.
+    #[schema(minimum = 1, maximum = 20)]
+    pub replicas: u32,
+}
+
 /// Body of `POST /v1/tenants/{id}/redeploy`.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -306,4 +318,27 @@ pub async fn redeploy_tenant(
     };
     tokio::spawn(s.lifecycle.clone().redeploy(id, theme));
     Ok((StatusCode::ACCEPTED, Json(tenant)))
+}
+
+/// Run this many containers of one component of a provisioned tenant. Answers once they
+/// run and are routed: new ones are healthy before they take traffic, removed ones leave the
+/// route before they stop.
+#[utoipa::path(post, path = "/v1/tenants/{id}/scale", tag = "tenants", params(("id" = String, Path)), request_body = Scale,
+    responses((status = 503, body = ErrorBody), (status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 400, body = ErrorBody), (status = 200, body = Tenant), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn scale_tenant(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<Scale>,
+) -> Result<Json<Tenant>, ApiError> {
+    if !provisioned(&s, &id).await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_provisioned",
+            format!("tenant {id:?} was not provisioned from a blueprint"),
+        ));
+    }
+    s.lifecycle
+        .scale(&id, &body.component, body.replicas)
+        .await?;
+    Ok(Json(s.store.get_tenant(&id).await?))
 }

@@ -35,10 +35,9 @@ use crate::{now_ms, random_id, Error, Result};
 /// Who the audit trail names for lifecycle changes.
 pub const ACTOR: &str = "provisioner";
 
-/// How long a node holds a tenant while it provisions or redeploys it (renewed by nobody:
-/// long enough for the slowest health check, short enough that a crashed node's tenant is
-/// taken over soon).
-const LEASE: Duration = Duration::from_secs(15 * 60);
+/// How long a node's hold on a tenant lasts unless renewed; it is renewed every third of
+/// this while the work goes on, so a crashed node's tenant is taken over this soon.
+const LEASE: Duration = Duration::from_secs(30);
 
 /// The setting naming this installation's containers.
 const INSTANCE_SETTING: &str = "runtime.instance";
@@ -254,20 +253,47 @@ impl Lifecycle {
         }
     }
 
-    /// Provision tenant `id` (stored as `provisioning`) unless another node is at it.
-    pub async fn provision(self: Arc<Self>, id: String) {
-        match self
-            .store
-            .claim_tenant(&id, &self.node, now_ms() + LEASE.as_millis() as i64)
-            .await
-        {
+    /// Run `work` holding tenant `id`'s lease (renewed while it runs); `None` when another
+    /// node holds the tenant, or the lease cannot be taken.
+    pub(crate) async fn with_lease<T>(
+        &self,
+        id: &str,
+        work: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        let until = || now_ms() + LEASE.as_millis() as i64;
+        match self.store.claim_tenant(id, &self.node, until()).await {
             Ok(true) => {}
-            Ok(false) => return,
+            Ok(false) => return None,
             Err(e) => {
-                tracing::warn!(tenant = %id, "cannot take the tenant to provision it: {e}");
-                return;
+                tracing::warn!(tenant = id, "cannot take the tenant: {e}");
+                return None;
             }
         }
+        tokio::pin!(work);
+        let out = loop {
+            tokio::select! {
+                out = &mut work => break out,
+                () = tokio::time::sleep(LEASE / 3) => {
+                    if let Err(e) = self.store.renew_tenant(id, &self.node, until()).await {
+                        tracing::warn!(tenant = id, "cannot renew the tenant's lease: {e}");
+                    }
+                }
+            }
+        };
+        if let Err(e) = self.store.release_tenant(id, &self.node).await {
+            tracing::warn!(tenant = id, "cannot release the tenant: {e}");
+        }
+        Some(out)
+    }
+
+    /// Provision tenant `id` (stored as `provisioning`) unless another node is at it.
+    pub async fn provision(self: Arc<Self>, id: String) {
+        let lc = self.clone();
+        self.with_lease(&id, lc.provision_held(&id)).await;
+    }
+
+    async fn provision_held(&self, id: &str) {
+        let id = id.to_owned();
         let started = std::time::Instant::now();
         match self.try_provision(&id).await {
             Ok(true) => {
@@ -298,9 +324,6 @@ impl Lifecycle {
                     tracing::warn!(tenant = %id, "cannot mark the tenant failed: {e}");
                 }
             }
-        }
-        if let Err(e) = self.store.release_tenant(&id, &self.node).await {
-            tracing::warn!(tenant = %id, "cannot release the tenant: {e}");
         }
     }
 
@@ -380,7 +403,7 @@ impl Lifecycle {
         let mut started: Vec<Started> = Vec::new();
         let outcome = async {
             for c in &b.components {
-                for replica in 1..=c.replicas {
+                for replica in 1..=replicas(d, c) {
                     let spec = self.spec(
                         &instance,
                         d,
@@ -666,7 +689,7 @@ impl Lifecycle {
             .await
             .map_err(|e| e.to_string())?;
         for c in &b.components {
-            for replica in 1..=c.replicas {
+            for replica in 1..=replicas(d, c) {
                 let spec = self.spec(
                     &instance,
                     d,
@@ -707,18 +730,8 @@ impl Lifecycle {
         if changed {
             self.wait_all_healthy(b, &current).await?;
         }
-        let keep: Vec<&str> = current.iter().map(|s| s.container.id.as_str()).collect();
-        for e in &existing {
-            if !keep.contains(&e.id.as_str()) {
-                changed = true;
-                runtime.remove(&e.id).await.map_err(|e| e.to_string())?;
-                self.event(
-                    &d.id,
-                    &format!("container {} is not wanted: removed", e.name),
-                )
-                .await;
-            }
-        }
+        // Route first, then remove: a container leaving the route keeps answering what
+        // is in flight for the drain time.
         let upstreams = served_addresses(b, &current);
         if !same_set(&upstreams, &d.upstreams) {
             changed = true;
@@ -729,7 +742,85 @@ impl Lifecycle {
             self.event(&d.id, "route republished to the running containers")
                 .await;
         }
+        let keep: Vec<&str> = current.iter().map(|s| s.container.id.as_str()).collect();
+        let unwanted: Vec<&Container> = existing
+            .iter()
+            .filter(|e| !keep.contains(&e.id.as_str()))
+            .collect();
+        if unwanted
+            .iter()
+            .any(|e| e.address.is_some_and(|a| d.upstreams.contains(&a)))
+        {
+            tokio::time::sleep(self.drain).await;
+        }
+        for e in unwanted {
+            changed = true;
+            runtime.remove(&e.id).await.map_err(|e| e.to_string())?;
+            self.event(
+                &d.id,
+                &format!("container {} is not wanted: removed", e.name),
+            )
+            .await;
+        }
         Ok(changed)
+    }
+
+    /// Run `replicas` containers of `component` of provisioned tenant `id`: stored first,
+    /// then applied at once (started and healthy before they take traffic; removed ones
+    /// leave the route before they stop).
+    pub async fn scale(&self, id: &str, component: &str, replicas: u32) -> Result<()> {
+        let d = self.store.deployment(id).await?;
+        let all = self.blueprints();
+        let b = all.get(&d.blueprint).ok_or_else(|| {
+            Error::invalid(
+                "unknown_blueprint",
+                format!("blueprint {:?} is no longer loaded", d.blueprint),
+            )
+        })?;
+        if !b.components.iter().any(|c| c.name == component) {
+            return Err(Error::invalid(
+                "unknown_component",
+                format!(
+                    "component {component:?} is not one of blueprint {:?}'s ({})",
+                    b.name,
+                    b.components
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        if !(1..=20).contains(&replicas) {
+            return Err(Error::invalid("invalid_replicas", "replicas must be 1-20"));
+        }
+        if d.status != "active" {
+            return Err(Error::Conflict(format!(
+                "tenant {id:?} is {}: only active tenants are scaled",
+                d.status
+            )));
+        }
+        self.ready().await?;
+        let work = async {
+            self.store
+                .set_replicas(ACTOR, id, component, replicas)
+                .await?;
+            self.event(id, &format!("scale: {component} to {replicas} replicas"))
+                .await;
+            let d = self.store.deployment(id).await?;
+            self.ensure_running(&d)
+                .await
+                .map_err(|e| Error::Dependency {
+                    code: "runtime_unavailable",
+                    message: format!("scaling: {e}"),
+                })
+        };
+        match self.with_lease(id, work).await {
+            Some(r) => r.map(|_| ()),
+            None => Err(Error::Conflict(format!(
+                "tenant {id:?} is busy (provisioning, redeploy or reconcile); retry"
+            ))),
+        }
     }
 
     /// Redeploy tenant `id` blue/green, with `theme` (`None`: keep it): the next generation
@@ -737,25 +828,17 @@ impl Lifecycle {
     /// version; the old generation is removed after `drain_seconds`. A failed redeploy
     /// leaves the current generation serving and records why.
     pub async fn redeploy(self: Arc<Self>, id: String, theme: Option<String>) {
-        if !matches!(
-            self.store
-                .claim_tenant(&id, &self.node, now_ms() + LEASE.as_millis() as i64)
-                .await,
-            Ok(true)
-        ) {
+        let Some(outcome) = self.with_lease(&id, self.try_redeploy(&id, theme)).await else {
             self.event(&id, "redeploy skipped: another operation holds the tenant")
                 .await;
             return;
-        }
-        if let Err(reason) = self.try_redeploy(&id, theme).await {
+        };
+        if let Err(reason) = outcome {
             self.event(&id, &format!("redeploy failed: {reason}")).await;
             let _ = self
                 .store
                 .note_tenant(&id, Some(&format!("redeploy failed: {reason}")))
                 .await;
-        }
-        if let Err(e) = self.store.release_tenant(&id, &self.node).await {
-            tracing::warn!(tenant = %id, "cannot release the tenant: {e}");
         }
     }
 
@@ -815,6 +898,11 @@ impl Lifecycle {
         .await;
         Ok(())
     }
+}
+
+/// How many containers of `c` the tenant runs: what the API set, else the blueprint's.
+fn replicas(d: &Deployment, c: &crate::blueprint::Component) -> u32 {
+    d.replicas.get(&c.name).copied().unwrap_or(c.replicas)
 }
 
 /// Components that serve a path of the tenant's hostname.

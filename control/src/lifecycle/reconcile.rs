@@ -14,8 +14,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use super::{network_name, Lifecycle, LEASE};
-use crate::now_ms;
+use super::{network_name, Lifecycle};
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -90,25 +89,19 @@ impl Lifecycle {
                     tokio::spawn(self.clone().provision(d.id.clone()));
                 }
                 "active" => {
-                    let until = now_ms() + LEASE.as_millis() as i64;
-                    if !matches!(
-                        self.store.claim_tenant(&d.id, &self.node, until).await,
-                        Ok(true)
-                    ) {
-                        continue;
-                    }
                     // Read again under the lease: a redeploy may have just finished.
-                    let outcome = match self.store.deployment(&d.id).await {
-                        Ok(now) if now.status == "active" => self.ensure_running(&now).await,
-                        Ok(_) => Ok(false),
-                        Err(e) => Err(e.to_string()),
+                    let work = async {
+                        match self.store.deployment(&d.id).await {
+                            Ok(now) if now.status == "active" => self.ensure_running(&now).await,
+                            Ok(_) => Ok(false),
+                            Err(e) => Err(e.to_string()),
+                        }
                     };
-                    match outcome {
-                        Ok(true) => pass.repaired += 1,
-                        Ok(false) => {}
-                        Err(e) => pass.problems.push(format!("tenant {}: {e}", d.id)),
+                    match self.with_lease(&d.id, work).await {
+                        Some(Ok(true)) => pass.repaired += 1,
+                        Some(Ok(false)) | None => {}
+                        Some(Err(e)) => pass.problems.push(format!("tenant {}: {e}", d.id)),
                     }
-                    let _ = self.store.release_tenant(&d.id, &self.node).await;
                 }
                 "suspended" => match runtime.list(&instance, Some(&d.id)).await {
                     Ok(list) => {

@@ -38,6 +38,8 @@ pub struct Deployment {
     pub upstreams: Vec<SocketAddr>,
     /// Whether a node holds the tenant's lease now.
     pub leased: bool,
+    /// Replicas per component set through the API (others: the blueprint's).
+    pub replicas: std::collections::BTreeMap<String, u32>,
 }
 
 impl std::fmt::Debug for Deployment {
@@ -82,7 +84,7 @@ async fn load_deployments(tx: &mut dyn Tx, id: Option<&str>) -> Result<Vec<Deplo
     let rows = tx
         .query(
             &format!(
-                "SELECT id, slug, name, status, blueprint, theme, generation, db_secret, lease_until \
+                "SELECT id, slug, name, status, blueprint, theme, generation, db_secret, lease_until, replicas \
                  FROM tenants WHERE blueprint IS NOT NULL{filter} ORDER BY id"
             ),
             &params,
@@ -113,6 +115,11 @@ async fn load_deployments(tx: &mut dyn Tx, id: Option<&str>) -> Result<Vec<Deplo
                 .filter_map(|u| text(u, 0).ok()?.parse().ok())
                 .collect(),
             leased: int(r, 8)? > now,
+            replicas: match opt_text(r, 9)? {
+                Some(j) => serde_json::from_str(&j)
+                    .map_err(|e| Error::Internal(format!("tenant {id}: replicas {j:?}: {e}")))?,
+                None => Default::default(),
+            },
             id,
         });
     }
@@ -220,6 +227,43 @@ impl Store {
         .await
     }
 
+    /// Run `replicas` containers of `component` for tenant `id` from now on (the
+    /// reconciler and the next redeploy follow it).
+    pub async fn set_replicas(
+        &self,
+        actor: &str,
+        id: &str,
+        component: &str,
+        replicas: u32,
+    ) -> Result<()> {
+        let (mut tx, version) = self.begin_write("tenant", id).await?;
+        live_tenant(&mut *tx, id).await?;
+        let rows = tx
+            .query("SELECT replicas FROM tenants WHERE id = $1", &[t(id)])
+            .await?;
+        let mut all: std::collections::BTreeMap<String, u32> =
+            match rows.first().map(|r| opt_text(r, 0)).transpose()?.flatten() {
+                Some(j) => serde_json::from_str(&j).map_err(|e| Error::Internal(e.to_string()))?,
+                None => Default::default(),
+            };
+        all.insert(component.to_owned(), replicas);
+        let json = serde_json::to_string(&all).map_err(|e| Error::Internal(e.to_string()))?;
+        tx.query(
+            "UPDATE tenants SET replicas = $1, updated_at = $2 WHERE id = $3",
+            &[t(&json), Value::Int(now_ms()), t(id)],
+        )
+        .await?;
+        self.finish(
+            tx,
+            version,
+            actor,
+            "tenant.scale",
+            id,
+            serde_json::json!({"component": component, "replicas": replicas}),
+        )
+        .await
+    }
+
     /// Provisioning of tenant `id` failed: it becomes `failed` with `reason` and is not
     /// routed. Only a `provisioning` tenant can fail (a deleted one stays deleted).
     pub async fn fail_tenant(&self, actor: &str, id: &str, reason: &str) -> Result<()> {
@@ -250,6 +294,18 @@ impl Store {
     /// node at a time provisions or redeploys a tenant, and the reconciler leaves it alone.
     pub async fn claim_tenant(&self, id: &str, owner: &str, until: i64) -> Result<bool> {
         self.claim_row("tenants", id, owner, until).await
+    }
+
+    /// Extend `owner`'s lease of tenant `id` to `until` (ms); nothing when it is not the
+    /// holder.
+    pub async fn renew_tenant(&self, id: &str, owner: &str, until: i64) -> Result<()> {
+        let mut tx = self.backend.begin(true).await?;
+        tx.query(
+            "UPDATE tenants SET lease_until = $1 WHERE id = $2 AND lease_owner = $3",
+            &[Value::Int(until), t(id), t(owner)],
+        )
+        .await?;
+        tx.commit().await
     }
 
     /// Give tenant `id` back.

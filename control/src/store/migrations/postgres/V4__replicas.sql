@@ -1,0 +1,3 @@
+-- tenantgate store, version 4 (PostgreSQL): replicas per component set through the API
+-- (JSON object component -> count; NULL: the blueprint's).
+ALTER TABLE tenants ADD COLUMN replicas TEXT;
