@@ -56,7 +56,7 @@ async fn main() {
         sizes.get(1).copied().unwrap_or(sizes[0]).max(sizes[0]),
     );
     demo_image("tenantgate/demo-storefront:latest");
-    let (pg, gateway) = PgCluster::start_for_containers().await;
+    let pg = PgCluster::start_for_containers().await;
     pg.execute("postgres", "CREATE DATABASE tenants").await;
     let ca = TestCa::new();
     let (c, k) = ca.issue(&["*.platform.test"]);
@@ -64,7 +64,7 @@ async fn main() {
         .cert(c, k, true)
         .section(PLATFORM_TEST)
         .section(&format!(
-            "[tenant_db]\nurl = {:?}\ncontainer_host = {gateway:?}\n[provisioning]\nblueprints_dir = {:?}\n",
+            "[tenant_db]\nurl = {:?}\n[provisioning]\nblueprints_dir = {:?}\n",
             pg.url("tenants"),
             concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/blueprints"),
         ))

@@ -25,14 +25,14 @@ fn shipped_blueprints() -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/blueprints").to_owned()
 }
 
-async fn start(pg: &PgCluster, gateway: &str, blueprints: &str, ca: &TestCa) -> Running {
+async fn start(pg: &PgCluster, blueprints: &str, ca: &TestCa) -> Running {
     let (c, k) = ca.issue(&["*.platform.test"]);
     let admin_url = pg.url("tenants");
     Tenantgate::new()
         .cert(c, k, true)
         .section(PLATFORM_TEST)
         .section(&format!(
-            "[tenant_db]\nurl = {admin_url:?}\ncontainer_host = {gateway:?}\n\
+            "[tenant_db]\nurl = {admin_url:?}\n\
              [provisioning]\nblueprints_dir = {blueprints:?}\nreconcile_seconds = 1\ndrain_seconds = 1\n"
         ))
         .start()
@@ -132,10 +132,10 @@ async fn wait_page(client: &reqwest::Client, host: &str, needle: &str) -> String
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_store_goes_live_from_one_api_call_and_lives_its_whole_life() {
     demo_image(IMAGE);
-    let (pg, gateway) = PgCluster::start_for_containers().await;
+    let pg = PgCluster::start_for_containers().await;
     pg.execute("postgres", "CREATE DATABASE tenants").await;
     let ca = TestCa::new();
-    let tg = start(&pg, &gateway, &shipped_blueprints(), &ca).await;
+    let tg = start(&pg, &shipped_blueprints(), &ca).await;
     let client = tg.https_client(&ca, &["alpha.platform.test", "beta.platform.test"]);
 
     // The magic flow: one call each, 202 at once, active within seconds.
@@ -391,7 +391,7 @@ async fn a_store_goes_live_from_one_api_call_and_lives_its_whole_life() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_mid_provisioning_is_rolled_back_completely() {
     demo_image(IMAGE);
-    let (pg, gateway) = PgCluster::start_for_containers().await;
+    let pg = PgCluster::start_for_containers().await;
     pg.execute("postgres", "CREATE DATABASE tenants").await;
     // A blueprint whose container starts but never becomes healthy: the schema, role,
     // network and container all exist by the time it fails.
@@ -414,7 +414,7 @@ async fn a_failure_mid_provisioning_is_rolled_back_completely() {
             .replace(IMAGE, "tenantgate/not-built-anywhere:1"),
     );
     let ca = TestCa::new();
-    let tg = start(&pg, &gateway, &dir.path().display().to_string(), &ca).await;
+    let tg = start(&pg, &dir.path().display().to_string(), &ca).await;
 
     let id = create(&tg, "gamma", "Gamma", "never-healthy", None).await;
     let t = settled(&tg, &id).await;
@@ -540,10 +540,10 @@ async fn without_a_reachable_engine_provisioning_answers_503_and_creates_nothing
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provisioning_cut_off_by_a_control_crash_is_finished_after_restart() {
     demo_image(IMAGE);
-    let (pg, gateway) = PgCluster::start_for_containers().await;
+    let pg = PgCluster::start_for_containers().await;
     pg.execute("postgres", "CREATE DATABASE tenants").await;
     let ca = TestCa::new();
-    let mut tg = start(&pg, &gateway, &shipped_blueprints(), &ca).await;
+    let mut tg = start(&pg, &shipped_blueprints(), &ca).await;
     let id = create(&tg, "kappa", "Kappa Kites", "demo-storefront", None).await;
     // Killed once its container exists, before the route is published.
     wait_for(

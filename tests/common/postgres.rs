@@ -119,8 +119,7 @@ impl PgCluster {
     /// A cluster that containers on Docker bridge networks reach too: it listens on the
     /// default bridge's gateway (what `host.docker.internal` names inside a container) as
     /// well, and takes password logins (scram) from the private ranges Docker uses.
-    /// Returns the cluster and the gateway address.
-    pub async fn start_for_containers() -> (PgCluster, String) {
+    pub async fn start_for_containers() -> PgCluster {
         // The gateway of the default bridge (docker0), which `host-gateway` names; the
         // engine does not always report it, and then it is the subnet's first address.
         let out = Command::new("docker")
@@ -152,8 +151,7 @@ impl PgCluster {
         let hba = "host all all 172.16.0.0/12 scram-sha-256\n\
                    host all all 192.168.0.0/16 scram-sha-256\n\
                    host all all 10.0.0.0/8 scram-sha-256\n";
-        let pg = Self::start_listening(&format!("127.0.0.1,{gateway}"), hba).await;
-        (pg, gateway)
+        Self::start_listening(&format!("127.0.0.1,{gateway}"), hba).await
     }
 
     async fn start_listening(listen: &str, extra_hba: &str) -> PgCluster {

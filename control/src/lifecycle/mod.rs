@@ -47,7 +47,8 @@ pub struct Lifecycle {
     store: Arc<Store>,
     runtime: Option<Arc<dyn Runtime>>,
     tenant_db: Option<TenantDb>,
-    db_host: String,
+    db_host: Option<String>,
+    host_address: tokio::sync::OnceCell<String>,
     db_port: Option<u16>,
     sealing: Arc<SealingKey>,
     blueprints_dir: PathBuf,
@@ -105,11 +106,8 @@ impl Lifecycle {
             store,
             runtime,
             tenant_db,
-            db_host: cfg
-                .tenant_db
-                .container_host
-                .clone()
-                .unwrap_or_else(|| "host.docker.internal".into()),
+            db_host: cfg.tenant_db.container_host.clone(),
+            host_address: tokio::sync::OnceCell::new(),
             db_port: cfg.tenant_db.container_port,
             sealing,
             blueprints_dir: cfg.provisioning.blueprints_dir.clone(),
@@ -229,6 +227,25 @@ impl Lifecycle {
     /// Whether the runtime answers (deleting or changing a provisioned tenant needs it).
     pub async fn ready(&self) -> Result<()> {
         self.runtime()?.ping().await.map_err(unavailable)
+    }
+
+    /// Learn how containers reach the host (once), for the tenant database's address: an
+    /// address, so images without a resolver (`FROM scratch`) reach it too.
+    async fn learn_host_address(&self) -> Result<(), String> {
+        if self.db_host.is_some() {
+            return Ok(());
+        }
+        let runtime = self.runtime().map_err(|e| e.to_string())?;
+        self.host_address
+            .get_or_try_init(|| async {
+                runtime
+                    .host_address()
+                    .await
+                    .map(|a| a.to_string())
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .map(|_| ())
     }
 
     /// This installation's id, shared by every node of the store (created once).
@@ -398,6 +415,7 @@ impl Lifecycle {
         theme: &str,
         password: Option<&str>,
     ) -> Result<Vec<Started>, String> {
+        self.learn_host_address().await?;
         let runtime = self.runtime().map_err(|e| e.to_string())?;
         let instance = self.instance().await.map_err(|e| e.to_string())?.to_owned();
         let mut started: Vec<Started> = Vec::new();
@@ -472,7 +490,10 @@ impl Lifecycle {
                 };
                 (
                     creds.url(
-                        &self.db_host,
+                        self.db_host
+                            .as_deref()
+                            .or(self.host_address.get().map(String::as_str))
+                            .unwrap_or("host.docker.internal"),
                         self.db_port.unwrap_or(db.port()),
                         db.dbname(),
                     ),
@@ -675,6 +696,7 @@ impl Lifecycle {
         let b = all
             .get(&d.blueprint)
             .ok_or_else(|| format!("blueprint {:?} is no longer loaded", d.blueprint))?;
+        self.learn_host_address().await?;
         let runtime = self.runtime().map_err(|e| e.to_string())?;
         let instance = self.instance().await.map_err(|e| e.to_string())?.to_owned();
         let existing = runtime

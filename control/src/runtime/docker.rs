@@ -115,6 +115,31 @@ impl Runtime for Docker {
             .map_err(|e| err("ping", e))
     }
 
+    async fn host_address(&self) -> Result<IpAddr, RuntimeError> {
+        let net = self
+            .api
+            .inspect_network(
+                "bridge",
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+            .map_err(|e| err("inspect network bridge", e))?;
+        let configs = net.ipam.and_then(|i| i.config).unwrap_or_default();
+        // The engine does not always report the gateway; it is then the subnet's first
+        // address.
+        configs
+            .iter()
+            .find_map(|c| c.gateway.as_deref()?.parse::<Ipv4Addr>().ok())
+            .or_else(|| {
+                configs.iter().find_map(|c| {
+                    let net: Ipv4Addr = c.subnet.as_deref()?.split('/').next()?.parse().ok()?;
+                    Some(Ipv4Addr::from(u32::from(net) + 1))
+                })
+            })
+            .map(IpAddr::V4)
+            .ok_or_else(|| RuntimeError::Failed("the bridge network has no IPv4 subnet".into()))
+    }
+
     async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
         use futures_util::StreamExt as _;
         match self.api.inspect_image(image).await {

@@ -106,6 +106,9 @@ impl Container {
 pub trait Runtime: Send + Sync {
     /// Whether the runtime answers.
     async fn ping(&self) -> Result<(), RuntimeError>;
+    /// The address containers reach the host by (Docker: the default bridge's gateway, what
+    /// `host-gateway` names).
+    async fn host_address(&self) -> Result<std::net::IpAddr, RuntimeError>;
     /// Make sure `image` is on the host (pulling it when it is not); `NotFound` when it
     /// cannot be had.
     async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError>;
