@@ -167,6 +167,47 @@ fn domain_acme_and_webhook_settings_are_checked() {
 }
 
 #[test]
+fn provisioning_and_tenant_database_settings_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = check(
+        dir.path(),
+        r#"
+        [provisioning]
+        reconcile_seconds = 0
+        network_pool = "10.213.0.0"
+        retention = "drop"
+        [tenant_db]
+        url = "mysql://db/tenants"
+        container_port = 0
+        "#,
+    );
+    assert_eq!(code, 1);
+    for needle in [
+        "provisioning.reconcile_seconds: must be greater than 0",
+        "provisioning.network_pool: \"10.213.0.0\" is not an IPv4 range",
+        "tenant_db.url: must be a postgres:// URL",
+        "tenant_db.container_port: must not be 0",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+    let (code, _, err) = check(
+        dir.path(),
+        "[provisioning]\nnetwork_pool = \"10.213.0.0/16\"\nnetwork_prefix = 16\n",
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("provisioning.network_prefix: must be longer than the pool's /16"),
+        "{err}"
+    );
+    let (code, _, err) = check(dir.path(), "[provisioning]\nretention = \"archive\"\n");
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("retention") && err.contains("archive"),
+        "{err}"
+    );
+}
+
+#[test]
 fn check_blueprints_lists_the_shipped_ones_and_names_every_problem() {
     let run = |dir: &std::path::Path| {
         let out = Command::new(env!("CARGO_BIN_EXE_tenantgate"))

@@ -200,6 +200,18 @@ async fn a_store_goes_live_from_one_api_call_and_lives_its_whole_life() {
     wait_page(&client, "alpha.platform.test", "Limited Poncho").await;
     let (_, b) = page(&client, "beta.platform.test").await.expect("beta");
     assert!(!b.contains("Limited Poncho"), "{b}");
+    // Each tenant's network has a small subnet of the tenant network pool.
+    let subnet = docker(&[
+        "network",
+        "inspect",
+        &networks(&alpha)[0],
+        "--format",
+        "{{range .IPAM.Config}}{{.Subnet}}{{end}}",
+    ]);
+    assert!(
+        subnet.starts_with("10.213.") && subnet.ends_with("/27"),
+        "{subnet}"
+    );
     // Containers: labelled, one per tenant, published on loopback only.
     let ports = docker(&[
         "ps",
@@ -367,6 +379,22 @@ async fn a_store_goes_live_from_one_api_call_and_lives_its_whole_life() {
     assert!(
         a.contains("Limited Poncho"),
         "the data stays with the tenant: {a}"
+    );
+
+    // What happened is counted.
+    let m = tg.metrics().await;
+    for line in [
+        "tenantgate_lifecycle_operations_total{operation=\"provision\",result=\"ok\"} 2",
+        "tenantgate_lifecycle_operations_total{operation=\"redeploy\",result=\"ok\"} 1",
+        "tenantgate_lifecycle_operations_total{operation=\"scale\",result=\"ok\"} 2",
+        "tenantgate_provisioned_tenants{status=\"active\"} 2",
+        "tenantgate_provisioning_seconds_count 2",
+    ] {
+        assert!(m.contains(line), "no {line:?} in\n{m}");
+    }
+    assert!(
+        m.contains("tenantgate_lifecycle_operations_total{operation=\"repair\",result=\"ok\"}"),
+        "{m}"
     );
 
     // Delete: route, containers, network, schema and role all gone; beta untouched.

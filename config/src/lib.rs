@@ -382,6 +382,11 @@ pub struct ProvisioningConfig {
     pub drain_seconds: u64,
     /// What happens to a deleted tenant's schema and role: `drop` or `keep`.
     pub retention: Retention,
+    /// IPv4 range tenant networks get their subnets from (the engine's default pools hold
+    /// only about 30 networks); empty: the engine's defaults.
+    pub network_pool: String,
+    /// Prefix length of each tenant network's subnet (27: 30 addresses).
+    pub network_prefix: u8,
 }
 
 impl Default for ProvisioningConfig {
@@ -391,6 +396,8 @@ impl Default for ProvisioningConfig {
             reconcile_seconds: 10,
             drain_seconds: 2,
             retention: Retention::Drop,
+            network_pool: "10.213.0.0/16".into(),
+            network_prefix: 27,
         }
     }
 }
@@ -590,6 +597,29 @@ impl Config {
                 "provisioning.reconcile_seconds".into(),
                 "must be greater than 0".into(),
             );
+        }
+        let pool = &self.provisioning.network_pool;
+        if !pool.is_empty() {
+            let len = pool.split_once('/').and_then(|(a, l)| {
+                a.parse::<std::net::Ipv4Addr>().ok()?;
+                l.parse::<u8>().ok()
+            });
+            match len {
+                Some(l) if (8..=28).contains(&l) => {
+                    if !(l < self.provisioning.network_prefix
+                        && self.provisioning.network_prefix <= 29)
+                    {
+                        p(
+                            "provisioning.network_prefix".into(),
+                            format!("must be longer than the pool's /{l} and at most 29"),
+                        );
+                    }
+                }
+                _ => p(
+                    "provisioning.network_pool".into(),
+                    format!("{pool:?} is not an IPv4 range like \"10.213.0.0/16\" (/8 to /28)"),
+                ),
+            }
         }
         if let Some(u) = &self.tenant_db.url {
             if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {

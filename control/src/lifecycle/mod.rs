@@ -26,7 +26,7 @@ use tenantgate_certs::SealingKey;
 use tenantgate_config::{Config, Retention};
 
 use crate::blueprint::{Blueprint, Context, DatabaseKind};
-use crate::runtime::docker::Docker;
+use crate::runtime::docker::{Docker, NetworkPool};
 use crate::runtime::{Container, ContainerSpec, Runtime, RuntimeError};
 use crate::store::{Deployment, Store};
 use crate::tenantdb::TenantDb;
@@ -41,6 +41,61 @@ const LEASE: Duration = Duration::from_secs(30);
 
 /// The setting naming this installation's containers.
 const INSTANCE_SETTING: &str = "runtime.instance";
+
+/// Prometheus metrics of the tenant lifecycle (default registry, served on `/metrics`).
+pub(crate) struct LifecycleMetrics {
+    /// Provisioned tenants by status (from the store, each reconcile pass).
+    pub(crate) tenants: prometheus::IntGaugeVec,
+    /// Provision, redeploy, scale and repair runs of this node, by result.
+    pub(crate) operations: prometheus::IntCounterVec,
+    /// Seconds from taking a tenant to its route being published (this node).
+    pub(crate) provisioning: prometheus::Histogram,
+}
+
+pub(crate) fn metrics() -> &'static LifecycleMetrics {
+    static M: std::sync::OnceLock<LifecycleMetrics> = std::sync::OnceLock::new();
+    M.get_or_init(|| {
+        let tenants = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
+                "tenantgate_provisioned_tenants",
+                "Tenants provisioned from blueprints, by status",
+            ),
+            &["status"],
+        )
+        .expect("valid metric");
+        let operations = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "tenantgate_lifecycle_operations_total",
+                "Provision, redeploy, scale and repair runs of this node, by result",
+            ),
+            &["operation", "result"],
+        )
+        .expect("valid metric");
+        let provisioning = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "tenantgate_provisioning_seconds",
+                "Time from taking a new tenant to its route being published",
+            )
+            .buckets(vec![0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0]),
+        )
+        .expect("valid metric");
+        let _ = prometheus::register(Box::new(tenants.clone()));
+        let _ = prometheus::register(Box::new(operations.clone()));
+        let _ = prometheus::register(Box::new(provisioning.clone()));
+        LifecycleMetrics {
+            tenants,
+            operations,
+            provisioning,
+        }
+    })
+}
+
+fn count(operation: &str, ok: bool) {
+    metrics()
+        .operations
+        .with_label_values(&[operation, if ok { "ok" } else { "failed" }])
+        .inc();
+}
 
 /// Tenant lifecycle service.
 pub struct Lifecycle {
@@ -74,8 +129,16 @@ impl Lifecycle {
     /// Docker Engine from the environment (contacted only when needed), the tenant-database
     /// server from `[tenant_db]`.
     pub fn new(cfg: &Config, store: Arc<Store>, sealing: Arc<SealingKey>) -> Result<Arc<Self>> {
+        let p = &cfg.provisioning;
+        let pool = (!p.network_pool.is_empty())
+            .then(|| NetworkPool::parse(&p.network_pool, p.network_prefix))
+            .transpose()
+            .map_err(|e| Error::invalid("config", format!("provisioning.network_pool: {e}")))?;
         let runtime: Option<Arc<dyn Runtime>> = match Docker::connect() {
-            Ok(d) => Some(Arc::new(d)),
+            Ok(d) => Some(Arc::new(match pool {
+                Some(pool) => d.with_network_pool(pool),
+                None => d,
+            })),
             Err(e) => {
                 tracing::warn!("tenant provisioning has no container runtime: {e}");
                 None
@@ -312,8 +375,15 @@ impl Lifecycle {
     async fn provision_held(&self, id: &str) {
         let id = id.to_owned();
         let started = std::time::Instant::now();
-        match self.try_provision(&id).await {
+        let outcome = self.try_provision(&id).await;
+        if !matches!(outcome, Ok(false)) {
+            count("provision", outcome.is_ok());
+        }
+        match outcome {
             Ok(true) => {
+                metrics()
+                    .provisioning
+                    .observe(started.elapsed().as_secs_f64());
                 self.event(
                     &id,
                     &format!(
@@ -838,7 +908,10 @@ impl Lifecycle {
                 })
         };
         match self.with_lease(id, work).await {
-            Some(r) => r.map(|_| ()),
+            Some(r) => {
+                count("scale", r.is_ok());
+                r.map(|_| ())
+            }
             None => Err(Error::Conflict(format!(
                 "tenant {id:?} is busy (provisioning, redeploy or reconcile); retry"
             ))),
@@ -855,6 +928,7 @@ impl Lifecycle {
                 .await;
             return;
         };
+        count("redeploy", outcome.is_ok());
         if let Err(reason) = outcome {
             self.event(&id, &format!("redeploy failed: {reason}")).await;
             let _ = self

@@ -75,6 +75,11 @@ impl Lifecycle {
                 return pass;
             }
         };
+        let gauge = &super::metrics().tenants;
+        for status in ["provisioning", "active", "suspended", "failed"] {
+            let n = deployments.iter().filter(|d| d.status == status).count();
+            gauge.with_label_values(&[status]).set(n as i64);
+        }
         let mut wanted = BTreeSet::new();
         for d in &deployments {
             if matches!(d.status.as_str(), "provisioning" | "active" | "suspended") {
@@ -98,9 +103,15 @@ impl Lifecycle {
                         }
                     };
                     match self.with_lease(&d.id, work).await {
-                        Some(Ok(true)) => pass.repaired += 1,
+                        Some(Ok(true)) => {
+                            pass.repaired += 1;
+                            super::count("repair", true);
+                        }
                         Some(Ok(false)) | None => {}
-                        Some(Err(e)) => pass.problems.push(format!("tenant {}: {e}", d.id)),
+                        Some(Err(e)) => {
+                            super::count("repair", false);
+                            pass.problems.push(format!("tenant {}: {e}", d.id));
+                        }
                     }
                 }
                 "suspended" => match runtime.list(&instance, Some(&d.id)).await {

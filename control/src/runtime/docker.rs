@@ -25,6 +25,65 @@ const PULL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 /// The Docker Engine.
 pub struct Docker {
     api: bollard::Docker,
+    pool: Option<NetworkPool>,
+}
+
+/// Where tenant networks get their subnets: the engine's default pools hold only about 30
+/// bridge networks (a /16 each), far fewer than a host's tenants, so tenant networks are
+/// carved as small subnets out of a range of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetworkPool {
+    base: u32,
+    pool_prefix: u8,
+    prefix: u8,
+}
+
+impl NetworkPool {
+    /// `cidr` (IPv4, e.g. `10.213.0.0/16`) cut into `/prefix` subnets.
+    pub fn parse(cidr: &str, prefix: u8) -> Result<Self, String> {
+        let (addr, len) = cidr
+            .split_once('/')
+            .ok_or_else(|| format!("{cidr:?} is not an IPv4 CIDR range"))?;
+        let addr: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| format!("{cidr:?} is not an IPv4 CIDR range"))?;
+        let pool_prefix: u8 = len
+            .parse()
+            .ok()
+            .filter(|l| (8..=28).contains(l))
+            .ok_or_else(|| format!("{cidr:?}: the prefix length must be 8-28"))?;
+        if !(pool_prefix < prefix && prefix <= 29) {
+            return Err(format!(
+                "subnets of /{prefix} do not fit {cidr:?} (longer than /{pool_prefix}, at most /29)"
+            ));
+        }
+        let base = u32::from(addr) & mask(pool_prefix);
+        Ok(NetworkPool {
+            base,
+            pool_prefix,
+            prefix,
+        })
+    }
+
+    /// The subnets, in order.
+    fn subnets(&self) -> impl Iterator<Item = (u32, u8)> + '_ {
+        let size = 1u64 << (32 - self.prefix);
+        let count = 1u64 << (self.prefix - self.pool_prefix);
+        (0..count).map(move |i| (self.base + (i * size) as u32, self.prefix))
+    }
+}
+
+fn mask(prefix: u8) -> u32 {
+    if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix)
+    }
+}
+
+fn overlaps(a: (u32, u8), b: (u32, u8)) -> bool {
+    let m = mask(a.1.min(b.1));
+    a.0 & m == b.0 & m
 }
 
 fn err(what: &str, e: BollardError) -> RuntimeError {
@@ -50,18 +109,53 @@ fn tolerate_missing(r: Result<(), RuntimeError>) -> Result<(), RuntimeError> {
 }
 
 impl Docker {
+    /// Create a network; one that exists already (409) is fine.
+    async fn create_network(&self, req: NetworkCreateRequest) -> Result<(), RuntimeError> {
+        match self.api.create_network(req).await {
+            Ok(_) => Ok(()),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(()),
+            Err(e) => Err(err("create network", e)),
+        }
+    }
+
     /// Connect with the environment's defaults (`DOCKER_HOST` or the local socket).
     pub fn connect() -> Result<Self, RuntimeError> {
         let api = bollard::Docker::connect_with_local_defaults()
             .map_err(|e| RuntimeError::Unavailable(format!("docker: {e}")))?;
-        Ok(Docker { api })
+        Ok(Docker { api, pool: None })
+    }
+
+    /// Give tenant networks subnets from `pool` (else the engine's default pools).
+    pub fn with_network_pool(mut self, pool: NetworkPool) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// IPv4 subnets of every network on the engine.
+    async fn used_subnets(&self) -> Result<Vec<(u32, u8)>, RuntimeError> {
+        let nets = self
+            .api
+            .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
+            .await
+            .map_err(|e| err("list networks", e))?;
+        Ok(nets
+            .iter()
+            .filter_map(|n| n.ipam.as_ref()?.config.as_ref())
+            .flatten()
+            .filter_map(|c| {
+                let (a, l) = c.subnet.as_deref()?.split_once('/')?;
+                Some((u32::from(a.parse::<Ipv4Addr>().ok()?), l.parse().ok()?))
+            })
+            .collect())
     }
 
     /// Connect to the engine at the unix socket `path` (tests: an engine that is not there).
     pub fn connect_unix(path: &str) -> Result<Self, RuntimeError> {
         let api = bollard::Docker::connect_with_unix(path, 10, bollard::API_DEFAULT_VERSION)
             .map_err(|e| RuntimeError::Unavailable(format!("docker: {e}")))?;
-        Ok(Docker { api })
+        Ok(Docker { api, pool: None })
     }
 
     async fn inspect(&self, id: &str) -> Result<Container, RuntimeError> {
@@ -193,26 +287,47 @@ impl Runtime for Docker {
             }) => {}
             Err(e) => return Err(err("inspect network", e)),
         }
-        let created = self
-            .api
-            .create_network(NetworkCreateRequest {
-                name: name.to_owned(),
-                driver: Some("bridge".into()),
-                labels: Some(HashMap::from([(
-                    LABEL_TENANT.to_owned(),
-                    tenant.to_owned(),
-                )])),
+        let request = |subnet: Option<(u32, u8)>| NetworkCreateRequest {
+            name: name.to_owned(),
+            driver: Some("bridge".into()),
+            labels: Some(HashMap::from([(
+                LABEL_TENANT.to_owned(),
+                tenant.to_owned(),
+            )])),
+            ipam: subnet.map(|(a, l)| bollard::models::Ipam {
+                config: Some(vec![bollard::models::IpamConfig {
+                    subnet: Some(format!("{}/{l}", Ipv4Addr::from(a))),
+                    ..Default::default()
+                }]),
                 ..Default::default()
-            })
-            .await;
-        match created {
-            Ok(_) => Ok(()),
-            // Already there (409): fine, the call is idempotent.
-            Err(BollardError::DockerResponseServerError {
-                status_code: 409, ..
-            }) => Ok(()),
-            Err(e) => Err(err("create network", e)),
+            }),
+            ..Default::default()
+        };
+        let Some(pool) = self.pool else {
+            return self.create_network(request(None)).await.map(|_| ());
+        };
+        // The first subnet of the pool no network uses; another node or tenant may take it
+        // first, and then the next one is tried.
+        let mut used = self.used_subnets().await?;
+        let mut collisions = 0;
+        for subnet in pool.subnets() {
+            if used.iter().any(|u| overlaps(*u, subnet)) {
+                continue;
+            }
+            match self.create_network(request(Some(subnet))).await {
+                Ok(_) => return Ok(()),
+                Err(RuntimeError::Failed(m)) if m.contains("overlap") && collisions < 16 => {
+                    collisions += 1;
+                    used = self.used_subnets().await?;
+                }
+                Err(e) => return Err(e),
+            }
         }
+        Err(RuntimeError::Failed(format!(
+            "create network: every /{} subnet of the tenant network pool is in use \
+             (provisioning.network_pool is too small for this host's tenants)",
+            pool.prefix
+        )))
     }
 
     async fn remove_network(&self, name: &str) -> Result<(), RuntimeError> {
@@ -371,5 +486,36 @@ impl Runtime for Docker {
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_is_cut_into_subnets_in_order() {
+        let p = NetworkPool::parse("10.213.0.0/16", 27).expect("pool");
+        let first: Vec<String> = p
+            .subnets()
+            .take(3)
+            .map(|(a, l)| format!("{}/{l}", Ipv4Addr::from(a)))
+            .collect();
+        assert_eq!(first, ["10.213.0.0/27", "10.213.0.32/27", "10.213.0.64/27"]);
+        assert_eq!(p.subnets().count(), 2048);
+        let ip = |s: &str| u32::from(s.parse::<Ipv4Addr>().expect("ip"));
+        assert!(overlaps((ip("10.213.0.32"), 27), (ip("10.0.0.0"), 8)));
+        assert!(!overlaps((ip("10.213.0.32"), 27), (ip("10.213.0.64"), 27)));
+        for (cidr, prefix) in [
+            ("10.0.0.0", 27),
+            ("10.0.0.0/16", 16),
+            ("10.0.0.0/16", 30),
+            ("x/8", 20),
+        ] {
+            assert!(
+                NetworkPool::parse(cidr, prefix).is_err(),
+                "{cidr} /{prefix}"
+            );
+        }
     }
 }
