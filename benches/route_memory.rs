@@ -33,6 +33,7 @@ fn snapshot(n: usize) -> Vec<u8> {
                 }],
                 https_redirect: false,
                 suspended: false,
+                paths: Default::default(),
             })
             .collect(),
         certificates: vec![],

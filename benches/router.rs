@@ -27,6 +27,7 @@ fn table(n: usize) -> RouteTable {
                 upstreams: vec![up.clone()],
                 https_redirect: false,
                 suspended: false,
+                paths: Default::default(),
             })
             .collect(),
     }

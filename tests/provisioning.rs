@@ -441,6 +441,11 @@ async fn a_failure_mid_provisioning_is_rolled_back_completely() {
             .replace("name = \"demo-storefront\"", "name = \"no-image\"")
             .replace(IMAGE, "tenantgate/not-built-anywhere:1"),
     );
+    std::fs::copy(
+        format!("{}/medusa-nextjs.toml", shipped_blueprints()),
+        dir.path().join("medusa-nextjs.toml"),
+    )
+    .expect("copy medusa-nextjs");
     let ca = TestCa::new();
     let tg = start(&pg, &dir.path().display().to_string(), &ca).await;
 
@@ -474,6 +479,21 @@ async fn a_failure_mid_provisioning_is_rolled_back_completely() {
     );
     assert!(containers(&id2).is_empty() && networks(&id2).is_empty());
     assert!(!exists(&pg, "SELECT 1 FROM pg_roles WHERE rolname = 'tg_delta'").await);
+
+    // medusa-nextjs is accepted (its paths go to two components); here, where no registry
+    // is reachable, it fails on its images and leaves nothing behind.
+    let id3 = create(&tg, "mu", "Mu Fashion", "medusa-nextjs", Some("fashion")).await;
+    let t = settled(&tg, &id3).await;
+    assert_eq!(t["status"], "failed", "{t}");
+    assert!(
+        t["status_reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("medusajs/medusa:2.8"),
+        "{t}"
+    );
+    assert!(containers(&id3).is_empty() && networks(&id3).is_empty());
+    assert!(!exists(&pg, "SELECT 1 FROM pg_roles WHERE rolname = 'tg_mu'").await);
 
     // A failed tenant keeps its slug until deleted; then the slug is free again.
     let (s, t) = tg
@@ -514,13 +534,14 @@ async fn a_failure_mid_provisioning_is_rolled_back_completely() {
         );
     }
     let (_, list) = tg.api("GET", "/v1/tenants", None).await;
-    let slugs: Vec<&str> = list["items"]
+    let mut slugs: Vec<&str> = list["items"]
         .as_array()
         .expect("items")
         .iter()
         .filter_map(|t| t["slug"].as_str())
         .collect();
-    assert_eq!(slugs, ["delta"], "{list}");
+    slugs.sort_unstable();
+    assert_eq!(slugs, ["delta", "mu"], "{list}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -597,5 +618,85 @@ async fn provisioning_cut_off_by_a_control_crash_is_finished_after_restart() {
     assert_eq!(c.len(), 1, "leftovers of the cut-off attempt: {c:?}");
     let (s, _) = tg.api("DELETE", &format!("/v1/tenants/{id}"), None).await;
     assert_eq!(s, 204);
-    assert!(containers(&id).is_empty() && networks(&id).is_empty());
+    let (c, n) = (containers(&id), networks(&id));
+    assert!(c.is_empty() && n.is_empty(), "left: {c:?} {n:?}\n{}", tg.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_of_one_hostname_are_served_by_different_components() {
+    demo_image(IMAGE);
+    let pg = PgCluster::start_for_containers().await;
+    pg.execute("postgres", "CREATE DATABASE tenants").await;
+    // Two components of one store, the way medusa-nextjs splits `/store` and `/`.
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_file(
+        &dir.path().join("two-part.toml"),
+        &format!(
+            r#"
+name = "two-part"
+database = "schema"
+default_theme = "ocean"
+
+[[components]]
+name = "web"
+image = "{IMAGE}"
+port = 8080
+health = {{ path = "/healthz", timeout_seconds = 30 }}
+resources = {{ cpus = 0.25, memory_mb = 64 }}
+env = {{ STORE_LISTEN = "0.0.0.0:8080", STORE_NAME = "{{{{tenant.name}}}}", DATABASE_URL = "{{{{database.url}}}}" }}
+
+[[components]]
+name = "api"
+image = "{IMAGE}"
+port = 8080
+replicas = 2
+health = {{ path = "/healthz", timeout_seconds = 30 }}
+resources = {{ cpus = 0.25, memory_mb = 64 }}
+env = {{ STORE_LISTEN = "0.0.0.0:8080", STORE_NAME = "API of {{{{tenant.name}}}}" }}
+
+[[routes]]
+path = "/"
+component = "web"
+
+[[routes]]
+path = "/api"
+component = "api"
+
+[themes.ocean]
+env = {{}}
+"#
+        ),
+    );
+    let ca = TestCa::new();
+    let tg = start(&pg, &dir.path().display().to_string(), &ca).await;
+    let id = create(&tg, "lambda", "Lambda Lamps", "two-part", None).await;
+    let t = settled(&tg, &id).await;
+    assert_eq!(t["status"], "active", "{t}\n{}", tg.logs());
+    assert_eq!(t["upstreams"].as_array().map(Vec::len), Some(1), "{t}");
+    assert_eq!(t["paths"]["/api"].as_array().map(Vec::len), Some(2), "{t}");
+    let client = tg.https_client(&ca, &["lambda.platform.test"]);
+    let page = wait_page(&client, "lambda.platform.test", "Lambda Lamps").await;
+    assert!(!page.contains("API of"), "{page}");
+    for _ in 0..4 {
+        let api: serde_json::Value = client
+            .get("https://lambda.platform.test/api/store")
+            .send()
+            .await
+            .expect("api")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(api["name"], "API of Lambda Lamps", "{api}");
+    }
+    // `/apiary` is not under `/api`: the web component answers it (its own 404).
+    let r = client
+        .get("https://lambda.platform.test/apiary")
+        .send()
+        .await
+        .expect("apiary");
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.text().await.expect("body"), "not found (Lambda Lamps)\n");
+    let (s, _) = tg.api("DELETE", &format!("/v1/tenants/{id}"), None).await;
+    assert_eq!(s, 204);
+    assert!(containers(&id).is_empty());
 }

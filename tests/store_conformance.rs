@@ -736,7 +736,16 @@ async fn provisioning(store: &Store) {
     // Deployed: active and routed to the containers, generation and theme recorded.
     let before = store.ping().await.expect("version");
     store
-        .deploy("test", &t.id, 1, "sunset", &[addr(7001)])
+        .deploy(
+            "test",
+            &t.id,
+            1,
+            "sunset",
+            &[
+                ("/".into(), vec![addr(7001)]),
+                ("/store".into(), vec![addr(7011), addr(7012)]),
+            ],
+        )
         .await
         .expect("deploy");
     assert_eq!(store.ping().await.expect("version"), before + 1);
@@ -747,6 +756,18 @@ async fn provisioning(store: &Store) {
         (Some(1), Some("sunset"))
     );
     assert_eq!(got.upstreams, ["127.0.0.1:7001"]);
+    assert_eq!(
+        got.paths.as_ref().map(|p| p["/store"].clone()),
+        Some(vec![
+            "127.0.0.1:7011".to_owned(),
+            "127.0.0.1:7012".to_owned()
+        ])
+    );
+    let routed_now = routed(&store.snapshot().await.expect("snap"), &t.id).expect("routed");
+    assert_eq!(routed_now.upstreams.len(), 1);
+    assert_eq!(routed_now.paths.len(), 1);
+    assert_eq!(routed_now.paths[0].prefix, "/store");
+    assert_eq!(routed_now.paths[0].upstreams.len(), 2);
     let events: Vec<String> = got
         .events
         .expect("events")
@@ -786,7 +807,13 @@ async fn provisioning(store: &Store) {
         .await
         .expect("suspend");
     store
-        .deploy("test", &t.id, 2, "sunset", &[addr(7002)])
+        .deploy(
+            "test",
+            &t.id,
+            2,
+            "sunset",
+            &[("/".into(), vec![addr(7002)])],
+        )
         .await
         .expect("redeploy");
     assert_eq!(
@@ -814,7 +841,7 @@ async fn provisioning(store: &Store) {
     assert_eq!(got.status_reason.as_deref(), Some("image missing"));
     assert!(routed(&store.snapshot().await.expect("snap"), &f.id).is_none());
     let e = store
-        .deploy("test", &f.id, 1, "ocean", &[addr(7003)])
+        .deploy("test", &f.id, 1, "ocean", &[("/".into(), vec![addr(7003)])])
         .await
         .expect_err("refused");
     assert!(matches!(e, Error::Conflict(_)), "{e:?}");

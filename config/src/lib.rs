@@ -21,8 +21,8 @@ use serde::Deserialize;
 pub use host::{HostError, HostPattern};
 pub use net::IpNet;
 pub use route::{
-    CertificateChange, Challenge, ChallengeSet, Delta, Route, RouteChange, RouteTable, Snapshot,
-    StoredCertificate, Upstream,
+    CertificateChange, Challenge, ChallengeSet, Delta, PathRoute, Route, RouteChange, RouteTable,
+    Snapshot, StoredCertificate, Upstream,
 };
 
 /// Errors of this crate.
@@ -957,6 +957,7 @@ impl Config {
                 upstreams,
                 https_redirect: r.https_redirect,
                 suspended: false,
+                paths: Default::default(),
             });
         }
         if problems.is_empty() {

@@ -71,6 +71,10 @@ pub struct Tenant {
     pub hostnames: Vec<String>,
     /// Backends as `ip:port`, tried round robin (a provisioned tenant: its containers).
     pub upstreams: Vec<String>,
+    /// Backends of path prefixes served by other components than `upstreams` (provisioned
+    /// tenants whose blueprint routes paths, e.g. `/store` to an API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paths: Option<std::collections::BTreeMap<String, Vec<String>>>,
     /// The blueprint it was provisioned from (absent: upstreams given by hand).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blueprint: Option<String>,

@@ -214,13 +214,11 @@ pub async fn delete_tenant(
     State(s): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let provisioned = provisioned(&s, &id).await?;
-    if provisioned {
+    if provisioned(&s, &id).await? {
         s.lifecycle.ready().await?;
-    }
-    s.store.delete_tenant(ACTOR, &id).await?;
-    if provisioned {
-        s.lifecycle.deleted(&id).await;
+        s.lifecycle.delete(ACTOR, &id).await?;
+    } else {
+        s.store.delete_tenant(ACTOR, &id).await?;
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -245,22 +243,15 @@ pub async fn suspend_tenant(
     State(s): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<Tenant>, ApiError> {
-    let provisioned = provisioned(&s, &id).await?;
-    if provisioned {
+    if provisioned(&s, &id).await? {
         s.lifecycle.ready().await?;
+        return Ok(Json(s.lifecycle.suspend(ACTOR, &id).await?));
     }
-    let tenant = s
-        .store
-        .set_status(ACTOR, &id, TenantStatus::Suspended)
-        .await?;
-    if provisioned {
-        // The route already answers 503; containers left running are stopped by the
-        // reconciler.
-        if let Err(e) = s.lifecycle.suspended(&id).await {
-            tracing::warn!(tenant = %id, "containers not stopped yet: {e}");
-        }
-    }
-    Ok(Json(tenant))
+    Ok(Json(
+        s.store
+            .set_status(ACTOR, &id, TenantStatus::Suspended)
+            .await?,
+    ))
 }
 
 /// Resume a suspended tenant; a provisioned tenant's containers are started and healthy
@@ -271,10 +262,9 @@ pub async fn resume_tenant(
     State(s): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<Tenant>, ApiError> {
-    let tenant = s.store.get_tenant(&id).await?;
-    if tenant.blueprint.is_some() && tenant.status == TenantStatus::Suspended {
+    if provisioned(&s, &id).await? {
         s.lifecycle.ready().await?;
-        s.lifecycle.resuming(&id).await?;
+        return Ok(Json(s.lifecycle.resume(ACTOR, &id).await?));
     }
     Ok(Json(
         s.store.set_status(ACTOR, &id, TenantStatus::Active).await?,

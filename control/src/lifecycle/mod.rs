@@ -26,6 +26,7 @@ use tenantgate_certs::SealingKey;
 use tenantgate_config::{Config, Retention};
 
 use crate::blueprint::{Blueprint, Context, DatabaseKind};
+use crate::model::{Tenant, TenantStatus};
 use crate::runtime::docker::{Docker, NetworkPool};
 use crate::runtime::{Container, ContainerSpec, Runtime, RuntimeError};
 use crate::store::{Deployment, Store};
@@ -254,14 +255,6 @@ impl Lifecycle {
                 format!(
                     "theme {theme:?} is not one of blueprint {blueprint:?}'s ({})",
                     b.themes.keys().cloned().collect::<Vec<_>>().join(", ")
-                ),
-            ));
-        }
-        if served_components(b).len() > 1 {
-            return Err(Error::invalid(
-                "unsupported_blueprint",
-                format!(
-                    "blueprint {blueprint:?} routes paths to several components; the proxy routes a hostname to one component so far"
                 ),
             ));
         }
@@ -711,9 +704,53 @@ impl Lifecycle {
         }
     }
 
-    /// After the store deleted tenant `id`: remove its containers, network and (per
-    /// retention) data.
-    pub async fn deleted(&self, id: &str) {
+    /// Like [`Lifecycle::with_lease`], waiting up to `wait` for another holder (a repair,
+    /// a redeploy) to finish; `None` when it did not in time.
+    async fn with_lease_waiting<T, Fut: std::future::Future<Output = T>>(
+        &self,
+        id: &str,
+        wait: Duration,
+        work: impl Fn() -> Fut,
+    ) -> Option<T> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(out) = self.with_lease(id, work()).await {
+                return Some(out);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn busy(id: &str) -> Error {
+        Error::Conflict(format!(
+            "tenant {id:?} is busy (provisioning, redeploy or a repair); retry"
+        ))
+    }
+
+    /// Delete provisioned tenant `id`: the store first (it stops routing everywhere), then
+    /// its containers, network and (per retention) data, holding the tenant so no repair
+    /// recreates what is being removed. A tenant still provisioning is not waited for: its
+    /// worker finds it deleted and removes what it made.
+    pub async fn delete(&self, actor: &str, id: &str) -> Result<()> {
+        let work = || async {
+            self.store.delete_tenant(actor, id).await?;
+            self.deleted(id).await;
+            Ok::<(), Error>(())
+        };
+        match self.with_lease_waiting(id, LEASE / 2, work).await {
+            Some(r) => r,
+            None => {
+                self.store.delete_tenant(actor, id).await?;
+                self.deleted(id).await;
+                Ok(())
+            }
+        }
+    }
+
+    async fn deleted(&self, id: &str) {
         match self.store.deployment(id).await {
             Ok(d) => {
                 self.teardown(&d, true).await;
@@ -725,8 +762,26 @@ impl Lifecycle {
         }
     }
 
-    /// After the store suspended tenant `id`: stop its containers.
-    pub async fn suspended(&self, id: &str) -> Result<()> {
+    /// Suspend provisioned tenant `id`: the store first (our 503 page on every proxy at
+    /// once), then its containers are stopped (left running ones are stopped by the
+    /// reconciler).
+    pub async fn suspend(&self, actor: &str, id: &str) -> Result<Tenant> {
+        let work = || async {
+            let tenant = self
+                .store
+                .set_status(actor, id, TenantStatus::Suspended)
+                .await?;
+            if let Err(e) = self.stop_containers(id).await {
+                tracing::warn!(tenant = id, "containers not stopped yet: {e}");
+            }
+            Ok(tenant)
+        };
+        self.with_lease_waiting(id, LEASE / 2, work)
+            .await
+            .unwrap_or_else(|| Err(Self::busy(id)))
+    }
+
+    async fn stop_containers(&self, id: &str) -> Result<()> {
         let runtime = self.runtime()?;
         let instance = self.instance().await?;
         for c in runtime
@@ -740,22 +795,25 @@ impl Lifecycle {
         Ok(())
     }
 
-    /// Before the store resumes tenant `id`: start its containers, wait until they are
-    /// healthy and route to where they are now.
-    pub async fn resuming(&self, id: &str) -> Result<()> {
-        let d = match self.store.deployment(id).await {
-            Ok(d) => d,
-            Err(Error::NotFound(_)) => return Ok(()),
-            Err(e) => return Err(e),
+    /// Resume provisioned tenant `id`: its containers are started and healthy, and routed
+    /// to where they listen now, before the store makes it active again.
+    pub async fn resume(&self, actor: &str, id: &str) -> Result<Tenant> {
+        let work = || async {
+            let d = self.store.deployment(id).await?;
+            if d.status == "suspended" {
+                self.ensure_running(&d)
+                    .await
+                    .map_err(|e| Error::Dependency {
+                        code: "runtime_unavailable",
+                        message: format!("resuming: {e}"),
+                    })?;
+                self.event(id, "resumed: containers started").await;
+            }
+            self.store.set_status(actor, id, TenantStatus::Active).await
         };
-        self.ensure_running(&d)
+        self.with_lease_waiting(id, LEASE / 2, work)
             .await
-            .map_err(|e| Error::Dependency {
-                code: "runtime_unavailable",
-                message: format!("resuming: {e}"),
-            })?;
-        self.event(id, "resumed: containers started").await;
-        Ok(())
+            .unwrap_or_else(|| Err(Self::busy(id)))
     }
 
     /// Make the containers of the tenant's current generation run (creating missing ones,
@@ -839,10 +897,10 @@ impl Lifecycle {
             .iter()
             .filter(|e| !keep.contains(&e.id.as_str()))
             .collect();
-        if unwanted
-            .iter()
-            .any(|e| e.address.is_some_and(|a| d.upstreams.contains(&a)))
-        {
+        if unwanted.iter().any(|e| {
+            e.address
+                .is_some_and(|a| d.upstreams.iter().any(|(_, ups)| ups.contains(&a)))
+        }) {
             tokio::time::sleep(self.drain).await;
         }
         for e in unwanted {
@@ -912,9 +970,7 @@ impl Lifecycle {
                 count("scale", r.is_ok());
                 r.map(|_| ())
             }
-            None => Err(Error::Conflict(format!(
-                "tenant {id:?} is busy (provisioning, redeploy or reconcile); retry"
-            ))),
+            None => Err(Self::busy(id)),
         }
     }
 
@@ -1001,30 +1057,40 @@ fn replicas(d: &Deployment, c: &crate::blueprint::Component) -> u32 {
     d.replicas.get(&c.name).copied().unwrap_or(c.replicas)
 }
 
-/// Components that serve a path of the tenant's hostname.
-fn served_components(b: &Blueprint) -> Vec<&str> {
-    let mut names: Vec<&str> = b.routes.iter().map(|r| r.component.as_str()).collect();
-    names.sort_unstable();
-    names.dedup();
-    names
-}
-
-/// Addresses of the started containers of the component serving `/`.
-fn served_addresses(b: &Blueprint, started: &[Started]) -> Vec<SocketAddr> {
-    let root = b.component_for("/").map(|c| c.name.as_str());
-    started
-        .iter()
-        .filter(|s| Some(s.component.as_str()) == root)
-        .filter_map(|s| s.container.address)
+/// The route's upstreams by path prefix: for each of the blueprint's routing rules, the
+/// addresses of the started containers of its component (`/` first: the route's own).
+fn served_addresses(b: &Blueprint, started: &[Started]) -> Vec<(String, Vec<SocketAddr>)> {
+    let mut rules: Vec<&crate::blueprint::RouteRule> = b.routes.iter().collect();
+    rules.sort_by_key(|r| r.path != "/");
+    rules
+        .into_iter()
+        .map(|r| {
+            let addrs = started
+                .iter()
+                .filter(|s| s.component == r.component)
+                .filter_map(|s| s.container.address)
+                .collect();
+            (r.path.clone(), addrs)
+        })
         .collect()
 }
 
-fn same_set(a: &[SocketAddr], b: &[SocketAddr]) -> bool {
-    let mut a = a.to_vec();
-    let mut b = b.to_vec();
-    a.sort_unstable();
-    b.sort_unstable();
-    a == b
+/// The same upstreams, whatever their order.
+fn same_set(a: &[(String, Vec<SocketAddr>)], b: &[(String, Vec<SocketAddr>)]) -> bool {
+    let norm = |x: &[(String, Vec<SocketAddr>)]| {
+        let mut v: Vec<(String, Vec<SocketAddr>)> = x
+            .iter()
+            .filter(|(_, ups)| !ups.is_empty())
+            .map(|(p, ups)| {
+                let mut ups = ups.clone();
+                ups.sort_unstable();
+                (p.clone(), ups)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    norm(a) == norm(b)
 }
 
 fn short(instance: &str) -> &str {

@@ -114,17 +114,33 @@ impl Lifecycle {
                         }
                     }
                 }
-                "suspended" => match runtime.list(&instance, Some(&d.id)).await {
-                    Ok(list) => {
-                        for c in list.iter().filter(|c| c.running) {
-                            match runtime.stop(&c.id).await {
-                                Ok(()) => pass.repaired += 1,
-                                Err(e) => pass.problems.push(e.to_string()),
+                "suspended" => {
+                    // Under the lease, and only while still suspended: a resume may be
+                    // starting these very containers.
+                    let work = async {
+                        let mut stopped = 0;
+                        let still = matches!(
+                            self.store.deployment(&d.id).await,
+                            Ok(now) if now.status == "suspended"
+                        );
+                        if still {
+                            let list = runtime
+                                .list(&instance, Some(&d.id))
+                                .await
+                                .map_err(|e| e.to_string())?;
+                            for c in list.iter().filter(|c| c.running) {
+                                runtime.stop(&c.id).await.map_err(|e| e.to_string())?;
+                                stopped += 1;
                             }
                         }
+                        Ok::<usize, String>(stopped)
+                    };
+                    match self.with_lease(&d.id, work).await {
+                        Some(Ok(n)) => pass.repaired += n,
+                        Some(Err(e)) => pass.problems.push(format!("tenant {}: {e}", d.id)),
+                        None => {}
                     }
-                    Err(e) => pass.problems.push(e.to_string()),
-                },
+                }
                 _ => {}
             }
         }

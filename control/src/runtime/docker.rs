@@ -259,11 +259,11 @@ impl Runtime for Docker {
         };
         match tokio::time::timeout(PULL_TIMEOUT, pull).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(RuntimeError::NotFound(format!(
+            Ok(Err(e)) => Err(RuntimeError::Failed(format!(
                 "image {image:?} is not on this host and cannot be pulled ({})",
                 err("pull", e)
             ))),
-            Err(_) => Err(RuntimeError::NotFound(format!(
+            Err(_) => Err(RuntimeError::Failed(format!(
                 "image {image:?} is not on this host and pulling it took more than {}s",
                 PULL_TIMEOUT.as_secs()
             ))),
@@ -429,19 +429,42 @@ impl Runtime for Docker {
     }
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
-        tolerate_missing(
-            self.api
-                .remove_container(
-                    id,
-                    Some(RemoveContainerOptions {
-                        force: true,
-                        v: true,
-                        ..Default::default()
-                    }),
-                )
-                .await
-                .map_err(|e| err("remove container", e)),
-        )
+        let removed = self
+            .api
+            .remove_container(
+                id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    ..Default::default()
+                }),
+            )
+            .await;
+        match removed {
+            // Someone else (another node, the reconciler) is removing it: done once it is
+            // gone, so "removed" always means gone.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 409,
+                message,
+            }) if message.contains("in progress") => {
+                for _ in 0..200 {
+                    match self
+                        .api
+                        .inspect_container(id, None::<InspectContainerOptions>)
+                        .await
+                    {
+                        Err(BollardError::DockerResponseServerError {
+                            status_code: 404, ..
+                        }) => return Ok(()),
+                        _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                    }
+                }
+                Err(RuntimeError::Failed(format!(
+                    "remove container {id}: still being removed after 10 s"
+                )))
+            }
+            other => tolerate_missing(other.map_err(|e| err("remove container", e))),
+        }
     }
 
     async fn list(

@@ -109,8 +109,8 @@ pub trait Runtime: Send + Sync {
     /// The address containers reach the host by (Docker: the default bridge's gateway, what
     /// `host-gateway` names).
     async fn host_address(&self) -> Result<std::net::IpAddr, RuntimeError>;
-    /// Make sure `image` is on the host (pulling it when it is not); `NotFound` when it
-    /// cannot be had.
+    /// Make sure `image` is on the host (pulling it when it is not); an error naming the
+    /// image when it cannot be had.
     async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError>;
     /// Create the tenant's network unless it exists.
     async fn ensure_network(&self, name: &str, tenant: &str) -> Result<(), RuntimeError>;

@@ -780,10 +780,23 @@ async fn insert_certificate(tx: &mut dyn Tx, id: &str, c: &NewCertificate) -> Re
 }
 
 async fn write_upstreams(tx: &mut dyn Tx, id: &str, upstreams: &[SocketAddr]) -> Result<()> {
-    for (i, u) in upstreams.iter().enumerate() {
+    write_upstream_groups(tx, id, &[("/".to_owned(), upstreams.to_vec())]).await
+}
+
+/// Write a tenant's upstreams by path prefix (`/`: the route's own).
+async fn write_upstream_groups(
+    tx: &mut dyn Tx,
+    id: &str,
+    groups: &[(String, Vec<SocketAddr>)],
+) -> Result<()> {
+    let mut all: Vec<(&str, SocketAddr)> = Vec::new();
+    for (path, ups) in groups {
+        all.extend(ups.iter().map(|u| (path.as_str(), *u)));
+    }
+    for (i, (path, u)) in all.into_iter().enumerate() {
         tx.query(
-            "INSERT INTO upstreams (tenant_id, position, address, weight) VALUES ($1, $2, $3, 1)",
-            &[t(id), Value::Int(i as i64), t(&u.to_string())],
+            "INSERT INTO upstreams (tenant_id, position, address, weight, path) VALUES ($1, $2, $3, 1, $4)",
+            &[t(id), Value::Int(i as i64), t(&u.to_string()), t(path)],
         )
         .await?;
     }
@@ -830,7 +843,7 @@ async fn load_tenants(tx: &mut dyn Tx, ids: &[String]) -> Result<Vec<Tenant>> {
         .await?;
     let ups = tx
         .query(
-            &format!("SELECT tenant_id, address FROM upstreams WHERE tenant_id IN ({inlist}) ORDER BY tenant_id, position"),
+            &format!("SELECT tenant_id, address, path FROM upstreams WHERE tenant_id IN ({inlist}) ORDER BY tenant_id, position"),
             &params,
         )
         .await?;
@@ -839,8 +852,19 @@ async fn load_tenants(tx: &mut dyn Tx, ids: &[String]) -> Result<Vec<Tenant>> {
         hostnames.entry(text(r, 0)?).or_default().push(text(r, 1)?);
     }
     let mut upstreams: HashMap<String, Vec<String>> = HashMap::new();
+    let mut paths: HashMap<String, BTreeMap<String, Vec<String>>> = HashMap::new();
     for r in &ups {
-        upstreams.entry(text(r, 0)?).or_default().push(text(r, 1)?);
+        let path = text(r, 2)?;
+        if path == "/" {
+            upstreams.entry(text(r, 0)?).or_default().push(text(r, 1)?);
+        } else {
+            paths
+                .entry(text(r, 0)?)
+                .or_default()
+                .entry(path)
+                .or_default()
+                .push(text(r, 1)?);
+        }
     }
     rows.iter()
         .map(|r| {
@@ -853,6 +877,7 @@ async fn load_tenants(tx: &mut dyn Tx, ids: &[String]) -> Result<Vec<Tenant>> {
                     .ok_or_else(|| Error::Internal(format!("unknown tenant status {status:?}")))?,
                 hostnames: hostnames.remove(&id).unwrap_or_default(),
                 upstreams: upstreams.remove(&id).unwrap_or_default(),
+                paths: paths.remove(&id),
                 blueprint: opt_text(r, 6)?,
                 theme: opt_text(r, 7)?,
                 generation: match opt_text(r, 6)? {
@@ -893,7 +918,7 @@ async fn load_routes(tx: &mut dyn Tx, ids: Option<&[String]>) -> Result<Vec<Rout
     let ups = tx
         .query(
             &format!(
-                "SELECT u.tenant_id, u.address FROM upstreams u JOIN tenants t ON t.id = u.tenant_id \
+                "SELECT u.tenant_id, u.address, u.path FROM upstreams u JOIN tenants t ON t.id = u.tenant_id \
                  WHERE t.status IN ('active', 'suspended'){filter} ORDER BY u.tenant_id, u.position"
             ),
             &params,
@@ -910,6 +935,7 @@ async fn load_routes(tx: &mut dyn Tx, ids: Option<&[String]>) -> Result<Vec<Rout
                 upstreams: Vec::new(),
                 https_redirect: false,
                 suspended: text(r, 1)? == "suspended",
+                paths: Box::default(),
             },
         );
     }
@@ -922,13 +948,36 @@ async fn load_routes(tx: &mut dyn Tx, ids: Option<&[String]>) -> Result<Vec<Rout
             }
         }
     }
+    let mut paths: BTreeMap<String, Vec<tenantgate_config::PathRoute>> = BTreeMap::new();
     for r in &ups {
-        if let Some(route) = routes.get_mut(&text(r, 0)?) {
+        let tid = text(r, 0)?;
+        if let Some(route) = routes.get_mut(&tid) {
             let a = text(r, 1)?;
-            match a.parse::<SocketAddr>() {
-                Ok(addr) => route.upstreams.push(Upstream { addr }),
-                Err(e) => tracing::error!(upstream = %a, "stored upstream not used: {e}"),
+            let addr = match a.parse::<SocketAddr>() {
+                Ok(addr) => addr,
+                Err(e) => {
+                    tracing::error!(upstream = %a, "stored upstream not used: {e}");
+                    continue;
+                }
+            };
+            let path = text(r, 2)?;
+            if path == "/" {
+                route.upstreams.push(Upstream { addr });
+                continue;
             }
+            let groups = paths.entry(tid).or_default();
+            match groups.iter_mut().find(|g| g.prefix == path) {
+                Some(g) => g.upstreams.push(Upstream { addr }),
+                None => groups.push(tenantgate_config::PathRoute {
+                    prefix: path,
+                    upstreams: vec![Upstream { addr }],
+                }),
+            }
+        }
+    }
+    for (tid, groups) in paths {
+        if let Some(route) = routes.get_mut(&tid) {
+            route.paths = groups.into();
         }
     }
     Ok(routes.into_values().collect())

@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 
 use super::{
-    bytes, int, live_tenant, opt_text, t, text, version_of, write_upstreams, Store, Tx, Value,
+    bytes, int, live_tenant, opt_text, t, text, version_of, write_upstream_groups, Store, Tx, Value,
 };
 use crate::model::{rfc3339, TenantEvent};
 use crate::{now_ms, Error, Result};
@@ -34,8 +34,8 @@ pub struct Deployment {
     pub generation: u64,
     /// The sealed tenant-database password, once created.
     pub db_secret: Option<Vec<u8>>,
-    /// Current upstreams.
-    pub upstreams: Vec<SocketAddr>,
+    /// Current upstreams by path prefix (`/`: the route's own), in stored order.
+    pub upstreams: Vec<(String, Vec<SocketAddr>)>,
     /// Whether a node holds the tenant's lease now.
     pub leased: bool,
     /// Replicas per component set through the API (others: the blueprint's).
@@ -93,12 +93,22 @@ async fn load_deployments(tx: &mut dyn Tx, id: Option<&str>) -> Result<Vec<Deplo
     let mut out = Vec::with_capacity(rows.len());
     for r in &rows {
         let id = text(r, 0)?;
-        let ups = tx
+        let rows = tx
             .query(
-                "SELECT address FROM upstreams WHERE tenant_id = $1 ORDER BY position",
+                "SELECT address, path FROM upstreams WHERE tenant_id = $1 ORDER BY position",
                 &[t(&id)],
             )
             .await?;
+        let mut ups: Vec<(String, Vec<SocketAddr>)> = Vec::new();
+        for u in &rows {
+            let (Ok(addr), path) = (text(u, 0)?.parse::<SocketAddr>(), text(u, 1)?) else {
+                continue;
+            };
+            match ups.iter_mut().find(|(p, _)| *p == path) {
+                Some((_, list)) => list.push(addr),
+                None => ups.push((path, vec![addr])),
+            }
+        }
         out.push(Deployment {
             slug: text(r, 1)?,
             name: text(r, 2)?,
@@ -110,10 +120,7 @@ async fn load_deployments(tx: &mut dyn Tx, id: Option<&str>) -> Result<Vec<Deplo
                 Some(Value::Null) | None => None,
                 _ => Some(bytes(r, 7)?),
             },
-            upstreams: ups
-                .iter()
-                .filter_map(|u| text(u, 0).ok()?.parse().ok())
-                .collect(),
+            upstreams: ups,
             leased: int(r, 8)? > now,
             replicas: match opt_text(r, 9)? {
                 Some(j) => serde_json::from_str(&j)
@@ -188,7 +195,7 @@ impl Store {
         id: &str,
         generation: u64,
         theme: &str,
-        upstreams: &[SocketAddr],
+        upstreams: &[(String, Vec<SocketAddr>)],
     ) -> Result<()> {
         let (mut tx, version) = self.begin_write("tenant", id).await?;
         let status = live_tenant(&mut *tx, id).await?;
@@ -202,7 +209,7 @@ impl Store {
         };
         tx.query("DELETE FROM upstreams WHERE tenant_id = $1", &[t(id)])
             .await?;
-        write_upstreams(&mut *tx, id, upstreams).await?;
+        write_upstream_groups(&mut *tx, id, upstreams).await?;
         tx.query(
             "UPDATE tenants SET status = $1, generation = $2, theme = $3, status_reason = NULL, \
              updated_at = $4 WHERE id = $5",
@@ -215,7 +222,10 @@ impl Store {
             ],
         )
         .await?;
-        let list: Vec<String> = upstreams.iter().map(ToString::to_string).collect();
+        let list: std::collections::BTreeMap<&str, Vec<String>> = upstreams
+            .iter()
+            .map(|(p, ups)| (p.as_str(), ups.iter().map(ToString::to_string).collect()))
+            .collect();
         self.finish(
             tx,
             version,

@@ -282,7 +282,7 @@ async fn handle(
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            Bytes::from_static(b"not found\n"),
+            Bytes::from(format!("not found ({})\n", args.name)),
         ),
     };
     let mut resp = Response::new(Full::new(body));

@@ -180,10 +180,16 @@ impl RouteEntry {
         &self.route
     }
 
-    /// Address of upstream `i`.
+    /// Address of upstream `i` (of the route's one list: its own, then each path's).
     #[inline]
     pub fn upstream(&self, i: usize) -> Option<SocketAddr> {
-        self.route.upstreams.get(i).map(|u| u.addr)
+        self.route.upstream_at(i)
+    }
+
+    /// The upstreams (a range of the one list) serving a request for `path`.
+    #[inline]
+    pub fn upstreams_for(&self, path: &str) -> std::ops::Range<usize> {
+        self.route.upstream_range(path)
     }
 
     /// Number of upstreams.
@@ -192,11 +198,14 @@ impl RouteEntry {
         self.down_until_ms.len()
     }
 
-    /// Choose an upstream round robin: first one that is healthy and not yet tried for this
-    /// request; failing that, any one not yet tried (so a route whose upstreams are all marked
-    /// down still gets a chance to recover). `tried` is a bitmask of indexes (first 64).
-    pub fn pick(&self, now_ms: u64, tried: u64) -> Option<usize> {
-        let n = self.down_until_ms.len();
+    /// Choose an upstream of `among` round robin: first one that is healthy and not yet
+    /// tried for this request; failing that, any one not yet tried (so a route whose
+    /// upstreams are all marked down still gets a chance to recover). `tried` is a bitmask
+    /// of indexes (first 64).
+    pub fn pick(&self, now_ms: u64, tried: u64, among: std::ops::Range<usize>) -> Option<usize> {
+        let n = among
+            .len()
+            .min(self.down_until_ms.len().saturating_sub(among.start));
         if n == 0 {
             return None;
         }
@@ -204,7 +213,7 @@ impl RouteEntry {
         let untried = |i: usize| i >= 64 || tried & (1 << i) == 0;
         let mut fallback = None;
         for k in 0..n {
-            let i = (start + k) % n;
+            let i = among.start + (start + k) % n;
             if !untried(i) {
                 continue;
             }
@@ -223,9 +232,11 @@ impl RouteEntry {
         }
     }
 
-    /// Whether any upstream has not been tried yet.
-    pub fn has_untried(&self, tried: u64) -> bool {
-        (0..self.down_until_ms.len()).any(|i| i >= 64 || tried & (1 << i) == 0)
+    /// Whether any upstream of `among` has not been tried yet.
+    pub fn has_untried(&self, tried: u64, among: std::ops::Range<usize>) -> bool {
+        among
+            .take_while(|&i| i < self.down_until_ms.len())
+            .any(|i| i >= 64 || tried & (1 << i) == 0)
     }
 }
 
@@ -278,14 +289,14 @@ impl Router {
             group_key: foldhash::fast::FixedState::with_seed(0x7465_6e61_6e74).hash_one(&route.id),
             https_redirect: route.https_redirect,
             suspended: route.suspended,
-            down_until_ms: route
-                .upstreams
-                .iter()
-                .map(|u| {
+            down_until_ms: (0..route.upstream_total())
+                .map(|i| {
                     // An upstream that stays in the route keeps its passive-health state.
+                    let addr = route.upstream_at(i);
                     let down = previous
                         .and_then(|p| {
-                            let j = p.route.upstreams.iter().position(|o| o.addr == u.addr)?;
+                            let j = (0..p.route.upstream_total())
+                                .position(|j| p.route.upstream_at(j) == addr)?;
                             p.down_until_ms.get(j)
                         })
                         .map_or(0, |d| d.load(Ordering::Relaxed));
@@ -446,6 +457,7 @@ mod tests {
                     upstreams: vec![up(1), up(2), up(3)],
                     https_redirect: false,
                     suspended: false,
+                    paths: Default::default(),
                 },
                 Route {
                     id: "w".into(),
@@ -456,6 +468,7 @@ mod tests {
                     upstreams: vec![up(4)],
                     https_redirect: true,
                     suspended: false,
+                    paths: Default::default(),
                 },
             ],
         }
@@ -479,18 +492,25 @@ mod tests {
         let r = Router::new(&table(), Arc::new(Metrics::new(10)));
         let idx = r.load();
         let a = idx.lookup("a.test").expect("a");
-        let picks: Vec<_> = (0..3).map(|_| a.pick(0, 0).expect("pick")).collect();
+        let all = a.upstreams_for("/");
+        assert_eq!(all, 0..3);
+        let picks: Vec<_> = (0..3)
+            .map(|_| a.pick(0, 0, all.clone()).expect("pick"))
+            .collect();
         assert_eq!(picks, vec![0, 1, 2]);
         a.mark_down(1, 1_000);
         for _ in 0..6 {
-            assert_ne!(a.pick(10, 0), Some(1));
+            assert_ne!(a.pick(10, 0, all.clone()), Some(1));
         }
         // Upstream 1 is down and 0, 2 tried: fail open to 1 rather than give up.
-        assert_eq!(a.pick(10, 0b101), Some(1));
-        assert_eq!(a.pick(10, 0b111), None);
-        assert!(!a.has_untried(0b111));
+        assert_eq!(a.pick(10, 0b101, all.clone()), Some(1));
+        assert_eq!(a.pick(10, 0b111, all.clone()), None);
+        assert!(!a.has_untried(0b111, all.clone()));
         // After the cooldown it is back.
-        assert!((0..3).any(|_| a.pick(2_000, 0) == Some(1)));
+        assert!((0..3).any(|_| a.pick(2_000, 0, all.clone()) == Some(1)));
+        // A sub-range picks only inside it.
+        assert!((0..6).all(|_| a.pick(0, 0, 1..2) == Some(1)));
+        assert!(a.has_untried(0b001, 1..3) && !a.has_untried(0b110, 1..3));
     }
 
     #[test]
@@ -518,6 +538,7 @@ mod tests {
                     upstreams: vec![up(1), up(9)],
                     https_redirect: false,
                     suspended: false,
+                    paths: Default::default(),
                 }),
                 RouteChange::Upsert(Route {
                     id: "w".into(),
@@ -528,6 +549,7 @@ mod tests {
                     upstreams: vec![up(4)],
                     https_redirect: true,
                     suspended: true,
+                    paths: Default::default(),
                 }),
             ]
             .iter()
@@ -540,7 +562,11 @@ mod tests {
         assert!(idx.lookup("a.test").expect("w").suspended);
         let b = idx.lookup("b.test").expect("b.test");
         assert_eq!(b.id(), "a");
-        assert_eq!(b.pick(0, 0), Some(1), "upstream 1 kept its down state");
+        assert_eq!(
+            b.pick(0, 0, b.upstreams_for("/")),
+            Some(1),
+            "upstream 1 kept its down state"
+        );
         // The exact x.w.test was dropped; the wildcard still covers it.
         assert_eq!(idx.lookup("x.w.test").expect("wildcard").id(), "w");
         assert!(idx.lookup("y.w.test").is_some());

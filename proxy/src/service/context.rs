@@ -20,6 +20,8 @@ pub struct RequestContext {
     pub route: Option<Arc<RouteEntry>>,
     /// Index of the upstream of the current attempt.
     pub upstream: Option<usize>,
+    /// The route's upstreams serving this request's path (a range of its one list).
+    pub upstreams: std::ops::Range<usize>,
     /// Bitmask of upstream indexes already tried for this request.
     pub tried: u64,
     /// `X-Request-Id`, as received or generated.
@@ -34,6 +36,7 @@ impl Default for RequestContext {
             host: HostBuf::default(),
             route: None,
             upstream: None,
+            upstreams: 0..0,
             tried: 0,
             request_id: None,
         }

@@ -298,14 +298,15 @@ impl ProxyHttp for EdgeProxy {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestContext,
     ) -> Result<Box<HttpPeer>> {
         let route = ctx
             .route
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
-        let Some(i) = route.pick(self.router.now_ms(), ctx.tried) else {
+        ctx.upstreams = route.upstreams_for(session.req_header().uri.path());
+        let Some(i) = route.pick(self.router.now_ms(), ctx.tried, ctx.upstreams.clone()) else {
             let mut e = Error::explain(
                 ErrorType::ConnectNoRoute,
                 "every upstream of the route failed",
@@ -343,7 +344,7 @@ impl ProxyHttp for EdgeProxy {
         if let (Some(route), Some(i)) = (&ctx.route, ctx.upstream) {
             route.mark_down(i, self.router.until_ms(self.settings.unhealthy_cooldown));
             route.metrics.upstream_error(UpstreamErrorKind::Connect);
-            if route.has_untried(ctx.tried) {
+            if route.has_untried(ctx.tried, ctx.upstreams.clone()) {
                 e.set_retry(true);
             }
         }

@@ -635,6 +635,7 @@ mod tests {
             }],
             https_redirect: false,
             suspended: false,
+            paths: Default::default(),
         }
     }
 
