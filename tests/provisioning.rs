@@ -619,11 +619,15 @@ async fn provisioning_cut_off_by_a_control_crash_is_finished_after_restart() {
     let (s, _) = tg.api("DELETE", &format!("/v1/tenants/{id}"), None).await;
     assert_eq!(s, 204);
     let (c, n) = (containers(&id), networks(&id));
-    assert!(c.is_empty() && n.is_empty(), "left: {c:?} {n:?}\n{}", tg.logs());
+    assert!(
+        c.is_empty() && n.is_empty(),
+        "left: {c:?} {n:?}\n{}",
+        tg.logs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn paths_of_one_hostname_are_served_by_different_components() {
+async fn paths_go_to_different_components_and_a_store_may_own_a_database() {
     demo_image(IMAGE);
     let pg = PgCluster::start_for_containers().await;
     pg.execute("postgres", "CREATE DATABASE tenants").await;
@@ -667,9 +671,45 @@ env = {{}}
 "#
         ),
     );
+    // And a store with a whole database of its own.
+    let shipped = std::fs::read_to_string(format!("{}/demo-storefront.toml", shipped_blueprints()))
+        .expect("shipped blueprint");
+    write_file(
+        &dir.path().join("own-db.toml"),
+        &shipped
+            .replace("name = \"demo-storefront\"", "name = \"own-db\"")
+            .replace("database = \"schema\"", "database = \"database\""),
+    );
     let ca = TestCa::new();
     let tg = start(&pg, &dir.path().display().to_string(), &ca).await;
+    let own = create(&tg, "nu", "Nu Knits", "own-db", Some("forest")).await;
     let id = create(&tg, "lambda", "Lambda Lamps", "two-part", None).await;
+    let t = settled(&tg, &own).await;
+    assert_eq!(t["status"], "active", "{t}\n{}", tg.logs());
+    assert!(
+        t["events"]
+            .to_string()
+            .contains("database and role tg_nu created"),
+        "{t}"
+    );
+    let nu = tg.https_client(&ca, &["nu.platform.test"]);
+    wait_page(&nu, "nu.platform.test", "Trail Boots").await;
+    let tables = pg
+        .execute(
+            "tg_nu",
+            "SELECT tableowner FROM pg_tables WHERE tablename = 'products'",
+        )
+        .await;
+    assert_eq!(
+        tables,
+        [["tg_nu"]],
+        "the products live in the tenant's own database"
+    );
+    let (s, _) = tg.api("DELETE", &format!("/v1/tenants/{own}"), None).await;
+    assert_eq!(s, 204);
+    assert!(!exists(&pg, "SELECT 1 FROM pg_database WHERE datname = 'tg_nu'").await);
+    assert!(!exists(&pg, "SELECT 1 FROM pg_roles WHERE rolname = 'tg_nu'").await);
+
     let t = settled(&tg, &id).await;
     assert_eq!(t["status"], "active", "{t}\n{}", tg.logs());
     assert_eq!(t["upstreams"].as_array().map(Vec::len), Some(1), "{t}");

@@ -111,3 +111,63 @@ async fn each_tenant_role_reaches_its_own_schema_only() {
     assert!(left.is_empty(), "role or schema left behind");
     assert!(tdb.provision("Bad;Slug").await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_with_its_own_database_reaches_that_database_only() {
+    let pg = PgCluster::start().await;
+    let admin_url = pg.database("tenants").await;
+    let tdb = TenantDb::new(&admin_url).expect("tenant db");
+    let g = tdb.provision_database("gamma").await.expect("gamma");
+    let d = tdb.provision_database("delta").await.expect("delta");
+    assert_eq!(
+        (g.database.as_deref(), g.schema.as_str()),
+        (Some("tg_gamma"), "public")
+    );
+    // Gamma owns its database's public schema and works there.
+    let cg = connect(&g.url("127.0.0.1", pg.port, "tenants")).await;
+    cg.batch_execute("CREATE TABLE products (name text); INSERT INTO products VALUES ('g')")
+        .await
+        .expect("own database");
+    // It cannot connect to delta's database, nor to the shared one.
+    for db in ["tg_delta", "tenants"] {
+        let url = format!(
+            "postgres://{}:{}@127.0.0.1:{}/{db}",
+            g.role, g.password, pg.port
+        );
+        let e = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("gamma connected to {db}"));
+        let msg = e
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_default();
+        assert!(msg.contains("permission denied"), "{db}: {e:?}");
+    }
+    // Provisioning again keeps the data; dropping removes database and role.
+    drop(cg);
+    let g2 = tdb.provision_database("gamma").await.expect("again");
+    let again = connect(&g2.url("127.0.0.1", pg.port, "tenants")).await;
+    assert_eq!(
+        again
+            .query("SELECT * FROM products", &[])
+            .await
+            .expect("kept")
+            .len(),
+        1
+    );
+    drop(again);
+    tdb.drop_tenant("gamma").await.expect("drop");
+    tdb.drop_tenant("gamma").await.expect("drop again");
+    let admin = connect(&admin_url).await;
+    let left = admin
+        .query(
+            "SELECT 1 FROM pg_roles WHERE rolname = 'tg_gamma' UNION ALL \
+             SELECT 1 FROM pg_database WHERE datname = 'tg_gamma'",
+            &[],
+        )
+        .await
+        .expect("query");
+    assert!(left.is_empty(), "role or database left behind");
+    drop(d);
+}

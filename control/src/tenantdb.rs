@@ -22,6 +22,9 @@ pub struct TenantDatabase {
     pub role: String,
     /// Generated password.
     pub password: String,
+    /// The tenant's own database (database-per-tenant blueprints); `None`: a schema in the
+    /// shared database.
+    pub database: Option<String>,
 }
 
 impl std::fmt::Debug for TenantDatabase {
@@ -34,12 +37,37 @@ impl std::fmt::Debug for TenantDatabase {
 }
 
 impl TenantDatabase {
-    /// The URL a tenant's containers connect with, to `host:port/dbname`.
-    pub fn url(&self, host: &str, port: u16, dbname: &str) -> String {
+    /// The URL a tenant's containers connect with, to `host:port` and the tenant's own
+    /// database, else `shared_db`.
+    pub fn url(&self, host: &str, port: u16, shared_db: &str) -> String {
         format!(
-            "postgres://{}:{}@{host}:{port}/{dbname}?options=-csearch_path%3D{}",
-            self.role, self.password, self.schema
+            "postgres://{}:{}@{host}:{port}/{}?options=-csearch_path%3D{}",
+            self.role,
+            self.password,
+            self.database.as_deref().unwrap_or(shared_db),
+            self.schema
         )
+    }
+
+    /// What a tenant's containers connect as: schema `tg_<slug>` in the shared database, or
+    /// (`own_database`) the `public` schema of database `tg_<slug>`.
+    pub fn for_tenant(slug: &str, password: String, own_database: bool) -> Result<Self> {
+        let name = ident(slug)?;
+        Ok(if own_database {
+            TenantDatabase {
+                schema: "public".into(),
+                role: name.clone(),
+                password,
+                database: Some(name),
+            }
+        } else {
+            TenantDatabase {
+                schema: name.clone(),
+                role: name,
+                password,
+                database: None,
+            }
+        })
     }
 }
 
@@ -172,17 +200,81 @@ impl TenantDb {
         .await
         .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
-        Ok(TenantDatabase {
-            schema: name.clone(),
-            role: name,
-            password,
-        })
+        TenantDatabase::for_tenant(slug, password, false)
     }
 
-    /// Drop the tenant's schema (with its data) and role; nothing to drop is not an error.
+    /// Create (or re-key) the tenant's role and a whole database it owns (`tg_<slug>`);
+    /// nobody else may connect to it. CREATE DATABASE cannot run in a transaction: an
+    /// interrupted call is finished by calling again.
+    pub async fn provision_database(&self, slug: &str) -> Result<TenantDatabase> {
+        let name = ident(slug)?;
+        let password = format!("{}{}", random_id("")?, random_id("")?);
+        let client = self.connect().await?;
+        let role_exists = !client
+            .query("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
+            .await
+            .map_err(db_err)?
+            .is_empty();
+        client
+            .batch_execute(&if role_exists {
+                format!("ALTER ROLE \"{name}\" LOGIN PASSWORD '{password}'")
+            } else {
+                format!(
+                    "CREATE ROLE \"{name}\" LOGIN PASSWORD '{password}' NOSUPERUSER NOCREATEDB \
+                     NOCREATEROLE NOINHERIT NOREPLICATION CONNECTION LIMIT 50"
+                )
+            })
+            .await
+            .map_err(db_err)?;
+        let db_exists = !client
+            .query("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+            .await
+            .map_err(db_err)?
+            .is_empty();
+        if !db_exists {
+            client
+                .batch_execute(&format!("CREATE DATABASE \"{name}\" OWNER \"{name}\""))
+                .await
+                .map_err(db_err)?;
+        }
+        let shared = self.dbname.replace('"', "\"\"");
+        client
+            .batch_execute(&format!(
+                "REVOKE ALL ON DATABASE \"{name}\" FROM PUBLIC;\
+                 GRANT CONNECT ON DATABASE \"{name}\" TO \"{name}\";\
+                 REVOKE ALL ON DATABASE \"{shared}\" FROM PUBLIC;"
+            ))
+            .await
+            .map_err(db_err)?;
+        // `public` belongs to pg_database_owner, whose rights a NOINHERIT role does not use:
+        // the tenant's role owns it outright.
+        let mut own = self.config.clone();
+        own.dbname(&name);
+        let (inside, conn) = own.connect(NoTls).await.map_err(db_err)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("tenant database connection ended: {e}");
+            }
+        });
+        inside
+            .batch_execute(&format!(
+                "ALTER SCHEMA public OWNER TO \"{name}\"; REVOKE ALL ON SCHEMA public FROM PUBLIC;"
+            ))
+            .await
+            .map_err(db_err)?;
+        TenantDatabase::for_tenant(slug, password, true)
+    }
+
+    /// Drop the tenant's schema or database (with its data) and role; nothing to drop is
+    /// not an error.
     pub async fn drop_tenant(&self, slug: &str) -> Result<()> {
         let name = ident(slug)?;
         let mut client = self.connect().await?;
+        // Its own database, if it has one (outside a transaction, as PostgreSQL wants).
+        client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .await
+            .map_err(db_err)?;
         let tx = client.transaction().await.map_err(db_err)?;
         let db = self.dbname.replace('"', "\"\"");
         tx.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE;"))
@@ -218,15 +310,16 @@ mod tests {
 
     #[test]
     fn urls_carry_the_search_path_and_debug_hides_the_password() {
-        let d = TenantDatabase {
-            schema: "tg_a".into(),
-            role: "tg_a".into(),
-            password: "secret".into(),
-        };
+        let d = TenantDatabase::for_tenant("a", "secret".into(), false).expect("ok");
         assert_eq!(
             d.url("db", 5432, "tenants"),
             "postgres://tg_a:secret@db:5432/tenants?options=-csearch_path%3Dtg_a"
         );
         assert!(!format!("{d:?}").contains("secret"));
+        let own = TenantDatabase::for_tenant("a", "secret".into(), true).expect("ok");
+        assert_eq!(
+            own.url("db", 5432, "tenants"),
+            "postgres://tg_a:secret@db:5432/tg_a?options=-csearch_path%3Dpublic"
+        );
     }
 }

@@ -258,23 +258,14 @@ impl Lifecycle {
                 ),
             ));
         }
-        match b.database {
-            DatabaseKind::None => {}
-            DatabaseKind::Schema => {
-                let Some(db) = &self.tenant_db else {
-                    return Err(Error::invalid(
-                        "no_tenant_database",
-                        format!("blueprint {blueprint:?} needs a tenant database: set [tenant_db] url"),
-                    ));
-                };
-                db.ping().await?;
-            }
-            DatabaseKind::Database => {
+        if b.database != DatabaseKind::None {
+            let Some(db) = &self.tenant_db else {
                 return Err(Error::invalid(
-                    "unsupported_blueprint",
-                    format!("blueprint {blueprint:?} asks for a database per tenant; only schema-per-tenant is provisioned so far"),
-                ))
-            }
+                    "no_tenant_database",
+                    format!("blueprint {blueprint:?} needs a tenant database: set [tenant_db] url"),
+                ));
+            };
+            db.ping().await?;
         }
         self.runtime()?.ping().await.map_err(unavailable)?;
         Ok(theme.to_owned())
@@ -430,8 +421,14 @@ impl Lifecycle {
         }
         self.event(id, "images present").await;
         let password = match (b.database, &self.tenant_db) {
-            (DatabaseKind::Schema, Some(db)) => {
-                let created = db.provision(&d.slug).await.map_err(|e| e.to_string())?;
+            (DatabaseKind::None, _) => None,
+            (kind, Some(db)) => {
+                let created = if kind == DatabaseKind::Database {
+                    db.provision_database(&d.slug).await
+                } else {
+                    db.provision(&d.slug).await
+                }
+                .map_err(|e| e.to_string())?;
                 let sealed = self
                     .sealing
                     .seal(created.password.as_bytes())
@@ -440,15 +437,14 @@ impl Lifecycle {
                     .set_db_secret(id, Some(&sealed))
                     .await
                     .map_err(|e| e.to_string())?;
-                self.event(
-                    id,
-                    &format!("database: schema and role {} created", created.schema),
-                )
-                .await;
+                let what = match &created.database {
+                    Some(name) => format!("database: database and role {name} created"),
+                    None => format!("database: schema and role {} created", created.schema),
+                };
+                self.event(id, &what).await;
                 Some(created.password)
             }
-            (DatabaseKind::Schema, None) => return Err("no tenant database is configured".into()),
-            _ => None,
+            (_, None) => return Err("no tenant database is configured".into()),
         };
         let instance = self.instance().await.map_err(|e| e.to_string())?;
         runtime
@@ -545,12 +541,13 @@ impl Lifecycle {
             .ok_or_else(|| format!("blueprint {:?} has no component {component:?}", b.name))?;
         let (database_url, database_schema) = match (password, &self.tenant_db) {
             (Some(pw), Some(db)) => {
-                let schema = crate::tenantdb::ident(&d.slug).map_err(|e| e.to_string())?;
-                let creds = crate::tenantdb::TenantDatabase {
-                    schema: schema.clone(),
-                    role: schema.clone(),
-                    password: pw.to_owned(),
-                };
+                let creds = crate::tenantdb::TenantDatabase::for_tenant(
+                    &d.slug,
+                    pw.to_owned(),
+                    b.database == DatabaseKind::Database,
+                )
+                .map_err(|e| e.to_string())?;
+                let schema = creds.schema.clone();
                 (
                     creds.url(
                         self.db_host
