@@ -125,6 +125,40 @@ enum TenantsAction {
         /// Tenant id.
         id: String,
     },
+    /// Show one tenant (with its provisioning events) as JSON.
+    Show {
+        /// Tenant id.
+        id: String,
+    },
+    /// Suspend a tenant: our 503 page, its containers stopped.
+    Suspend {
+        /// Tenant id.
+        id: String,
+    },
+    /// Resume a suspended tenant.
+    Resume {
+        /// Tenant id.
+        id: String,
+    },
+    /// Redeploy a provisioned tenant blue/green (blueprint as on disk now).
+    Redeploy {
+        /// Tenant id.
+        id: String,
+        /// Switch to this theme.
+        #[arg(long)]
+        theme: Option<String>,
+    },
+    /// Run this many containers of one component of a provisioned tenant.
+    Scale {
+        /// Tenant id.
+        id: String,
+        /// Component of its blueprint.
+        #[arg(long)]
+        component: String,
+        /// Containers, 1-20.
+        #[arg(long)]
+        replicas: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -273,6 +307,37 @@ fn tenants(path: Option<&Path>, action: TenantsAction) -> anyhow::Result<()> {
         TenantsAction::Delete { id } => {
             client.call("DELETE", &format!("/v1/tenants/{id}"), None)?;
             println!("deleted {id}");
+        }
+        TenantsAction::Show { id } => {
+            println!(
+                "{}",
+                client.call("GET", &format!("/v1/tenants/{id}"), None)?
+            );
+        }
+        TenantsAction::Suspend { id } => {
+            let path = format!("/v1/tenants/{id}/suspend");
+            println!("{}", client.call("POST", &path, None)?);
+        }
+        TenantsAction::Resume { id } => {
+            let path = format!("/v1/tenants/{id}/resume");
+            println!("{}", client.call("POST", &path, None)?);
+        }
+        TenantsAction::Redeploy { id, theme } => {
+            let body = match theme {
+                Some(t) => serde_json::json!({ "theme": t }),
+                None => serde_json::json!({}),
+            };
+            let path = format!("/v1/tenants/{id}/redeploy");
+            println!("{}", client.call("POST", &path, Some(&body))?);
+        }
+        TenantsAction::Scale {
+            id,
+            component,
+            replicas,
+        } => {
+            let body = serde_json::json!({"component": component, "replicas": replicas});
+            let path = format!("/v1/tenants/{id}/scale");
+            println!("{}", client.call("POST", &path, Some(&body))?);
         }
     }
     Ok(())

@@ -538,7 +538,26 @@ async fn the_tenants_cli_drives_the_api() {
     let (ok, _, err) = cli(&["create", "cli-shop", "--name", "Again", "--upstream", &up]);
     assert!(!ok);
     assert!(err.contains("already taken"), "{err}");
-    let (ok, _, err) = cli(&["delete", created["id"].as_str().expect("id")]);
+    let id = created["id"].as_str().expect("id");
+    let (ok, _, err) = cli(&["suspend", id]);
+    assert!(ok, "{err}");
+    tg.wait_status("cli-shop.platform.test", 503).await;
+    let (ok, out, err) = cli(&["resume", id]);
+    assert!(ok && out.contains("\"active\""), "{out}{err}");
+    let (ok, out, _) = cli(&["show", id]);
+    assert!(ok && out.contains("cli-shop"), "{out}");
+    // Redeploy and scale are for provisioned tenants.
+    let (ok, _, err) = cli(&["redeploy", id]);
+    assert!(
+        !ok && err.contains("not provisioned from a blueprint"),
+        "{err}"
+    );
+    let (ok, _, err) = cli(&["scale", id, "--component", "web", "--replicas", "2"]);
+    assert!(
+        !ok && err.contains("not provisioned from a blueprint"),
+        "{err}"
+    );
+    let (ok, _, err) = cli(&["delete", id]);
     assert!(ok, "{err}");
     tg.wait_status("cli-shop.platform.test", 404).await;
 }

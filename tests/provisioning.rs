@@ -242,6 +242,10 @@ async fn a_store_goes_live_from_one_api_call_and_lives_its_whole_life() {
     // A container stopped behind control's back is started again.
     docker(&["stop", "-t", "1", &name]);
     wait_page(&client, "alpha.platform.test", "Limited Poncho").await;
+    // What an engine restart does to it (restarted by its policy, maybe on another port):
+    // the route follows.
+    docker(&["restart", "-t", "1", &name]);
+    wait_page(&client, "alpha.platform.test", "Limited Poncho").await;
 
     // Suspend: our 503 page at once, containers stopped; resume: served again.
     let (s, t) = tg
