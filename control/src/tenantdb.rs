@@ -103,6 +103,29 @@ fn db_err(e: tokio_postgres::Error) -> Error {
     }
 }
 
+/// Whether `sql` (taking the name as `$1`) finds a row.
+async fn found(c: &impl tokio_postgres::GenericClient, sql: &str, name: &str) -> Result<bool> {
+    Ok(!c.query(sql, &[&name]).await.map_err(db_err)?.is_empty())
+}
+
+async fn role_exists(c: &impl tokio_postgres::GenericClient, name: &str) -> Result<bool> {
+    found(c, "SELECT 1 FROM pg_roles WHERE rolname = $1", name).await
+}
+
+/// The statement that creates the tenant's login role, or re-keys it when it `exists`. The
+/// password is 32 hex digits and the name a checked identifier: safe to spell out (CREATE
+/// ROLE takes no bound parameters).
+fn role_sql(name: &str, password: &str, exists: bool) -> String {
+    if exists {
+        format!("ALTER ROLE \"{name}\" LOGIN PASSWORD '{password}'")
+    } else {
+        format!(
+            "CREATE ROLE \"{name}\" LOGIN PASSWORD '{password}' NOSUPERUSER NOCREATEDB \
+             NOCREATEROLE NOINHERIT NOREPLICATION CONNECTION LIMIT 50"
+        )
+    }
+}
+
 impl TenantDb {
     /// The server at `url` (`postgres://admin@host/db`), not contacted yet.
     pub fn new(url: &str) -> Result<Self> {
@@ -142,12 +165,7 @@ impl TenantDb {
     pub async fn lock_tenant(&self, slug: &str) -> Result<()> {
         let name = ident(slug)?;
         let client = self.connect().await?;
-        let exists = !client
-            .query("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
-            .await
-            .map_err(db_err)?
-            .is_empty();
-        if exists {
+        if role_exists(&client, &name).await? {
             client
                 .batch_execute(&format!("ALTER ROLE \"{name}\" NOLOGIN"))
                 .await
@@ -172,21 +190,7 @@ impl TenantDb {
         let password = format!("{}{}", random_id("")?, random_id("")?);
         let mut client = self.connect().await?;
         let tx = client.transaction().await.map_err(db_err)?;
-        let exists = !tx
-            .query("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
-            .await
-            .map_err(db_err)?
-            .is_empty();
-        // The password is 32 hex digits and the names are checked identifiers: safe to
-        // spell out (CREATE ROLE takes no bound parameters).
-        let role_sql = if exists {
-            format!("ALTER ROLE \"{name}\" LOGIN PASSWORD '{password}'")
-        } else {
-            format!(
-                "CREATE ROLE \"{name}\" LOGIN PASSWORD '{password}' NOSUPERUSER NOCREATEDB \
-                 NOCREATEROLE NOINHERIT NOREPLICATION CONNECTION LIMIT 50"
-            )
-        };
+        let role_sql = role_sql(&name, &password, role_exists(&tx, &name).await?);
         let db = self.dbname.replace('"', "\"\"");
         tx.batch_execute(&format!(
             "{role_sql};\
@@ -210,27 +214,20 @@ impl TenantDb {
         let name = ident(slug)?;
         let password = format!("{}{}", random_id("")?, random_id("")?);
         let client = self.connect().await?;
-        let role_exists = !client
-            .query("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
-            .await
-            .map_err(db_err)?
-            .is_empty();
         client
-            .batch_execute(&if role_exists {
-                format!("ALTER ROLE \"{name}\" LOGIN PASSWORD '{password}'")
-            } else {
-                format!(
-                    "CREATE ROLE \"{name}\" LOGIN PASSWORD '{password}' NOSUPERUSER NOCREATEDB \
-                     NOCREATEROLE NOINHERIT NOREPLICATION CONNECTION LIMIT 50"
-                )
-            })
+            .batch_execute(&role_sql(
+                &name,
+                &password,
+                role_exists(&client, &name).await?,
+            ))
             .await
             .map_err(db_err)?;
-        let db_exists = !client
-            .query("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
-            .await
-            .map_err(db_err)?
-            .is_empty();
+        let db_exists = found(
+            &client,
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            &name,
+        )
+        .await?;
         if !db_exists {
             client
                 .batch_execute(&format!("CREATE DATABASE \"{name}\" OWNER \"{name}\""))
@@ -280,12 +277,7 @@ impl TenantDb {
         tx.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE;"))
             .await
             .map_err(db_err)?;
-        let exists = !tx
-            .query("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
-            .await
-            .map_err(db_err)?
-            .is_empty();
-        if exists {
+        if role_exists(&tx, &name).await? {
             tx.batch_execute(&format!(
                 "REVOKE ALL ON DATABASE \"{db}\" FROM \"{name}\";DROP OWNED BY \"{name}\";DROP ROLE \"{name}\";"
             ))
