@@ -59,15 +59,7 @@ async fn main() {
     let pg = PgCluster::start_for_containers().await;
     pg.execute("postgres", "CREATE DATABASE tenants").await;
     let ca = TestCa::new();
-    let (c, k) = ca.issue(&["*.platform.test"]);
-    let tg = Tenantgate::new()
-        .cert(c, k, true)
-        .section(PLATFORM_TEST)
-        .section(&format!(
-            "[tenant_db]\nurl = {:?}\n[provisioning]\nblueprints_dir = {:?}\n",
-            pg.url("tenants"),
-            concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/blueprints"),
-        ))
+    let tg = Tenantgate::provisioning(&ca, &pg.url("tenants"), SHIPPED_BLUEPRINTS, "")
         .start()
         .await;
     let names: Vec<String> = (0..idle)

@@ -21,22 +21,15 @@ use common::*;
 /// The image the shipped `demo-storefront` blueprint names.
 const IMAGE: &str = "tenantgate/demo-storefront:latest";
 
-fn shipped_blueprints() -> String {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/blueprints").to_owned()
-}
-
 async fn start(pg: &PgCluster, blueprints: &str, ca: &TestCa) -> Running {
-    let (c, k) = ca.issue(&["*.platform.test"]);
-    let admin_url = pg.url("tenants");
-    Tenantgate::new()
-        .cert(c, k, true)
-        .section(PLATFORM_TEST)
-        .section(&format!(
-            "[tenant_db]\nurl = {admin_url:?}\n\
-             [provisioning]\nblueprints_dir = {blueprints:?}\nreconcile_seconds = 1\ndrain_seconds = 1\n"
-        ))
-        .start()
-        .await
+    Tenantgate::provisioning(
+        ca,
+        &pg.url("tenants"),
+        blueprints,
+        "reconcile_seconds = 1\ndrain_seconds = 1\n",
+    )
+    .start()
+    .await
 }
 
 /// Wait until tenant `id` leaves `provisioning`; returns it.
@@ -135,7 +128,7 @@ async fn a_store_goes_live_from_one_api_call_and_lives_its_whole_life() {
     let pg = PgCluster::start_for_containers().await;
     pg.execute("postgres", "CREATE DATABASE tenants").await;
     let ca = TestCa::new();
-    let tg = start(&pg, &shipped_blueprints(), &ca).await;
+    let tg = start(&pg, SHIPPED_BLUEPRINTS, &ca).await;
     let client = tg.https_client(&ca, &["alpha.platform.test", "beta.platform.test"]);
 
     // The magic flow: one call each, 202 at once, active within seconds.
@@ -428,7 +421,7 @@ async fn a_failure_mid_provisioning_is_rolled_back_completely() {
     // A blueprint whose container starts but never becomes healthy: the schema, role,
     // network and container all exist by the time it fails.
     let dir = tempfile::tempdir().expect("tempdir");
-    let shipped = std::fs::read_to_string(format!("{}/demo-storefront.toml", shipped_blueprints()))
+    let shipped = std::fs::read_to_string(format!("{SHIPPED_BLUEPRINTS}/demo-storefront.toml"))
         .expect("shipped blueprint");
     write_file(
         &dir.path().join("never-healthy.toml"),
@@ -446,7 +439,7 @@ async fn a_failure_mid_provisioning_is_rolled_back_completely() {
             .replace(IMAGE, "tenantgate/not-built-anywhere:1"),
     );
     std::fs::copy(
-        format!("{}/medusa-nextjs.toml", shipped_blueprints()),
+        format!("{SHIPPED_BLUEPRINTS}/medusa-nextjs.toml"),
         dir.path().join("medusa-nextjs.toml"),
     )
     .expect("copy medusa-nextjs");
@@ -553,15 +546,7 @@ async fn without_a_reachable_engine_provisioning_answers_503_and_creates_nothing
     let pg = PgCluster::start().await;
     pg.execute("postgres", "CREATE DATABASE tenants").await;
     let ca = TestCa::new();
-    let (c, k) = ca.issue(&["*.platform.test"]);
-    let tg = Tenantgate::new()
-        .cert(c, k, true)
-        .section(PLATFORM_TEST)
-        .section(&format!(
-            "[tenant_db]\nurl = {:?}\n[provisioning]\nblueprints_dir = {:?}\n",
-            pg.url("tenants"),
-            shipped_blueprints()
-        ))
+    let tg = Tenantgate::provisioning(&ca, &pg.url("tenants"), SHIPPED_BLUEPRINTS, "")
         .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
         .start()
         .await;
@@ -596,7 +581,7 @@ async fn provisioning_cut_off_by_a_control_crash_is_finished_after_restart() {
     let pg = PgCluster::start_for_containers().await;
     pg.execute("postgres", "CREATE DATABASE tenants").await;
     let ca = TestCa::new();
-    let mut tg = start(&pg, &shipped_blueprints(), &ca).await;
+    let mut tg = start(&pg, SHIPPED_BLUEPRINTS, &ca).await;
     let id = create(&tg, "kappa", "Kappa Kites", "demo-storefront", None).await;
     // Killed once its container exists, before the route is published.
     wait_for(
@@ -676,7 +661,7 @@ env = {{}}
         ),
     );
     // And a store with a whole database of its own.
-    let shipped = std::fs::read_to_string(format!("{}/demo-storefront.toml", shipped_blueprints()))
+    let shipped = std::fs::read_to_string(format!("{SHIPPED_BLUEPRINTS}/demo-storefront.toml"))
         .expect("shipped blueprint");
     write_file(
         &dir.path().join("own-db.toml"),

@@ -53,6 +53,16 @@ pub struct PathRoute {
     pub upstreams: Vec<Upstream>,
 }
 
+/// Whether path prefix `prefix` covers `path`, on segment boundaries: `/store` covers
+/// `/store` and `/store/x`, not `/storefront`; `/` covers everything. The one rule for path
+/// routing, in the proxy and in blueprints.
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    prefix == "/"
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 impl Route {
     /// All upstreams of the route in one list: `upstreams` first, then each path's in
     /// order. `upstream_range` indexes into it.
@@ -87,10 +97,9 @@ impl Route {
         let mut start = self.upstreams.len();
         for p in self.paths.iter() {
             let end = start + p.upstreams.len();
-            let matches = path.strip_prefix(p.prefix.as_str()).is_some_and(|rest| {
-                rest.is_empty() || rest.starts_with('/') || rest.starts_with('?')
-            }) || p.prefix == "/";
-            if matches && best.as_ref().is_none_or(|(len, _)| p.prefix.len() > *len) {
+            if prefix_matches(&p.prefix, path)
+                && best.as_ref().is_none_or(|(len, _)| p.prefix.len() > *len)
+            {
                 best = Some((p.prefix.len(), start..end));
             }
             start = end;

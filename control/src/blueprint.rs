@@ -403,13 +403,7 @@ impl Blueprint {
     pub fn component_for(&self, path: &str) -> Option<&Component> {
         self.routes
             .iter()
-            .filter(|r| {
-                r.path == "/"
-                    || path == r.path
-                    || path
-                        .strip_prefix(r.path.as_str())
-                        .is_some_and(|rest| rest.starts_with('/'))
-            })
+            .filter(|r| tenantgate_config::route::prefix_matches(&r.path, path))
             .max_by_key(|r| r.path.len())
             .and_then(|r| self.components.iter().find(|c| c.name == r.component))
     }

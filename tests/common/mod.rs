@@ -341,6 +341,9 @@ pub struct Tenantgate {
 /// The `[platform]` section most tests use.
 pub const PLATFORM_TEST: &str = "[platform]\ndomain = \"platform.test\"\n";
 
+/// The blueprints shipped in `deploy/blueprints`.
+pub const SHIPPED_BLUEPRINTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/blueprints");
+
 /// The admin token every test node is configured with.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
@@ -436,6 +439,25 @@ impl Tenantgate {
     pub fn section(mut self, text: &str) -> Tenantgate {
         self.extra_sections.push(text.to_string());
         self
+    }
+
+    /// A node that provisions tenants from the blueprints in `blueprints`, with their
+    /// databases on the server at `tenant_db_url`, serving `*.platform.test` with a
+    /// certificate of `ca`; `provisioning` holds extra lines of `[provisioning]`.
+    pub fn provisioning(
+        ca: &TestCa,
+        tenant_db_url: &str,
+        blueprints: &str,
+        provisioning: &str,
+    ) -> Tenantgate {
+        let (c, k) = ca.issue(&["*.platform.test"]);
+        Tenantgate::new()
+            .cert(c, k, true)
+            .section(PLATFORM_TEST)
+            .section(&format!(
+                "[tenant_db]\nurl = {tenant_db_url:?}\n\
+                 [provisioning]\nblueprints_dir = {blueprints:?}\n{provisioning}"
+            ))
     }
 
     /// An environment variable of the process.

@@ -200,6 +200,15 @@ pub async fn patch_tenant(
     Ok(Json(s.store.rename_tenant(ACTOR, &id, &name).await?))
 }
 
+/// 409 for redeploying or scaling a tenant that has upstreams of its own.
+fn not_provisioned(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "not_provisioned",
+        format!("tenant {id:?} was not provisioned from a blueprint"),
+    )
+}
+
 /// Whether tenant `id` runs from a blueprint (and so needs the container runtime).
 async fn provisioned(s: &ApiState, id: &str) -> Result<bool, ApiError> {
     Ok(s.store.get_tenant(id).await?.blueprint.is_some())
@@ -283,11 +292,7 @@ pub async fn redeploy_tenant(
 ) -> Result<(StatusCode, Json<Tenant>), ApiError> {
     let tenant = s.store.get_tenant(&id).await?;
     let Some(blueprint) = &tenant.blueprint else {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not_provisioned",
-            format!("tenant {id:?} was not provisioned from a blueprint"),
-        ));
+        return Err(not_provisioned(&id));
     };
     if tenant.status != TenantStatus::Active {
         return Err(ApiError::new(
@@ -321,11 +326,7 @@ pub async fn scale_tenant(
     ApiJson(body): ApiJson<Scale>,
 ) -> Result<Json<Tenant>, ApiError> {
     if !provisioned(&s, &id).await? {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not_provisioned",
-            format!("tenant {id:?} was not provisioned from a blueprint"),
-        ));
+        return Err(not_provisioned(&id));
     }
     s.lifecycle
         .scale(&id, &body.component, body.replicas)

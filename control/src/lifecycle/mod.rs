@@ -25,7 +25,7 @@ use std::time::Duration;
 use tenantgate_certs::SealingKey;
 use tenantgate_config::{Config, Retention};
 
-use crate::blueprint::{Blueprint, Context, DatabaseKind};
+use crate::blueprint::{Blueprint, Component, Context, DatabaseKind};
 use crate::model::{Tenant, TenantStatus};
 use crate::runtime::docker::{Docker, NetworkPool};
 use crate::runtime::{Container, ContainerSpec, Runtime, RuntimeError};
@@ -119,9 +119,9 @@ pub struct Lifecycle {
     http: reqwest::Client,
 }
 
-/// A container started for a tenant, and the component it runs.
-struct Started {
-    component: String,
+/// A container started for a tenant, and the component of the blueprint it runs.
+struct Started<'b> {
+    component: &'b Component,
     container: Container,
 }
 
@@ -216,6 +216,14 @@ impl Lifecycle {
     /// The loaded blueprints.
     pub fn blueprints(&self) -> Arc<BTreeMap<String, Blueprint>> {
         read(&self.blueprints).clone()
+    }
+
+    /// The blueprint tenant `d` runs from, as loaded now.
+    fn blueprint_of(&self, d: &Deployment) -> Result<Blueprint, String> {
+        read(&self.blueprints)
+            .get(&d.blueprint)
+            .cloned()
+            .ok_or_else(|| format!("blueprint {:?} is no longer loaded", d.blueprint))
     }
 
     fn runtime(&self) -> Result<&Arc<dyn Runtime>> {
@@ -404,10 +412,7 @@ impl Lifecycle {
         if d.status != "provisioning" {
             return Ok(false);
         }
-        let all = self.blueprints();
-        let b = all
-            .get(&d.blueprint)
-            .ok_or_else(|| format!("blueprint {:?} is no longer loaded", d.blueprint))?;
+        let b = &self.blueprint_of(&d)?;
         let runtime = self.runtime().map_err(|e| e.to_string())?;
         // Leftovers of an attempt a crashed node did not finish.
         self.remove_containers(&d, |_| true)
@@ -466,14 +471,14 @@ impl Lifecycle {
 
     /// Start every container of `generation` and wait until all are healthy; on failure the
     /// containers started here are removed again.
-    async fn start_generation(
+    async fn start_generation<'b>(
         &self,
         d: &Deployment,
-        b: &Blueprint,
+        b: &'b Blueprint,
         generation: u64,
         theme: &str,
         password: Option<&str>,
-    ) -> Result<Vec<Started>, String> {
+    ) -> Result<Vec<Started<'b>>, String> {
         self.learn_host_address().await?;
         let runtime = self.runtime().map_err(|e| e.to_string())?;
         let instance = self.instance().await.map_err(|e| e.to_string())?.to_owned();
@@ -481,16 +486,8 @@ impl Lifecycle {
         let outcome = async {
             for c in &b.components {
                 for replica in 1..=replicas(d, c) {
-                    let spec = self.spec(
-                        &instance,
-                        d,
-                        b,
-                        c.name.as_str(),
-                        generation,
-                        replica,
-                        theme,
-                        password,
-                    )?;
+                    let spec =
+                        self.spec(&instance, d, b, c, generation, replica, theme, password)?;
                     // A container of that name left by an interrupted attempt goes first.
                     runtime
                         .remove(&spec.name)
@@ -500,12 +497,12 @@ impl Lifecycle {
                     self.event(&d.id, &format!("container {} started", spec.name))
                         .await;
                     started.push(Started {
-                        component: c.name.clone(),
+                        component: c,
                         container,
                     });
                 }
             }
-            self.wait_all_healthy(b, &started).await?;
+            self.wait_all_healthy(&started).await?;
             self.event(&d.id, &format!("generation {generation} healthy"))
                 .await;
             Ok(())
@@ -528,17 +525,13 @@ impl Lifecycle {
         instance: &str,
         d: &Deployment,
         b: &Blueprint,
-        component: &str,
+        c: &Component,
         generation: u64,
         replica: u32,
         theme: &str,
         password: Option<&str>,
     ) -> Result<ContainerSpec, String> {
-        let c = b
-            .components
-            .iter()
-            .find(|c| c.name == component)
-            .ok_or_else(|| format!("blueprint {:?} has no component {component:?}", b.name))?;
+        let component = c.name.as_str();
         let (database_url, database_schema) = match (password, &self.tenant_db) {
             (Some(pw), Some(db)) => {
                 let creds = crate::tenantdb::TenantDatabase::for_tenant(
@@ -592,13 +585,14 @@ impl Lifecycle {
     }
 
     /// Wait, all at once, until every container answers its component's health check.
-    async fn wait_all_healthy(&self, b: &Blueprint, containers: &[Started]) -> Result<(), String> {
+    async fn wait_all_healthy(&self, containers: &[Started<'_>]) -> Result<(), String> {
         let checks = containers.iter().map(|s| {
-            let c = b.components.iter().find(|c| c.name == s.component);
-            let (path, timeout) = c.map_or(("/", 30), |c| {
-                (c.health.path.as_str(), c.health.timeout_seconds)
-            });
-            self.wait_healthy(&s.container, path, Duration::from_secs(timeout))
+            let h = &s.component.health;
+            self.wait_healthy(
+                &s.container,
+                &h.path,
+                Duration::from_secs(h.timeout_seconds),
+            )
         });
         for r in futures_util::future::join_all(checks).await {
             r?;
@@ -817,10 +811,7 @@ impl Lifecycle {
     /// starting stopped ones), wait until they are healthy, remove other generations, and
     /// route to them when their addresses changed. Returns whether anything was done.
     async fn ensure_running(&self, d: &Deployment) -> Result<bool, String> {
-        let all = self.blueprints();
-        let b = all
-            .get(&d.blueprint)
-            .ok_or_else(|| format!("blueprint {:?} is no longer loaded", d.blueprint))?;
+        let b = &self.blueprint_of(d)?;
         self.learn_host_address().await?;
         let runtime = self.runtime().map_err(|e| e.to_string())?;
         let instance = self.instance().await.map_err(|e| e.to_string())?.to_owned();
@@ -841,7 +832,7 @@ impl Lifecycle {
                     &instance,
                     d,
                     b,
-                    &c.name,
+                    c,
                     d.generation,
                     replica,
                     &d.theme,
@@ -869,13 +860,13 @@ impl Lifecycle {
                     }
                 };
                 current.push(Started {
-                    component: c.name.clone(),
+                    component: c,
                     container,
                 });
             }
         }
         if changed {
-            self.wait_all_healthy(b, &current).await?;
+            self.wait_all_healthy(&current).await?;
         }
         // Route first, then remove: a container leaving the route keeps answering what
         // is in flight for the drain time.
@@ -917,13 +908,9 @@ impl Lifecycle {
     /// leave the route before they stop).
     pub async fn scale(&self, id: &str, component: &str, replicas: u32) -> Result<()> {
         let d = self.store.deployment(id).await?;
-        let all = self.blueprints();
-        let b = all.get(&d.blueprint).ok_or_else(|| {
-            Error::invalid(
-                "unknown_blueprint",
-                format!("blueprint {:?} is no longer loaded", d.blueprint),
-            )
-        })?;
+        let b = &self
+            .blueprint_of(&d)
+            .map_err(|e| Error::invalid("unknown_blueprint", e))?;
         if !b.components.iter().any(|c| c.name == component) {
             return Err(Error::invalid(
                 "unknown_component",
@@ -997,10 +984,7 @@ impl Lifecycle {
         if d.status != "active" {
             return Err(format!("the tenant is {}", d.status));
         }
-        let all = self.blueprints();
-        let b = all
-            .get(&d.blueprint)
-            .ok_or_else(|| format!("blueprint {:?} is no longer loaded", d.blueprint))?;
+        let b = &self.blueprint_of(&d)?;
         let theme = theme.unwrap_or_else(|| d.theme.clone());
         let runtime = self.runtime().map_err(|e| e.to_string())?;
         for c in &b.components {
@@ -1050,13 +1034,13 @@ impl Lifecycle {
 }
 
 /// How many containers of `c` the tenant runs: what the API set, else the blueprint's.
-fn replicas(d: &Deployment, c: &crate::blueprint::Component) -> u32 {
+fn replicas(d: &Deployment, c: &Component) -> u32 {
     d.replicas.get(&c.name).copied().unwrap_or(c.replicas)
 }
 
 /// The route's upstreams by path prefix: for each of the blueprint's routing rules, the
 /// addresses of the started containers of its component (`/` first: the route's own).
-fn served_addresses(b: &Blueprint, started: &[Started]) -> Vec<(String, Vec<SocketAddr>)> {
+fn served_addresses(b: &Blueprint, started: &[Started<'_>]) -> Vec<(String, Vec<SocketAddr>)> {
     let mut rules: Vec<&crate::blueprint::RouteRule> = b.routes.iter().collect();
     rules.sort_by_key(|r| r.path != "/");
     rules
@@ -1064,7 +1048,7 @@ fn served_addresses(b: &Blueprint, started: &[Started]) -> Vec<(String, Vec<Sock
         .map(|r| {
             let addrs = started
                 .iter()
-                .filter(|s| s.component == r.component)
+                .filter(|s| s.component.name == r.component)
                 .filter_map(|s| s.container.address)
                 .collect();
             (r.path.clone(), addrs)

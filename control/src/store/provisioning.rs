@@ -7,6 +7,7 @@
 //! upstreams, generation and theme in one version, so every proxy moves at once. Events,
 //! the database secret and leases are bookkeeping proxies never see: no version.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use super::{
@@ -75,62 +76,70 @@ pub(crate) async fn load_events(tx: &mut dyn Tx, id: &str) -> Result<Vec<TenantE
         .collect()
 }
 
+/// Provisioned tenants: the one with `id`, or (`None`) every one not deleted. One query
+/// for the tenants and one for all their upstreams, however many there are.
 async fn load_deployments(tx: &mut dyn Tx, id: Option<&str>) -> Result<Vec<Deployment>> {
     let (filter, params) = match id {
-        Some(id) => (" AND id = $1", vec![t(id)]),
-        None => ("", vec![]),
+        Some(id) => ("id = $1", vec![t(id)]),
+        None => ("status <> 'deleted'", vec![]),
     };
+    let which = format!("blueprint IS NOT NULL AND {filter}");
     let now = now_ms();
     let rows = tx
         .query(
             &format!(
                 "SELECT id, slug, name, status, blueprint, theme, generation, db_secret, lease_until, replicas \
-                 FROM tenants WHERE blueprint IS NOT NULL{filter} ORDER BY id"
+                 FROM tenants WHERE {which} ORDER BY id"
             ),
             &params,
         )
         .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let id = text(r, 0)?;
-        let rows = tx
-            .query(
-                "SELECT address, path FROM upstreams WHERE tenant_id = $1 ORDER BY position",
-                &[t(&id)],
-            )
-            .await?;
-        let mut ups: Vec<(String, Vec<SocketAddr>)> = Vec::new();
-        for u in &rows {
-            let (Ok(addr), path) = (text(u, 0)?.parse::<SocketAddr>(), text(u, 1)?) else {
-                continue;
-            };
-            match ups.iter_mut().find(|(p, _)| *p == path) {
-                Some((_, list)) => list.push(addr),
-                None => ups.push((path, vec![addr])),
-            }
+    let up_rows = tx
+        .query(
+            &format!(
+                "SELECT tenant_id, address, path FROM upstreams \
+                 WHERE tenant_id IN (SELECT id FROM tenants WHERE {which}) ORDER BY tenant_id, position"
+            ),
+            &params,
+        )
+        .await?;
+    let mut upstreams: HashMap<String, Vec<(String, Vec<SocketAddr>)>> = HashMap::new();
+    for u in &up_rows {
+        let (Ok(addr), path) = (text(u, 1)?.parse::<SocketAddr>(), text(u, 2)?) else {
+            continue;
+        };
+        let groups = upstreams.entry(text(u, 0)?).or_default();
+        match groups.iter_mut().find(|(p, _)| *p == path) {
+            Some((_, list)) => list.push(addr),
+            None => groups.push((path, vec![addr])),
         }
-        out.push(Deployment {
-            slug: text(r, 1)?,
-            name: text(r, 2)?,
-            status: text(r, 3)?,
-            blueprint: text(r, 4)?,
-            theme: opt_text(r, 5)?.unwrap_or_default(),
-            generation: version_of(int(r, 6)?),
-            db_secret: match r.get(7) {
-                Some(Value::Null) | None => None,
-                _ => Some(bytes(r, 7)?),
-            },
-            upstreams: ups,
-            leased: int(r, 8)? > now,
-            replicas: match opt_text(r, 9)? {
-                Some(j) => serde_json::from_str(&j)
-                    .map_err(|e| Error::Internal(format!("tenant {id}: replicas {j:?}: {e}")))?,
-                None => Default::default(),
-            },
-            id,
-        });
     }
-    Ok(out)
+    rows.iter()
+        .map(|r| {
+            let id = text(r, 0)?;
+            Ok(Deployment {
+                slug: text(r, 1)?,
+                name: text(r, 2)?,
+                status: text(r, 3)?,
+                blueprint: text(r, 4)?,
+                theme: opt_text(r, 5)?.unwrap_or_default(),
+                generation: version_of(int(r, 6)?),
+                db_secret: match r.get(7) {
+                    Some(Value::Null) | None => None,
+                    _ => Some(bytes(r, 7)?),
+                },
+                upstreams: upstreams.remove(&id).unwrap_or_default(),
+                leased: int(r, 8)? > now,
+                replicas: match opt_text(r, 9)? {
+                    Some(j) => serde_json::from_str(&j).map_err(|e| {
+                        Error::Internal(format!("tenant {id}: replicas {j:?}: {e}"))
+                    })?,
+                    None => Default::default(),
+                },
+                id,
+            })
+        })
+        .collect()
 }
 
 impl Store {
@@ -147,7 +156,7 @@ impl Store {
         let mut tx = self.backend.begin(false).await?;
         let all = load_deployments(&mut *tx, None).await?;
         tx.commit().await?;
-        Ok(all.into_iter().filter(|d| d.status != "deleted").collect())
+        Ok(all)
     }
 
     /// Record one step of a tenant's provisioning, redeploy or teardown.
