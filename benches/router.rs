@@ -9,7 +9,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use tenantgate_config::host::{normalize_into, HostBuf};
 use tenantgate_config::{HostPattern, Route, RouteTable, Upstream};
 use tenantgate_proxy::metrics::Metrics;
-use tenantgate_proxy::router::{Change, Router};
+use tenantgate_proxy::router::{Change, PackedRoute, Router};
 
 fn table(n: usize) -> RouteTable {
     let up = Upstream {
@@ -69,7 +69,7 @@ fn bench(c: &mut Criterion) {
                 route.upstreams[0]
                     .addr
                     .set_port(9000 + (version % 2) as u16);
-                router.apply([Change::Upsert(Arc::new(route.clone()))], version);
+                router.apply([Change::Upsert(PackedRoute::new(&route))], version);
             })
         });
     }

@@ -5,28 +5,59 @@
 //! Health state (when an upstream may be tried again) lives in atomics on the entry, shared
 //! by all threads without locks.
 //!
+//! Memory: each route is kept once, packed ([`PackedRoute`]), and a map slot holds the entry
+//! and the offset of its name inside that packed route, not a second copy of the name. One
+//! hash of the name picks both the shard and the bucket.
+//!
 //! Changes are copy-on-write per shard: the hostname maps are split into [`SHARDS`] shards,
 //! and applying a change clones only the shards it touches, so the cost of a change grows
 //! with the change, not with the table (a table of a million hostnames clones a few thousand
 //! entries per changed route). Writers are serialised by a mutex that also keeps each route's
 //! hostnames, so an upsert can withdraw the names a route no longer has.
 
-use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use std::sync::Mutex;
 
 use arc_swap::{ArcSwap, Guard};
+use hashbrown::HashTable;
 use tenantgate_config::host::wildcard_suffix;
-use tenantgate_config::{HostPattern, Route, RouteChange, RouteTable};
+use tenantgate_config::{RouteChange, RouteTable};
 
 use crate::metrics::{Metrics, RouteMetrics};
 
-type Map = HashMap<Arc<str>, Arc<RouteEntry>, foldhash::fast::FixedState>;
+mod packed;
+
+pub use packed::{HostRef, PackedRoute};
+
+/// A hostname map slot: the entry, and where in its packed route the key's name lives (the
+/// key is not stored twice).
+#[derive(Debug, Clone)]
+struct Slot {
+    entry: Arc<RouteEntry>,
+    at: u32,
+}
+
+impl Slot {
+    #[inline]
+    fn key(&self) -> &[u8] {
+        self.entry.route.name_at(self.at)
+    }
+}
+
+type Map = HashTable<Slot>;
+
+/// Hash of a hostname key; also picks its shard (from bits the map itself does not use).
+#[inline]
+fn hash_key(key: &[u8]) -> u64 {
+    let mut h = foldhash::fast::FixedState::with_seed(0x0053_4841_5244).build_hasher();
+    h.write(key);
+    h.finish()
+}
 
 /// A route entry found by its id (`Borrow<str>`), so the registry stores no second copy of it.
 #[derive(Debug, Clone)]
@@ -59,7 +90,7 @@ type RouteRegistry = std::collections::HashSet<ById, foldhash::fast::RandomState
 #[derive(Debug, Clone)]
 pub enum Change {
     /// Add the route, or replace the route with the same id.
-    Upsert(Arc<Route>),
+    Upsert(PackedRoute),
     /// Remove the route with this id.
     Remove(String),
 }
@@ -67,7 +98,7 @@ pub enum Change {
 impl From<&RouteChange> for Change {
     fn from(c: &RouteChange) -> Self {
         match c {
-            RouteChange::Upsert(r) => Change::Upsert(Arc::new(r.clone())),
+            RouteChange::Upsert(r) => Change::Upsert(PackedRoute::new(r)),
             RouteChange::Remove { id } => Change::Remove(id.clone()),
         }
     }
@@ -76,11 +107,11 @@ impl From<&RouteChange> for Change {
 /// Number of shards of each hostname map (a power of two).
 pub const SHARDS: usize = 256;
 
-/// The shard a key lives in. A different seed from the maps' own hasher, so the keys of one
-/// shard still spread over that map's buckets.
+/// The shard of a key's hash: bits 32.. (the maps index buckets by the low bits and tag
+/// them with the top seven).
 #[inline]
-fn shard_of(key: &str) -> usize {
-    (foldhash::fast::FixedState::with_seed(0x0053_4841_5244).hash_one(key) as usize) & (SHARDS - 1)
+fn shard_of(hash: u64) -> usize {
+    (hash >> 32) as usize & (SHARDS - 1)
 }
 
 /// One hostname map split into shards that are replaced independently.
@@ -89,14 +120,27 @@ struct Sharded(Box<[Arc<Map>]>);
 
 impl Default for Sharded {
     fn default() -> Self {
-        Sharded((0..SHARDS).map(|_| Arc::new(Map::default())).collect())
+        Sharded((0..SHARDS).map(|_| Arc::new(Map::new())).collect())
     }
 }
 
 impl Sharded {
     #[inline]
     fn get(&self, key: &str) -> Option<&Arc<RouteEntry>> {
-        self.0[shard_of(key)].get(key)
+        let key = key.as_bytes();
+        let hash = hash_key(key);
+        self.0[shard_of(hash)]
+            .find(hash, |s| s.key() == key)
+            .map(|s| &s.entry)
+    }
+}
+
+fn insert(map: &mut Map, hash: u64, slot: Slot) {
+    match map.entry(hash, |s| s.key() == slot.key(), |s| hash_key(s.key())) {
+        hashbrown::hash_table::Entry::Occupied(mut o) => *o.get_mut() = slot,
+        hashbrown::hash_table::Entry::Vacant(v) => {
+            v.insert(slot);
+        }
     }
 }
 
@@ -114,26 +158,35 @@ impl<'a> ShardEdit<'a> {
         }
     }
 
-    fn shard(&mut self, key: &str) -> &mut Map {
-        let i = shard_of(key);
+    fn shard(&mut self, i: usize) -> &mut Map {
         let base = &self.base.0[i];
         self.touched[i].get_or_insert_with(|| (**base).clone())
     }
 
-    fn insert(&mut self, key: &str, entry: Arc<RouteEntry>) {
-        self.shard(key).insert(key.into(), entry);
+    fn insert(&mut self, entry: &Arc<RouteEntry>, at: u32) {
+        let hash = hash_key(entry.route.name_at(at));
+        let slot = Slot {
+            entry: entry.clone(),
+            at,
+        };
+        insert(self.shard(shard_of(hash)), hash, slot);
     }
 
-    /// Remove `key` if it still points at `entry` (another route may own it by now).
-    fn remove_if(&mut self, key: &str, entry: &Arc<RouteEntry>) {
-        let i = shard_of(key);
+    /// Remove the name at `at` of `entry` if it still points at `entry` (another route may
+    /// own it by now).
+    fn remove_if(&mut self, entry: &Arc<RouteEntry>, at: u32) {
+        let key = entry.route.name_at(at);
+        let hash = hash_key(key);
+        let i = shard_of(hash);
         let owned = match &self.touched[i] {
-            Some(m) => m.get(key),
-            None => self.base.0[i].get(key),
+            Some(m) => m.find(hash, |s| s.key() == key),
+            None => self.base.0[i].find(hash, |s| s.key() == key),
         }
-        .is_some_and(|e| Arc::ptr_eq(e, entry));
+        .is_some_and(|s| Arc::ptr_eq(&s.entry, entry));
         if owned {
-            self.shard(key).remove(key);
+            if let Ok(o) = self.shard(i).find_entry(hash, |s| s.key() == key) {
+                o.remove();
+            }
         }
     }
 
@@ -148,35 +201,38 @@ impl<'a> ShardEdit<'a> {
     }
 }
 
-/// A route as the hot path holds it.
+/// A route as the hot path holds it: 64 bytes beside its packed route.
 #[derive(Debug)]
 pub struct RouteEntry {
-    /// The route as published (id, hostnames, upstream list), shared with whoever published
-    /// it rather than copied.
-    route: Arc<Route>,
+    /// The route as published (id, hostnames, upstreams), shared with whoever published it
+    /// rather than copied.
+    route: PackedRoute,
     /// Key that separates this route's pooled upstream connections from other routes'.
     pub group_key: u64,
+    /// Pre-resolved metric children (shared by routes beyond the label budget).
+    pub metrics: Arc<RouteMetrics>,
+    /// Per upstream (in the route's one list): milliseconds since the router's epoch before
+    /// which it is skipped. The first inline (most routes have one), the others boxed.
+    down_first: AtomicU64,
+    down_rest: Box<[AtomicU64]>,
+    next: AtomicU32,
     /// Answer plain HTTP with 308 to https.
     pub https_redirect: bool,
     /// The tenant is suspended: answer our 503 page.
     pub suspended: bool,
-    /// Per upstream (in the route's order): milliseconds since the router's epoch before
-    /// which it is skipped. The addresses themselves are read from the shared route.
-    down_until_ms: Box<[AtomicU64]>,
-    /// Pre-resolved metric children (shared by routes beyond the label budget).
-    pub metrics: Arc<RouteMetrics>,
-    next: AtomicUsize,
+    has_paths: bool,
+    has_upstreams: bool,
 }
 
 impl RouteEntry {
     /// The route's id.
     #[inline]
     pub fn id(&self) -> &str {
-        &self.route.id
+        self.route.id()
     }
 
     /// The route this entry serves.
-    pub fn route(&self) -> &Arc<Route> {
+    pub fn route(&self) -> &PackedRoute {
         &self.route
     }
 
@@ -189,13 +245,26 @@ impl RouteEntry {
     /// The upstreams (a range of the one list) serving a request for `path`.
     #[inline]
     pub fn upstreams_for(&self, path: &str) -> std::ops::Range<usize> {
-        self.route.upstream_range(path)
+        if self.has_paths {
+            self.route.upstream_range(path)
+        } else {
+            0..self.upstream_count()
+        }
     }
 
     /// Number of upstreams.
     #[inline]
     pub fn upstream_count(&self) -> usize {
-        self.down_until_ms.len()
+        usize::from(self.has_upstreams) + self.down_rest.len()
+    }
+
+    #[inline]
+    fn down(&self, i: usize) -> Option<&AtomicU64> {
+        match i {
+            0 if self.has_upstreams => Some(&self.down_first),
+            0 => None,
+            i => self.down_rest.get(i - 1),
+        }
     }
 
     /// Choose an upstream of `among` round robin: first one that is healthy and not yet
@@ -205,11 +274,11 @@ impl RouteEntry {
     pub fn pick(&self, now_ms: u64, tried: u64, among: std::ops::Range<usize>) -> Option<usize> {
         let n = among
             .len()
-            .min(self.down_until_ms.len().saturating_sub(among.start));
+            .min(self.upstream_count().saturating_sub(among.start));
         if n == 0 {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let start = self.next.fetch_add(1, Ordering::Relaxed) as usize % n;
         let untried = |i: usize| i >= 64 || tried & (1 << i) == 0;
         let mut fallback = None;
         for k in 0..n {
@@ -217,7 +286,10 @@ impl RouteEntry {
             if !untried(i) {
                 continue;
             }
-            if self.down_until_ms[i].load(Ordering::Relaxed) <= now_ms {
+            if self
+                .down(i)
+                .is_none_or(|d| d.load(Ordering::Relaxed) <= now_ms)
+            {
                 return Some(i);
             }
             fallback.get_or_insert(i);
@@ -227,7 +299,7 @@ impl RouteEntry {
 
     /// Take an upstream out of rotation until `until_ms`.
     pub fn mark_down(&self, i: usize, until_ms: u64) {
-        if let Some(u) = self.down_until_ms.get(i) {
+        if let Some(u) = self.down(i) {
             u.store(until_ms, Ordering::Relaxed);
         }
     }
@@ -235,7 +307,7 @@ impl RouteEntry {
     /// Whether any upstream of `among` has not been tried yet.
     pub fn has_untried(&self, tried: u64, among: std::ops::Range<usize>) -> bool {
         among
-            .take_while(|&i| i < self.down_until_ms.len())
+            .take_while(|&i| i < self.upstream_count())
             .any(|i| i >= 64 || tried & (1 << i) == 0)
     }
 }
@@ -284,27 +356,31 @@ impl Router {
         r
     }
 
-    fn entry(&self, route: Arc<Route>, previous: Option<&RouteEntry>) -> Arc<RouteEntry> {
+    fn entry(&self, route: PackedRoute, previous: Option<&RouteEntry>) -> Arc<RouteEntry> {
+        let total = route.upstream_total();
+        // An upstream that stays in the route keeps its passive-health state.
+        let down = |i: usize| {
+            let addr = route.upstream_at(i);
+            let kept = previous.and_then(|p| {
+                let j = (0..p.upstream_count()).position(|j| p.upstream(j) == addr)?;
+                p.down(j)
+            });
+            AtomicU64::new(kept.map_or(0, |d| d.load(Ordering::Relaxed)))
+        };
         Arc::new(RouteEntry {
-            group_key: foldhash::fast::FixedState::with_seed(0x7465_6e61_6e74).hash_one(&route.id),
-            https_redirect: route.https_redirect,
-            suspended: route.suspended,
-            down_until_ms: (0..route.upstream_total())
-                .map(|i| {
-                    // An upstream that stays in the route keeps its passive-health state.
-                    let addr = route.upstream_at(i);
-                    let down = previous
-                        .and_then(|p| {
-                            let j = (0..p.route.upstream_total())
-                                .position(|j| p.route.upstream_at(j) == addr)?;
-                            p.down_until_ms.get(j)
-                        })
-                        .map_or(0, |d| d.load(Ordering::Relaxed));
-                    AtomicU64::new(down)
-                })
-                .collect(),
-            metrics: self.metrics.route(&route.id),
-            next: AtomicUsize::new(0),
+            group_key: foldhash::fast::FixedState::with_seed(0x7465_6e61_6e74).hash_one(route.id()),
+            https_redirect: route.https_redirect(),
+            suspended: route.suspended(),
+            has_paths: route.has_paths(),
+            has_upstreams: total > 0,
+            down_first: if total > 0 {
+                down(0)
+            } else {
+                AtomicU64::new(0)
+            },
+            down_rest: (1..total).map(down).collect(),
+            metrics: self.metrics.route(route.id()),
+            next: AtomicU32::new(0),
             route,
         })
     }
@@ -318,33 +394,34 @@ impl Router {
 
     /// Swap in a new table. Requests in flight keep the entry they already hold.
     pub fn replace(&self, table: &RouteTable) {
-        self.replace_shared(table.version, table.routes.iter().cloned().map(Arc::new));
+        self.replace_shared(table.version, table.routes.iter().map(PackedRoute::new));
     }
 
     /// Swap in a new table made of shared routes (no copy of their data is made).
-    pub fn replace_shared(&self, version: u64, table: impl IntoIterator<Item = Arc<Route>>) {
+    pub fn replace_shared(&self, version: u64, table: impl IntoIterator<Item = PackedRoute>) {
         let table = table.into_iter();
         // Sized up front: growing a million-entry table rehashes every key several times.
         let expected = table.size_hint().0;
         let per_shard = expected / SHARDS + expected / SHARDS / 4;
         let mut routes = self.lock();
-        let sized = || -> Vec<Map> {
-            (0..SHARDS)
-                .map(|_| Map::with_capacity_and_hasher(per_shard, Default::default()))
-                .collect()
-        };
-        let mut exact = sized();
-        let mut wildcard: Vec<Map> = (0..SHARDS).map(|_| Map::default()).collect();
+        let mut exact: Vec<Map> = (0..SHARDS).map(|_| Map::with_capacity(per_shard)).collect();
+        let mut wildcard: Vec<Map> = (0..SHARDS).map(|_| Map::new()).collect();
         let mut next = RouteRegistry::with_capacity_and_hasher(expected, Default::default());
         for route in table {
-            let previous = routes.get(route.id.as_str()).map(|e| &*e.0);
+            let previous = routes.get(route.id()).map(|e| &*e.0);
             let entry = self.entry(route, previous);
-            for pat in &entry.route.hostnames {
-                let (maps, key) = match pat {
-                    HostPattern::Exact(h) => (&mut exact, h),
-                    HostPattern::Wildcard(s) => (&mut wildcard, s),
+            for h in entry.route.hostnames() {
+                let maps = if h.wildcard {
+                    &mut wildcard
+                } else {
+                    &mut exact
                 };
-                maps[shard_of(key)].insert(key.as_str().into(), entry.clone());
+                let hash = hash_key(h.name.as_bytes());
+                let slot = Slot {
+                    entry: entry.clone(),
+                    at: h.at,
+                };
+                insert(&mut maps[shard_of(hash)], hash, slot);
             }
             next.replace(ById(entry));
         }
@@ -370,11 +447,13 @@ impl Router {
         let mut withdraw = |routes: &mut RouteRegistry, id: &str| {
             let old = routes.take(id);
             if let Some(ById(entry)) = &old {
-                for pat in &entry.route.hostnames {
-                    match pat {
-                        HostPattern::Exact(h) => exact.remove_if(h, entry),
-                        HostPattern::Wildcard(s) => wildcard.remove_if(s, entry),
-                    }
+                for h in entry.route.hostnames() {
+                    let maps = if h.wildcard {
+                        &mut wildcard
+                    } else {
+                        &mut exact
+                    };
+                    maps.remove_if(entry, h.at);
                 }
             }
             old
@@ -383,7 +462,7 @@ impl Router {
         for change in changes {
             match change {
                 Change::Upsert(route) => {
-                    let old = withdraw(&mut routes, &route.id);
+                    let old = withdraw(&mut routes, route.id());
                     let entry = self.entry(route, old.as_ref().map(|e| &*e.0));
                     inserted.push(entry.clone());
                     routes.insert(ById(entry));
@@ -402,11 +481,13 @@ impl Router {
             {
                 continue; // superseded by a later change in this batch
             }
-            for pat in &entry.route.hostnames {
-                match pat {
-                    HostPattern::Exact(h) => exact.insert(h, entry.clone()),
-                    HostPattern::Wildcard(s) => wildcard.insert(s, entry.clone()),
-                }
+            for h in entry.route.hostnames() {
+                let maps = if h.wildcard {
+                    &mut wildcard
+                } else {
+                    &mut exact
+                };
+                maps.insert(&entry, h.at);
             }
         }
         let idx = RouteIndex {
@@ -442,7 +523,7 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tenantgate_config::Upstream;
+    use tenantgate_config::{HostPattern, Route, Upstream};
 
     fn table() -> RouteTable {
         let up = |p| Upstream {

@@ -23,16 +23,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use arc_swap::ArcSwap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tenantgate_certs::{
     parse_pem, CertificateStore, ChallengeStore, ParsedCertificate, SealingKey,
 };
 use tenantgate_config::{
-    CertificateChange, Delta, HostPattern, Route, RouteChange, RouteTable, Snapshot,
+    CertificateChange, ChallengeSet, Delta, HostPattern, Route, RouteChange, RouteTable, Snapshot,
     StoredCertificate,
 };
 
-use crate::router::{Change, Router};
+use crate::router::{Change, HostRef, PackedRoute, Router};
 
 /// Where the routes being served came from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -77,17 +77,17 @@ pub enum SyncError {
 
 /// A stored route found by its id (`Borrow<str>`): the set holds no second copy of the id.
 #[derive(Debug, Clone)]
-struct RouteById(Arc<Route>);
+struct RouteById(PackedRoute);
 
 impl std::borrow::Borrow<str> for RouteById {
     fn borrow(&self) -> &str {
-        &self.0.id
+        self.0.id()
     }
 }
 
 impl PartialEq for RouteById {
     fn eq(&self, other: &Self) -> bool {
-        self.0.id == other.0.id
+        self.0.id() == other.0.id()
     }
 }
 
@@ -95,7 +95,29 @@ impl Eq for RouteById {}
 
 impl std::hash::Hash for RouteById {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.0.id.as_str().hash(state)
+        self.0.id().hash(state)
+    }
+}
+
+/// A snapshot with its routes packed as they are parsed: loading a million routes never
+/// holds a million unpacked ones. Reads what [`Snapshot`] writes.
+#[derive(Deserialize)]
+struct Loaded {
+    version: u64,
+    routes: Vec<PackedRoute>,
+    certificates: Vec<StoredCertificate>,
+    #[serde(default)]
+    challenges: Vec<ChallengeSet>,
+}
+
+impl From<Snapshot> for Loaded {
+    fn from(s: Snapshot) -> Self {
+        Loaded {
+            version: s.version,
+            routes: s.routes.into_iter().map(PackedRoute::from).collect(),
+            certificates: s.certificates,
+            challenges: s.challenges,
+        }
     }
 }
 
@@ -112,7 +134,7 @@ struct Stored {
 
 impl Stored {
     /// The routes of a snapshot, moved (not copied); `track_hosts` builds the hostname map.
-    fn from_snapshot(version: u64, routes: Vec<Route>, track_hosts: bool) -> Self {
+    fn from_snapshot(version: u64, routes: Vec<PackedRoute>, track_hosts: bool) -> Self {
         let mut s = Stored {
             version,
             ..Stored::default()
@@ -120,11 +142,11 @@ impl Stored {
         s.routes.reserve(routes.len());
         for r in routes {
             if track_hosts {
-                for h in &r.hostnames {
-                    s.hosts.insert(h.clone(), r.id.clone());
+                for h in r.hostnames() {
+                    s.hosts.insert(h.to_pattern(), r.id().to_owned());
                 }
             }
-            s.routes.insert(RouteById(Arc::new(r)));
+            s.routes.insert(RouteById(r));
         }
         s
     }
@@ -148,7 +170,7 @@ impl Stored {
 #[derive(Serialize)]
 struct SnapshotView {
     version: u64,
-    routes: Vec<Arc<Route>>,
+    routes: Vec<PackedRoute>,
     certificates: Vec<StoredCertificate>,
 }
 
@@ -309,13 +331,13 @@ impl EdgeState {
     /// Replace the stored state with a full snapshot from the store (taken by value: its
     /// routes are moved into the table, not copied), and persist it.
     pub fn apply_snapshot(&self, snap: Snapshot) {
-        self.install(snap, Source::Store, None);
+        self.install(snap.into(), Source::Store, None);
         self.persist();
     }
 
     /// Make `snap` the stored state and serve it. Certificates unchanged since the previous
     /// state keep their parsed form: a resync does not re-parse every certificate.
-    fn install(&self, snap: Snapshot, source: Source, note: Option<String>) {
+    fn install(&self, snap: Loaded, source: Source, note: Option<String>) {
         let mut stored = self.lock();
         let old = std::mem::take(&mut stored.certificates);
         self.challenges.replace_all(snap.challenges);
@@ -345,11 +367,11 @@ impl EdgeState {
             };
             if let Some(RouteById(old)) = stored.routes.take(id.as_str()) {
                 if track {
-                    for h in &old.hostnames {
-                        if stored.hosts.get(h) == Some(id) {
-                            stored.hosts.remove(h);
+                    for h in old.hostnames().map(HostRef::to_pattern) {
+                        if stored.hosts.get(&h) == Some(id) {
+                            stored.hosts.remove(&h);
                         }
-                        touched_hosts.push(h.clone());
+                        touched_hosts.push(h);
                     }
                 }
             }
@@ -361,7 +383,7 @@ impl EdgeState {
                             touched_hosts.push(h.clone());
                         }
                     }
-                    let r = Arc::new(r.clone());
+                    let r = PackedRoute::new(r);
                     stored.routes.insert(RouteById(r.clone()));
                     changes.push(Change::Upsert(r));
                 }
@@ -463,7 +485,7 @@ impl EdgeState {
         };
         // Parsed as a stream: a million routes are ~150 MiB of JSON that would otherwise sit
         // in memory whole (and stay committed) while the routes are built.
-        let snap: Snapshot =
+        let snap: Loaded =
             serde_json::from_reader(std::io::BufReader::with_capacity(1 << 20, file))
                 .map_err(|e| err(e.to_string()))?;
         if let Some(f) = &self.snapshot_file {
@@ -538,15 +560,14 @@ impl EdgeState {
         !self.static_routes.is_empty()
     }
 
-    /// A static route without the hostnames the store claims (`None`: nothing left). An
-    /// untouched route is shared, not copied.
-    fn derive_static(&self, r: &Arc<Route>, stored: &Stored) -> Option<Arc<Route>> {
+    /// A static route without the hostnames the store claims (`None`: nothing left).
+    fn derive_static(&self, r: &Route, stored: &Stored) -> Option<PackedRoute> {
         if !r.hostnames.iter().any(|h| stored.hosts.contains_key(h)) {
-            return Some(r.clone());
+            return Some(PackedRoute::new(r));
         }
-        let mut r = (**r).clone();
+        let mut r = r.clone();
         r.hostnames.retain(|h| !stored.hosts.contains_key(h));
-        (!r.hostnames.is_empty()).then(|| Arc::new(r))
+        (!r.hostnames.is_empty()).then(|| PackedRoute::new(&r))
     }
 
     /// Build the whole served table and certificate set from static + stored, and swap them

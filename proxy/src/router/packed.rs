@@ -1,0 +1,514 @@
+//! A route packed into one shared allocation: what the proxy keeps of each route, so a
+//! million routes fit in a few hundred MiB (a [`Route`] with its strings and vectors is six
+//! allocations and ~250 bytes; packed, the same route is one allocation of ~80 bytes).
+//!
+//! Layout of the bytes (lengths and counts are LEB128 varints, offsets little-endian u32):
+//!
+//! ```text
+//! [0]     flags: 1 = https_redirect, 2 = suspended, 4 = has paths
+//! [1..5]  offset of the upstream section
+//! [5..9]  offset of the id
+//! [9..]   hostnames: count, then per name: kind (0 exact, 1 wildcard suffix), len, bytes
+//!         upstreams: count, addresses; path count, per path: len, prefix, count, addresses
+//!         id: len, bytes
+//! ```
+//!
+//! An address is a tag byte (4 or 6), the IP, the port (LE u16), and for IPv6 the flow info
+//! and scope id (LE u32 each). Only [`PackedRoute::new`] writes these bytes, from a validated
+//! [`Route`], and they are never changed after: readers trust the layout and fall back to
+//! empty values rather than panic if it were ever wrong.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::ops::Range;
+use std::sync::Arc;
+
+use tenantgate_config::route::prefix_matches;
+use tenantgate_config::{HostPattern, PathRoute, Route, Upstream};
+
+const REDIRECT: u8 = 1;
+const SUSPENDED: u8 = 2;
+const PATHS: u8 = 4;
+const HEADER: usize = 9;
+
+/// A route packed into one immutable, shared allocation. Cloning shares it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PackedRoute(Arc<[u8]>);
+
+/// One hostname pattern of a packed route, with where its name lives in the bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostRef<'a> {
+    /// A one-label wildcard (`name` is then its suffix: `shop.test` for `*.shop.test`).
+    pub wildcard: bool,
+    /// The normalised name or suffix.
+    pub name: &'a str,
+    /// Offset of the name's record, for [`PackedRoute::name_at`].
+    pub at: u32,
+}
+
+impl HostRef<'_> {
+    /// The pattern as the route model spells it.
+    pub fn to_pattern(self) -> HostPattern {
+        if self.wildcard {
+            HostPattern::Wildcard(self.name.to_owned())
+        } else {
+            HostPattern::Exact(self.name.to_owned())
+        }
+    }
+}
+
+impl PackedRoute {
+    /// Pack `r`.
+    pub fn new(r: &Route) -> Self {
+        let mut b = Vec::with_capacity(HEADER + 64);
+        let flags = if r.https_redirect { REDIRECT } else { 0 }
+            | if r.suspended { SUSPENDED } else { 0 }
+            | if r.paths.is_empty() { 0 } else { PATHS };
+        b.push(flags);
+        b.extend_from_slice(&[0; 8]);
+        put_len(&mut b, r.hostnames.len());
+        for h in &r.hostnames {
+            let (kind, name) = match h {
+                HostPattern::Exact(n) => (0, n),
+                HostPattern::Wildcard(s) => (1, s),
+            };
+            b.push(kind);
+            put_str(&mut b, name);
+        }
+        let upstreams = offset(b.len());
+        put_addrs(&mut b, &r.upstreams);
+        put_len(&mut b, r.paths.len());
+        for p in r.paths.iter() {
+            put_str(&mut b, &p.prefix);
+            put_addrs(&mut b, &p.upstreams);
+        }
+        let id = offset(b.len());
+        put_str(&mut b, &r.id);
+        b[1..5].copy_from_slice(&upstreams);
+        b[5..9].copy_from_slice(&id);
+        PackedRoute(b.into())
+    }
+
+    /// The route's id.
+    pub fn id(&self) -> &str {
+        let mut pos = self.header(5);
+        as_str(self.bytes_at(&mut pos))
+    }
+
+    /// Answer plain HTTP with a 308 to https.
+    #[inline]
+    pub fn https_redirect(&self) -> bool {
+        self.flags() & REDIRECT != 0
+    }
+
+    /// The tenant is suspended.
+    #[inline]
+    pub fn suspended(&self) -> bool {
+        self.flags() & SUSPENDED != 0
+    }
+
+    /// Whether some path prefixes go to other upstreams than the route's own.
+    #[inline]
+    pub fn has_paths(&self) -> bool {
+        self.flags() & PATHS != 0
+    }
+
+    /// The hostname patterns, in the route's order.
+    pub fn hostnames(&self) -> impl Iterator<Item = HostRef<'_>> + '_ {
+        let mut pos = HEADER;
+        let n = self.varint(&mut pos);
+        (0..n).map(move |_| {
+            let wildcard = self.0.get(pos).is_some_and(|&k| k == 1);
+            pos += 1;
+            let at = pos as u32;
+            let name = as_str(self.bytes_at(&mut pos));
+            HostRef { wildcard, name, at }
+        })
+    }
+
+    /// The name whose record starts at `at` (from [`HostRef::at`]), as bytes: what a lookup
+    /// compares the requested host with.
+    #[inline]
+    pub fn name_at(&self, at: u32) -> &[u8] {
+        let mut pos = at as usize;
+        self.bytes_at(&mut pos)
+    }
+
+    /// Number of upstreams in the route's one list (its own, then each path's).
+    pub fn upstream_total(&self) -> usize {
+        let mut total = 0;
+        self.walk_upstreams(|_, n, pos| {
+            total += n;
+            *pos += addrs_len(&self.0, *pos, n);
+            false
+        });
+        total
+    }
+
+    /// Number of the route's own upstreams (those serving paths no prefix claims).
+    pub fn own_upstreams(&self) -> usize {
+        let mut pos = self.header(1);
+        self.varint(&mut pos)
+    }
+
+    /// Upstream `i` of the one list.
+    pub fn upstream_at(&self, mut i: usize) -> Option<SocketAddr> {
+        let mut found = None;
+        self.walk_upstreams(|_, n, pos| {
+            if i < n {
+                *pos += addrs_len(&self.0, *pos, i);
+                found = read_addr(&self.0, *pos);
+                return true;
+            }
+            i -= n;
+            *pos += addrs_len(&self.0, *pos, n);
+            false
+        });
+        found
+    }
+
+    /// The part of the one list serving a request for `path`: the longest matching
+    /// prefix's upstreams, else the route's own (as [`Route::upstream_range`]).
+    pub fn upstream_range(&self, path: &str) -> Range<usize> {
+        let mut start = 0;
+        let mut own = 0..0;
+        let mut best: Option<(usize, Range<usize>)> = None;
+        self.walk_upstreams(|prefix, n, pos| {
+            let range = start..start + n;
+            start += n;
+            *pos += addrs_len(&self.0, *pos, n);
+            match prefix {
+                None => own = range,
+                Some(p) => {
+                    if prefix_matches(p, path) && best.as_ref().is_none_or(|(l, _)| p.len() > *l) {
+                        best = Some((p.len(), range));
+                    }
+                }
+            }
+            false
+        });
+        best.map_or(own, |(_, r)| r)
+    }
+
+    /// The route as the shared model spells it (snapshot files, the admin view).
+    pub fn to_route(&self) -> Route {
+        let addrs = |pos: &mut usize| -> Vec<Upstream> {
+            let n = self.varint(pos);
+            (0..n)
+                .filter_map(|_| {
+                    let a = read_addr(&self.0, *pos);
+                    *pos += addrs_len(&self.0, *pos, 1);
+                    a.map(|addr| Upstream { addr })
+                })
+                .collect()
+        };
+        let mut pos = self.header(1);
+        let upstreams = addrs(&mut pos);
+        let paths = (0..self.varint(&mut pos))
+            .map(|_| {
+                let prefix = as_str(self.bytes_at(&mut pos)).to_owned();
+                PathRoute {
+                    prefix,
+                    upstreams: addrs(&mut pos),
+                }
+            })
+            .collect();
+        Route {
+            id: self.id().to_owned(),
+            hostnames: self.hostnames().map(HostRef::to_pattern).collect(),
+            upstreams,
+            https_redirect: self.https_redirect(),
+            suspended: self.suspended(),
+            paths,
+        }
+    }
+
+    /// Bytes held (the allocation is this plus the reference counts).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Never: a packed route has at least its header.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Call `f(prefix, count, pos)` for the route's own upstreams (prefix `None`) and then
+    /// each path's, with `pos` at the first address; `f` moves `pos` past the addresses,
+    /// and returns `true` to stop.
+    fn walk_upstreams(&self, mut f: impl FnMut(Option<&str>, usize, &mut usize) -> bool) {
+        let mut pos = self.header(1);
+        let n = self.varint(&mut pos);
+        if f(None, n, &mut pos) || !self.has_paths() {
+            return;
+        }
+        for _ in 0..self.varint(&mut pos) {
+            let prefix = as_str(self.bytes_at(&mut pos));
+            let n = self.varint(&mut pos);
+            if f(Some(prefix), n, &mut pos) {
+                return;
+            }
+        }
+    }
+
+    #[inline]
+    fn flags(&self) -> u8 {
+        self.0.first().copied().unwrap_or(0)
+    }
+
+    /// The u32 offset stored at `at` in the header.
+    #[inline]
+    fn header(&self, at: usize) -> usize {
+        self.0
+            .get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .map_or(usize::MAX, |b| u32::from_le_bytes(b) as usize)
+    }
+
+    #[inline]
+    fn varint(&self, pos: &mut usize) -> usize {
+        let mut v = 0usize;
+        let mut shift = 0;
+        while let Some(&byte) = self.0.get(*pos) {
+            *pos += 1;
+            v |= usize::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 || shift >= 28 {
+                return v;
+            }
+            shift += 7;
+        }
+        0
+    }
+
+    /// A length-prefixed byte string at `pos`, moving `pos` past it.
+    #[inline]
+    fn bytes_at(&self, pos: &mut usize) -> &[u8] {
+        let len = self.varint(pos);
+        let b = self.0.get(*pos..*pos + len).unwrap_or_default();
+        *pos += len;
+        b
+    }
+}
+
+impl From<&Route> for PackedRoute {
+    fn from(r: &Route) -> Self {
+        PackedRoute::new(r)
+    }
+}
+
+impl From<Route> for PackedRoute {
+    fn from(r: Route) -> Self {
+        PackedRoute::new(&r)
+    }
+}
+
+impl std::fmt::Debug for PackedRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.to_route().fmt(f)
+    }
+}
+
+impl serde::Serialize for PackedRoute {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_route().serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PackedRoute {
+    /// Parsed as a [`Route`] (same validation), then packed: a list of them never holds
+    /// more than one unpacked route at a time.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Route::deserialize(d).map(|r| PackedRoute::new(&r))
+    }
+}
+
+fn offset(n: usize) -> [u8; 4] {
+    // A route's bytes are bounded by what a store row and a JSON document can carry, far
+    // below 4 GiB.
+    u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes()
+}
+
+fn put_len(b: &mut Vec<u8>, mut n: usize) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            b.push(byte);
+            return;
+        }
+        b.push(byte | 0x80);
+    }
+}
+
+fn put_str(b: &mut Vec<u8>, s: &str) {
+    put_len(b, s.len());
+    b.extend_from_slice(s.as_bytes());
+}
+
+fn put_addrs(b: &mut Vec<u8>, ups: &[Upstream]) {
+    put_len(b, ups.len());
+    for u in ups {
+        match u.addr {
+            SocketAddr::V4(a) => {
+                b.push(4);
+                b.extend_from_slice(&a.ip().octets());
+                b.extend_from_slice(&a.port().to_le_bytes());
+            }
+            SocketAddr::V6(a) => {
+                b.push(6);
+                b.extend_from_slice(&a.ip().octets());
+                b.extend_from_slice(&a.port().to_le_bytes());
+                b.extend_from_slice(&a.flowinfo().to_le_bytes());
+                b.extend_from_slice(&a.scope_id().to_le_bytes());
+            }
+        }
+    }
+}
+
+const V4_LEN: usize = 1 + 4 + 2;
+const V6_LEN: usize = 1 + 16 + 2 + 4 + 4;
+
+/// Bytes taken by `n` addresses starting at `pos`.
+#[inline]
+fn addrs_len(b: &[u8], pos: usize, n: usize) -> usize {
+    let mut p = pos;
+    for _ in 0..n {
+        p += if b.get(p) == Some(&6) { V6_LEN } else { V4_LEN };
+    }
+    p - pos
+}
+
+#[inline]
+fn read_addr(b: &[u8], pos: usize) -> Option<SocketAddr> {
+    let u16_at = |at: usize| Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?));
+    let u32_at = |at: usize| Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?));
+    match b.get(pos)? {
+        4 => {
+            let ip: [u8; 4] = b.get(pos + 1..pos + 5)?.try_into().ok()?;
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(ip),
+                u16_at(pos + 5)?,
+            )))
+        }
+        6 => {
+            let ip: [u8; 16] = b.get(pos + 1..pos + 17)?.try_into().ok()?;
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(ip),
+                u16_at(pos + 17)?,
+                u32_at(pos + 19)?,
+                u32_at(pos + 23)?,
+            )))
+        }
+        _ => None,
+    }
+}
+
+fn as_str(b: &[u8]) -> &str {
+    // Written from `&str`s by `PackedRoute::new`.
+    std::str::from_utf8(b).unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up(a: &str) -> Upstream {
+        Upstream {
+            addr: a.parse().expect("addr"),
+        }
+    }
+
+    fn route() -> Route {
+        Route {
+            id: "t_0123456789abcdef".into(),
+            hostnames: vec![
+                HostPattern::Exact("shop1.platform.test".into()),
+                HostPattern::Wildcard("shop1.com".into()),
+                HostPattern::Exact(format!("{}.test", "a".repeat(63))),
+            ],
+            upstreams: vec![up("127.0.0.1:9001"), up("[fe80::1%7]:9002")],
+            https_redirect: true,
+            suspended: false,
+            paths: vec![
+                PathRoute {
+                    prefix: "/store".into(),
+                    upstreams: vec![up("[::1]:9003"), up("10.0.0.1:80")],
+                },
+                PathRoute {
+                    prefix: "/store/admin".into(),
+                    upstreams: vec![up("10.0.0.2:80")],
+                },
+            ]
+            .into(),
+        }
+    }
+
+    #[test]
+    fn packs_and_unpacks_every_field() {
+        let r = route();
+        let p = PackedRoute::new(&r);
+        assert_eq!(p.to_route(), r);
+        assert_eq!(p.id(), r.id);
+        assert!(p.https_redirect() && !p.suspended() && p.has_paths());
+        let hosts: Vec<_> = p.hostnames().map(HostRef::to_pattern).collect();
+        assert_eq!(hosts, r.hostnames);
+        for h in p.hostnames() {
+            assert_eq!(p.name_at(h.at), h.name.as_bytes());
+        }
+        assert_eq!(p.upstream_total(), r.upstream_total());
+        assert_eq!(p.own_upstreams(), 2);
+        for i in 0..=r.upstream_total() {
+            assert_eq!(p.upstream_at(i), r.upstream_at(i), "upstream {i}");
+        }
+        for path in [
+            "/",
+            "/store",
+            "/store/x",
+            "/storefront",
+            "/store/admin/y",
+            "",
+        ] {
+            assert_eq!(p.upstream_range(path), r.upstream_range(path), "{path}");
+        }
+        // A long id and an empty route still round-trip (multi-byte lengths, no sections).
+        let empty = Route {
+            id: "x".repeat(300),
+            hostnames: vec![],
+            upstreams: vec![],
+            https_redirect: false,
+            suspended: true,
+            paths: Default::default(),
+        };
+        let p = PackedRoute::new(&empty);
+        assert_eq!(p.to_route(), empty);
+        assert_eq!((p.upstream_total(), p.upstream_at(0)), (0, None));
+        assert_eq!(p.upstream_range("/"), 0..0);
+    }
+
+    #[test]
+    fn serialises_as_the_route_model() {
+        let r = route();
+        let text = serde_json::to_string(&PackedRoute::new(&r)).expect("json");
+        assert_eq!(text, serde_json::to_string(&r).expect("json"));
+        let back: PackedRoute = serde_json::from_str(&text).expect("parse");
+        assert_eq!(back.to_route(), r);
+        // Parsing validates as the model does.
+        assert!(serde_json::from_str::<PackedRoute>(&text.replace("shop1.com", "a_b")).is_err());
+    }
+
+    #[test]
+    fn a_typical_route_is_small() {
+        let r = Route {
+            id: "t_0000000000000001".into(),
+            hostnames: vec![HostPattern::Exact("shop1.platform.test".into())],
+            upstreams: vec![up("127.0.0.1:9001")],
+            https_redirect: false,
+            suspended: false,
+            paths: Default::default(),
+        };
+        assert!(
+            PackedRoute::new(&r).len() <= 64,
+            "{}",
+            PackedRoute::new(&r).len()
+        );
+    }
+}
