@@ -83,8 +83,53 @@ impl std::hash::Hash for ById {
     }
 }
 
-/// Every route's entry, for the writers (never read on the hot path).
-type RouteRegistry = std::collections::HashSet<ById, foldhash::fast::RandomState>;
+/// Every route's entry by id, for the writers (never read on the hot path); also the node's
+/// copy of the stored routes (those not from the config file), which it counts.
+#[derive(Default)]
+struct RouteRegistry {
+    set: std::collections::HashSet<ById, foldhash::fast::RandomState>,
+    stored: usize,
+}
+
+impl RouteRegistry {
+    fn with_capacity(n: usize) -> Self {
+        RouteRegistry {
+            set: std::collections::HashSet::with_capacity_and_hasher(n, Default::default()),
+            stored: 0,
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<&Arc<RouteEntry>> {
+        self.set.get(id).map(|e| &e.0)
+    }
+
+    fn count(&mut self, e: &RouteEntry, add: bool) {
+        if !e.route.is_configured() {
+            if add {
+                self.stored += 1;
+            } else {
+                self.stored -= 1;
+            }
+        }
+    }
+
+    fn insert(&mut self, e: Arc<RouteEntry>) {
+        self.count(&e, true);
+        if let Some(old) = self.set.replace(ById(e)) {
+            self.count(&old.0, false);
+        }
+    }
+
+    fn take(&mut self, id: &str) -> Option<Arc<RouteEntry>> {
+        let old = self.set.take(id)?;
+        self.count(&old.0, false);
+        Some(old.0)
+    }
+
+    fn len(&self) -> usize {
+        self.set.len()
+    }
+}
 
 /// One change to the table, with the route shared rather than copied.
 #[derive(Debug, Clone)]
@@ -392,13 +437,17 @@ impl Router {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Swap in a new table. Requests in flight keep the entry they already hold.
+    /// Swap in a table of configured routes. Requests in flight keep the entry they already
+    /// hold.
     pub fn replace(&self, table: &RouteTable) {
-        self.replace_shared(table.version, table.routes.iter().map(PackedRoute::new));
+        self.replace_packed(
+            table.version,
+            table.routes.iter().map(PackedRoute::configured),
+        );
     }
 
-    /// Swap in a new table made of shared routes (no copy of their data is made).
-    pub fn replace_shared(&self, version: u64, table: impl IntoIterator<Item = PackedRoute>) {
+    /// Swap in a new table of packed routes (moved into the table, not copied).
+    pub fn replace_packed(&self, version: u64, table: impl IntoIterator<Item = PackedRoute>) {
         let table = table.into_iter();
         // Sized up front: growing a million-entry table rehashes every key several times.
         let expected = table.size_hint().0;
@@ -406,9 +455,9 @@ impl Router {
         let mut routes = self.lock();
         let mut exact: Vec<Map> = (0..SHARDS).map(|_| Map::with_capacity(per_shard)).collect();
         let mut wildcard: Vec<Map> = (0..SHARDS).map(|_| Map::new()).collect();
-        let mut next = RouteRegistry::with_capacity_and_hasher(expected, Default::default());
+        let mut next = RouteRegistry::with_capacity(expected);
         for route in table {
-            let previous = routes.get(route.id()).map(|e| &*e.0);
+            let previous = routes.get(route.id()).map(|e| &**e);
             let entry = self.entry(route, previous);
             for h in entry.route.hostnames() {
                 let maps = if h.wildcard {
@@ -423,7 +472,7 @@ impl Router {
                 };
                 insert(&mut maps[shard_of(hash)], hash, slot);
             }
-            next.replace(ById(entry));
+            next.insert(entry);
         }
         *routes = next;
         let idx = RouteIndex {
@@ -446,7 +495,7 @@ impl Router {
         let mut wildcard = ShardEdit::new(&cur.wildcard);
         let mut withdraw = |routes: &mut RouteRegistry, id: &str| {
             let old = routes.take(id);
-            if let Some(ById(entry)) = &old {
+            if let Some(entry) = &old {
                 for h in entry.route.hostnames() {
                     let maps = if h.wildcard {
                         &mut wildcard
@@ -463,9 +512,9 @@ impl Router {
             match change {
                 Change::Upsert(route) => {
                     let old = withdraw(&mut routes, route.id());
-                    let entry = self.entry(route, old.as_ref().map(|e| &*e.0));
+                    let entry = self.entry(route, old.as_deref());
                     inserted.push(entry.clone());
-                    routes.insert(ById(entry));
+                    routes.insert(entry);
                 }
                 Change::Remove(id) => {
                     withdraw(&mut routes, &id);
@@ -477,7 +526,7 @@ impl Router {
         for entry in inserted {
             if !routes
                 .get(entry.id())
-                .is_some_and(|e| Arc::ptr_eq(&e.0, &entry))
+                .is_some_and(|e| Arc::ptr_eq(e, &entry))
             {
                 continue; // superseded by a later change in this batch
             }
@@ -498,6 +547,33 @@ impl Router {
         };
         self.metrics.routes.set(idx.routes as i64);
         self.index.store(Arc::new(idx));
+    }
+
+    /// The stored route (not one from the config file) with this id.
+    pub fn stored_route(&self, id: &str) -> Option<Arc<RouteEntry>> {
+        self.lock()
+            .get(id)
+            .filter(|e| !e.route.is_configured())
+            .cloned()
+    }
+
+    /// Every stored route (not those from the config file), shared.
+    pub fn stored_routes(&self) -> Vec<Arc<RouteEntry>> {
+        let routes = self.lock();
+        let mut out = Vec::with_capacity(routes.stored);
+        out.extend(
+            routes
+                .set
+                .iter()
+                .filter(|e| !e.0.route.is_configured())
+                .map(|e| e.0.clone()),
+        );
+        out
+    }
+
+    /// Number of stored routes.
+    pub fn stored_count(&self) -> usize {
+        self.lock().stored
     }
 
     /// The current table, without touching a reference count.

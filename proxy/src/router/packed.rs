@@ -1,11 +1,11 @@
-//! A route packed into one shared allocation: what the proxy keeps of each route, so a
-//! million routes fit in a few hundred MiB (a [`Route`] with its strings and vectors is six
-//! allocations and ~250 bytes; packed, the same route is one allocation of ~80 bytes).
+//! A route packed into one allocation: what the proxy keeps of each route, so a million
+//! routes fit in a few hundred MiB (a [`Route`] with its strings and vectors is six
+//! allocations and ~250 bytes; packed, the same route is one allocation of ~64 bytes).
 //!
 //! Layout of the bytes (lengths and counts are LEB128 varints, offsets little-endian u32):
 //!
 //! ```text
-//! [0]     flags: 1 = https_redirect, 2 = suspended, 4 = has paths
+//! [0]     flags: 1 = https_redirect, 2 = suspended, 4 = has paths, 8 = from the config file
 //! [1..5]  offset of the upstream section
 //! [5..9]  offset of the id
 //! [9..]   hostnames: count, then per name: kind (0 exact, 1 wildcard suffix), len, bytes
@@ -20,7 +20,6 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::ops::Range;
-use std::sync::Arc;
 
 use tenantgate_config::route::prefix_matches;
 use tenantgate_config::{HostPattern, PathRoute, Route, Upstream};
@@ -28,11 +27,12 @@ use tenantgate_config::{HostPattern, PathRoute, Route, Upstream};
 const REDIRECT: u8 = 1;
 const SUSPENDED: u8 = 2;
 const PATHS: u8 = 4;
+const CONFIGURED: u8 = 8;
 const HEADER: usize = 9;
 
-/// A route packed into one immutable, shared allocation. Cloning shares it.
+/// A route packed into one immutable allocation.
 #[derive(Clone, PartialEq, Eq)]
-pub struct PackedRoute(Arc<[u8]>);
+pub struct PackedRoute(Box<[u8]>);
 
 /// One hostname pattern of a packed route, with where its name lives in the bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,12 +57,22 @@ impl HostRef<'_> {
 }
 
 impl PackedRoute {
-    /// Pack `r`.
+    /// Pack `r`, a route from the store.
     pub fn new(r: &Route) -> Self {
+        Self::pack(r, 0)
+    }
+
+    /// Pack `r`, a route from the configuration file.
+    pub fn configured(r: &Route) -> Self {
+        Self::pack(r, CONFIGURED)
+    }
+
+    fn pack(r: &Route, origin: u8) -> Self {
         let mut b = Vec::with_capacity(HEADER + 64);
         let flags = if r.https_redirect { REDIRECT } else { 0 }
             | if r.suspended { SUSPENDED } else { 0 }
-            | if r.paths.is_empty() { 0 } else { PATHS };
+            | if r.paths.is_empty() { 0 } else { PATHS }
+            | origin;
         b.push(flags);
         b.extend_from_slice(&[0; 8]);
         put_len(&mut b, r.hostnames.len());
@@ -85,7 +95,8 @@ impl PackedRoute {
         put_str(&mut b, &r.id);
         b[1..5].copy_from_slice(&upstreams);
         b[5..9].copy_from_slice(&id);
-        PackedRoute(b.into())
+        // Copied into an allocation of the exact size (the vector over-reserved).
+        PackedRoute(Box::from(&b[..]))
     }
 
     /// The route's id.
@@ -104,6 +115,12 @@ impl PackedRoute {
     #[inline]
     pub fn suspended(&self) -> bool {
         self.flags() & SUSPENDED != 0
+    }
+
+    /// Whether the route comes from the configuration file rather than the store.
+    #[inline]
+    pub fn is_configured(&self) -> bool {
+        self.flags() & CONFIGURED != 0
     }
 
     /// Whether some path prefixes go to other upstreams than the route's own.
@@ -449,6 +466,8 @@ mod tests {
         assert_eq!(p.to_route(), r);
         assert_eq!(p.id(), r.id);
         assert!(p.https_redirect() && !p.suspended() && p.has_paths());
+        assert!(!p.is_configured() && PackedRoute::configured(&r).is_configured());
+        assert_eq!(PackedRoute::configured(&r).to_route(), r);
         let hosts: Vec<_> = p.hostnames().map(HostRef::to_pattern).collect();
         assert_eq!(hosts, r.hostnames);
         for h in p.hostnames() {

@@ -32,7 +32,7 @@ use tenantgate_config::{
     StoredCertificate,
 };
 
-use crate::router::{Change, HostRef, PackedRoute, Router};
+use crate::router::{Change, HostRef, PackedRoute, RouteEntry, Router};
 
 /// Where the routes being served came from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -75,30 +75,6 @@ pub enum SyncError {
     },
 }
 
-/// A stored route found by its id (`Borrow<str>`): the set holds no second copy of the id.
-#[derive(Debug, Clone)]
-struct RouteById(PackedRoute);
-
-impl std::borrow::Borrow<str> for RouteById {
-    fn borrow(&self) -> &str {
-        self.0.id()
-    }
-}
-
-impl PartialEq for RouteById {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.id() == other.0.id()
-    }
-}
-
-impl Eq for RouteById {}
-
-impl std::hash::Hash for RouteById {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.0.id().hash(state)
-    }
-}
-
 /// A snapshot with its routes packed as they are parsed: loading a million routes never
 /// holds a million unpacked ones. Reads what [`Snapshot`] writes.
 #[derive(Deserialize)]
@@ -121,11 +97,11 @@ impl From<Snapshot> for Loaded {
     }
 }
 
+/// What the node holds from the store besides its routes, which live in the [`Router`]
+/// only (one copy of each).
 #[derive(Default)]
 struct Stored {
     version: u64,
-    /// The stored routes, shared with the router (one copy of each route's data).
-    routes: HashSet<RouteById, foldhash::fast::RandomState>,
     /// Which stored route claims each hostname (hostnames are unique in the store). Kept
     /// only when static routes exist: it is what filters them.
     hosts: HashMap<HostPattern, String>,
@@ -133,34 +109,12 @@ struct Stored {
 }
 
 impl Stored {
-    /// The routes of a snapshot, moved (not copied); `track_hosts` builds the hostname map.
-    fn from_snapshot(version: u64, routes: Vec<PackedRoute>, track_hosts: bool) -> Self {
-        let mut s = Stored {
-            version,
-            ..Stored::default()
-        };
-        s.routes.reserve(routes.len());
-        for r in routes {
-            if track_hosts {
-                for h in r.hostnames() {
-                    s.hosts.insert(h.to_pattern(), r.id().to_owned());
-                }
-            }
-            s.routes.insert(RouteById(r));
-        }
-        s
-    }
-
-    fn contains(&self, id: &str) -> bool {
-        self.routes.contains(id)
-    }
-
     /// What the snapshot file holds, as shared pointers: cheap to take under the lock, so
     /// serialising (slow at a million routes) happens after the lock is released.
-    fn view(&self) -> SnapshotView {
+    fn view(&self, router: &Router) -> SnapshotView {
         SnapshotView {
             version: self.version,
-            routes: self.routes.iter().map(|r| r.0.clone()).collect(),
+            routes: StoredRoutes(router.stored_routes()),
             certificates: self.certificates.values().map(|(c, _)| c.clone()).collect(),
         }
     }
@@ -170,8 +124,17 @@ impl Stored {
 #[derive(Serialize)]
 struct SnapshotView {
     version: u64,
-    routes: Vec<PackedRoute>,
+    routes: StoredRoutes,
     certificates: Vec<StoredCertificate>,
+}
+
+/// Router entries serialised as the routes they serve.
+struct StoredRoutes(Vec<Arc<RouteEntry>>);
+
+impl Serialize for StoredRoutes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|e| e.route()))
+    }
 }
 
 /// The last-known-good file: where it is, one writer at a time, and which version it holds.
@@ -184,7 +147,7 @@ struct SnapshotFile {
 }
 
 impl SnapshotFile {
-    fn write(&self, stored: &Mutex<Stored>) -> Result<(), SyncError> {
+    fn write(&self, stored: &Mutex<Stored>, router: &Router) -> Result<(), SyncError> {
         let _one_writer = self
             .write_lock
             .lock()
@@ -192,7 +155,7 @@ impl SnapshotFile {
         let view = stored
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .view();
+            .view(router);
         let err = |reason: String| SyncError::SnapshotFile {
             path: self.path.clone(),
             reason,
@@ -210,7 +173,7 @@ struct Persister {
 }
 
 impl Persister {
-    fn start(file: Arc<SnapshotFile>, stored: Arc<Mutex<Stored>>) -> Self {
+    fn start(file: Arc<SnapshotFile>, stored: Arc<Mutex<Stored>>, router: Arc<Router>) -> Self {
         let dirty = Arc::new((Mutex::new(false), Condvar::new()));
         let flag = dirty.clone();
         let spawned = std::thread::Builder::new()
@@ -226,7 +189,7 @@ impl Persister {
                     }
                     *d = false;
                 }
-                if let Err(e) = file.write(&stored) {
+                if let Err(e) = file.write(&stored, &router) {
                     tracing::error!("cannot keep the last-known-good snapshot: {e}");
                 }
             });
@@ -249,6 +212,8 @@ pub struct EdgeState {
     certs: Arc<CertificateStore>,
     key: Option<Arc<SealingKey>>,
     static_routes: Vec<Arc<Route>>,
+    /// The ids of the static routes (a stored route with the same id replaces one).
+    static_ids: HashSet<String>,
     /// Which static route lists each hostname.
     static_by_host: HashMap<HostPattern, usize>,
     static_certs: Vec<ParsedCertificate>,
@@ -282,15 +247,17 @@ impl EdgeState {
         });
         let persister = snapshot_file
             .clone()
-            .map(|f| Persister::start(f, stored.clone()));
+            .map(|f| Persister::start(f, stored.clone(), router.clone()));
         let static_by_host = static_table
             .routes
             .iter()
             .enumerate()
             .flat_map(|(i, r)| r.hostnames.iter().map(move |h| (h.clone(), i)))
             .collect();
+        let static_ids = static_table.routes.iter().map(|r| r.id.clone()).collect();
         let state = EdgeState {
             router,
+            static_ids,
             certs,
             key,
             static_routes: static_table.routes.into_iter().map(Arc::new).collect(),
@@ -303,7 +270,7 @@ impl EdgeState {
             status: ArcSwap::from_pointee(SyncStatus::default()),
             challenges: Arc::new(ChallengeStore::new()),
         };
-        state.publish(&Stored::default(), Source::Static, None);
+        state.publish(&Stored::default(), Vec::new(), Source::Static, None);
         state
     }
 
@@ -341,12 +308,22 @@ impl EdgeState {
         let mut stored = self.lock();
         let old = std::mem::take(&mut stored.certificates);
         self.challenges.replace_all(snap.challenges);
-        *stored = Stored::from_snapshot(snap.version, snap.routes, self.tracks_hosts());
+        *stored = Stored {
+            version: snap.version,
+            ..Stored::default()
+        };
+        if self.tracks_hosts() {
+            for r in &snap.routes {
+                for h in r.hostnames() {
+                    stored.hosts.insert(h.to_pattern(), r.id().to_owned());
+                }
+            }
+        }
         let parsed = self.open_all(&snap.certificates, &old);
         for (c, parsed) in snap.certificates.into_iter().zip(parsed) {
             stored.certificates.insert(c.id.clone(), (c, parsed));
         }
-        self.publish(&stored, source, note);
+        self.publish(&stored, snap.routes, source, note);
     }
 
     /// Apply an ordered delta from the store, and persist the result. A delta whose version
@@ -359,38 +336,43 @@ impl EdgeState {
         let track = self.tracks_hosts();
         let mut changes = Vec::with_capacity(delta.routes.len());
         let mut touched_hosts: Vec<HostPattern> = Vec::new();
-        let mut touched_ids: BTreeSet<String> = BTreeSet::new();
+        // Each route this delta names, as the delta leaves it (the router has the state
+        // before the delta until the end).
+        let mut latest: BTreeMap<&str, Option<&Route>> = BTreeMap::new();
         for change in &delta.routes {
-            let id = match change {
-                RouteChange::Upsert(r) => &r.id,
-                RouteChange::Remove { id } => id,
+            let (id, now) = match change {
+                RouteChange::Upsert(r) => (r.id.as_str(), Some(r)),
+                RouteChange::Remove { id } => (id.as_str(), None),
             };
-            if let Some(RouteById(old)) = stored.routes.take(id.as_str()) {
-                if track {
-                    for h in old.hostnames().map(HostRef::to_pattern) {
-                        if stored.hosts.get(&h) == Some(id) {
-                            stored.hosts.remove(&h);
-                        }
-                        touched_hosts.push(h);
+            if track {
+                // The names the route had before this change.
+                let before: Vec<HostPattern> = match latest.get(id) {
+                    Some(r) => r.map(|r| r.hostnames.clone()).unwrap_or_default(),
+                    None => self.router.stored_route(id).map_or_else(Vec::new, |e| {
+                        e.route().hostnames().map(HostRef::to_pattern).collect()
+                    }),
+                };
+                for h in before {
+                    if stored.hosts.get(&h).is_some_and(|owner| owner == id) {
+                        stored.hosts.remove(&h);
                     }
+                    touched_hosts.push(h);
+                }
+                for h in now.iter().flat_map(|r| &r.hostnames) {
+                    stored.hosts.insert(h.clone(), id.to_owned());
+                    touched_hosts.push(h.clone());
                 }
             }
-            match change {
-                RouteChange::Upsert(r) => {
-                    if track {
-                        for h in &r.hostnames {
-                            stored.hosts.insert(h.clone(), r.id.clone());
-                            touched_hosts.push(h.clone());
-                        }
-                    }
-                    let r = PackedRoute::new(r);
-                    stored.routes.insert(RouteById(r.clone()));
-                    changes.push(Change::Upsert(r));
-                }
-                RouteChange::Remove { id } => changes.push(Change::Remove(id.clone())),
-            }
-            touched_ids.insert(id.clone());
+            changes.push(match now {
+                Some(r) => Change::Upsert(PackedRoute::new(r)),
+                None => Change::Remove(id.to_owned()),
+            });
+            latest.insert(id, now);
         }
+        let is_stored = |id: &str| match latest.get(id) {
+            Some(now) => now.is_some(),
+            None => self.router.stored_route(id).is_some(),
+        };
         // Static routes sharing a hostname or id with a changed stored route are derived
         // again: they lose the names the store now claims and get back the ones it released.
         let statics: BTreeSet<usize> = touched_hosts
@@ -400,13 +382,13 @@ impl EdgeState {
                 self.static_routes
                     .iter()
                     .enumerate()
-                    .filter(|(_, r)| touched_ids.contains(&r.id))
+                    .filter(|(_, r)| latest.contains_key(r.id.as_str()))
                     .map(|(i, _)| i),
             )
             .collect();
         for i in statics {
             let r = &self.static_routes[i];
-            if stored.contains(&r.id) {
+            if is_stored(&r.id) {
                 continue;
             }
             changes.push(match self.derive_static(r, &stored) {
@@ -442,7 +424,7 @@ impl EdgeState {
     /// Write the snapshot file now, on this thread (tests, and before a planned stop).
     pub fn flush(&self) -> Result<(), SyncError> {
         match &self.snapshot_file {
-            Some(f) => f.write(&self.stored),
+            Some(f) => f.write(&self.stored, &self.router),
             None => Ok(()),
         }
     }
@@ -563,23 +545,41 @@ impl EdgeState {
     /// A static route without the hostnames the store claims (`None`: nothing left).
     fn derive_static(&self, r: &Route, stored: &Stored) -> Option<PackedRoute> {
         if !r.hostnames.iter().any(|h| stored.hosts.contains_key(h)) {
-            return Some(PackedRoute::new(r));
+            return Some(PackedRoute::configured(r));
         }
         let mut r = r.clone();
         r.hostnames.retain(|h| !stored.hosts.contains_key(h));
-        (!r.hostnames.is_empty()).then(|| PackedRoute::new(&r))
+        (!r.hostnames.is_empty()).then(|| PackedRoute::configured(&r))
     }
 
-    /// Build the whole served table and certificate set from static + stored, and swap them
-    /// in (start, snapshots; deltas use [`Router::apply`]).
-    fn publish(&self, stored: &Stored, source: Source, store_error: Option<String>) {
-        let statics = self
+    /// Build the whole served table from static + `routes` (the stored ones, moved into the
+    /// router) and the certificate set, and swap them in (start, snapshots; deltas use
+    /// [`Router::apply`]).
+    fn publish(
+        &self,
+        stored: &Stored,
+        routes: Vec<PackedRoute>,
+        source: Source,
+        store_error: Option<String>,
+    ) {
+        // Static routes whose id the store also has are replaced by the stored one.
+        let replaced: HashSet<String> = if self.static_ids.is_empty() {
+            HashSet::new()
+        } else {
+            routes
+                .iter()
+                .filter(|r| self.static_ids.contains(r.id()))
+                .map(|r| r.id().to_owned())
+                .collect()
+        };
+        let statics: Vec<PackedRoute> = self
             .static_routes
             .iter()
-            .filter(|r| !stored.contains(&r.id))
-            .filter_map(|r| self.derive_static(r, stored));
-        let routes = statics.chain(stored.routes.iter().map(|r| r.0.clone()));
-        self.router.replace_shared(stored.version, routes);
+            .filter(|r| !replaced.contains(&r.id))
+            .filter_map(|r| self.derive_static(r, stored))
+            .collect();
+        self.router
+            .replace_packed(stored.version, statics.into_iter().chain(routes));
         self.publish_certificates(stored);
         self.set_status(stored, source, store_error);
     }
@@ -605,7 +605,7 @@ impl EdgeState {
         self.status.store(Arc::new(SyncStatus {
             source,
             version: stored.version,
-            stored_routes: stored.routes.len(),
+            stored_routes: self.router.stored_count(),
             stored_certificates: stored.certificates.len(),
             store_error,
         }));
@@ -701,6 +701,7 @@ mod tests {
         });
         assert_eq!(port_of(&router, "a.test"), Some(2));
         assert_eq!(port_of(&router, "s.test"), Some(1));
+        assert_eq!(s.status().stored_routes, 1);
         s.apply_delta(&Delta {
             version: 6,
             routes: vec![RouteChange::Remove { id: "t1".into() }],
@@ -738,6 +739,13 @@ mod tests {
             "released back to the static route"
         );
         assert_eq!(port_of(&router, "t2.test"), Some(4));
+        assert_eq!(s.status().stored_routes, 1);
+        // The file holds the stored routes only, in the model's form.
+        s.flush().expect("flush");
+        let file: Snapshot =
+            serde_json::from_slice(&std::fs::read(dir.join("snap.json")).expect("read"))
+                .expect("parse");
+        assert_eq!(file.routes, vec![route("t2", &["t2.test"], 4)]);
         s.apply_delta(&Delta {
             version: 9,
             routes: vec![RouteChange::Remove { id: "t2".into() }],
