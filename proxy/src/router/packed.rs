@@ -267,6 +267,12 @@ impl PackedRoute {
         }
     }
 
+    /// Move `pos` past an address list (its count and addresses).
+    fn skip_addrs(&self, pos: &mut usize) {
+        let n = self.varint(pos);
+        *pos += addrs_len(&self.0, *pos, n);
+    }
+
     #[inline]
     fn flags(&self) -> u8 {
         self.0.first().copied().unwrap_or(0)
@@ -324,9 +330,89 @@ impl std::fmt::Debug for PackedRoute {
     }
 }
 
+/// Written straight from the bytes, field for field as [`Route`] writes itself (the snapshot
+/// writer serialises every route on each change burst; unpacking each one first doubled
+/// that work).
 impl serde::Serialize for PackedRoute {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.to_route().serialize(s)
+        use serde::ser::SerializeStruct;
+        let has_paths = self.has_paths();
+        let mut st = s.serialize_struct("Route", if has_paths { 6 } else { 5 })?;
+        st.serialize_field("id", self.id())?;
+        st.serialize_field("hostnames", &Names(self))?;
+        let mut pos = self.header(1);
+        st.serialize_field("upstreams", &Addrs(self, pos))?;
+        st.serialize_field("https_redirect", &self.https_redirect())?;
+        st.serialize_field("suspended", &self.suspended())?;
+        if has_paths {
+            self.skip_addrs(&mut pos);
+            st.serialize_field("paths", &Paths(self, pos))?;
+        } else {
+            st.skip_field("paths")?;
+        }
+        st.end()
+    }
+}
+
+/// The hostname patterns, spelled as configured (`*.` before a wildcard's suffix).
+struct Names<'a>(&'a PackedRoute);
+
+impl serde::Serialize for Names<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.hostnames().map(Name))
+    }
+}
+
+struct Name<'a>(HostRef<'a>);
+
+impl serde::Serialize for Name<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0.wildcard {
+            s.collect_str(&format_args!("*.{}", self.0.name))
+        } else {
+            s.serialize_str(self.0.name)
+        }
+    }
+}
+
+/// The address list at a position, as `[{"addr": ...}]`.
+struct Addrs<'a>(&'a PackedRoute, usize);
+
+impl serde::Serialize for Addrs<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let Addrs(r, mut pos) = *self;
+        let n = r.varint(&mut pos);
+        s.collect_seq((0..n).filter_map(|_| {
+            let a = read_addr(&r.0, pos);
+            pos += addrs_len(&r.0, pos, 1);
+            a.map(|addr| Upstream { addr })
+        }))
+    }
+}
+
+/// The path list at a position, as `[{"prefix": ..., "upstreams": [...]}]`.
+struct Paths<'a>(&'a PackedRoute, usize);
+
+impl serde::Serialize for Paths<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct Path<'a>(&'a PackedRoute, &'a str, usize);
+        impl serde::Serialize for Path<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut st = s.serialize_struct("PathRoute", 2)?;
+                st.serialize_field("prefix", self.1)?;
+                st.serialize_field("upstreams", &Addrs(self.0, self.2))?;
+                st.end()
+            }
+        }
+        let Paths(r, mut pos) = *self;
+        let n = r.varint(&mut pos);
+        s.collect_seq((0..n).map(|_| {
+            let prefix = as_str(r.bytes_at(&mut pos));
+            let at = pos;
+            r.skip_addrs(&mut pos);
+            Path(r, prefix, at)
+        }))
     }
 }
 
@@ -510,6 +596,12 @@ mod tests {
         assert_eq!(text, serde_json::to_string(&r).expect("json"));
         let back: PackedRoute = serde_json::from_str(&text).expect("parse");
         assert_eq!(back.to_route(), r);
+        let mut plain = r.clone();
+        plain.paths = Box::default();
+        assert_eq!(
+            serde_json::to_string(&PackedRoute::new(&plain)).expect("json"),
+            serde_json::to_string(&plain).expect("json")
+        );
         // Parsing validates as the model does.
         assert!(serde_json::from_str::<PackedRoute>(&text.replace("shop1.com", "a_b")).is_err());
     }
