@@ -12,8 +12,10 @@
 //! Changes are copy-on-write per shard: the hostname maps are split into [`SHARDS`] shards,
 //! and applying a change clones only the shards it touches, so the cost of a change grows
 //! with the change, not with the table (a table of a million hostnames clones a few thousand
-//! entries per changed route). Writers are serialised by a mutex that also keeps each route's
-//! hostnames, so an upsert can withdraw the names a route no longer has.
+//! entries per changed route). Writers are serialised by a mutex over the registry of every
+//! route by id: an upsert finds there the names the route no longer has, and the sync layer
+//! finds the stored routes (the node's one copy of them, which the snapshot file is written
+//! from).
 
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
