@@ -122,6 +122,20 @@ async fn wait_page(client: &reqwest::Client, host: &str, needle: &str) -> String
     .await
 }
 
+/// The page once `host` answers `status`: a committed change reaches the proxy within
+/// milliseconds, not before the API answers, so a check right after a call waits briefly.
+async fn wait_status(client: &reqwest::Client, host: &str, status: u16) -> String {
+    wait_for(
+        &format!("{host} to answer {status}"),
+        Duration::from_secs(5),
+        || async {
+            let (s, body) = page(client, host).await?;
+            (s == status).then_some(body)
+        },
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_store_goes_live_from_one_api_call_and_lives_its_whole_life() {
     demo_image(IMAGE);
@@ -240,15 +254,14 @@ async fn a_store_goes_live_from_one_api_call_and_lives_its_whole_life() {
     docker(&["restart", "-t", "1", &name]);
     wait_page(&client, "alpha.platform.test", "Limited Poncho").await;
 
-    // Suspend: our 503 page at once, containers stopped; resume: served again.
+    // Suspend: our 503 page as soon as the change reaches the proxy (the API answers once
+    // it is committed; the proxy applies it milliseconds later), containers stopped; resume:
+    // served again.
     let (s, t) = tg
         .api("POST", &format!("/v1/tenants/{alpha}/suspend"), None)
         .await;
     assert_eq!(s, 200, "{t}");
-    let (s, body) = page(&client, "alpha.platform.test")
-        .await
-        .expect("suspended page");
-    assert_eq!(s, 503, "{body}");
+    let body = wait_status(&client, "alpha.platform.test", 503).await;
     assert!(!body.contains("Alpha Outfitters"), "{body}");
     wait_for(
         "alpha's containers to stop",
@@ -266,10 +279,7 @@ async fn a_store_goes_live_from_one_api_call_and_lives_its_whole_life() {
         .await;
     assert_eq!(s, 200, "{t}");
     assert_eq!(t["status"], "active");
-    let (s, body) = page(&client, "alpha.platform.test")
-        .await
-        .expect("resumed page");
-    assert_eq!(s, 200, "{body}");
+    let body = wait_status(&client, "alpha.platform.test", 200).await;
     assert!(body.contains("Limited Poncho"), "{body}");
 
     // Scale out: three healthy containers behind the route.
