@@ -404,15 +404,17 @@ impl Router {
     }
 
     fn entry(&self, route: PackedRoute, previous: Option<&RouteEntry>) -> Arc<RouteEntry> {
-        let total = route.upstream_total();
+        let addrs = route.upstream_addrs();
+        let total = addrs.len();
         // An upstream that stays in the route keeps its passive-health state.
+        let before: Vec<(Option<SocketAddr>, u64)> = previous.map_or_else(Vec::new, |p| {
+            let down = |j| p.down(j).map_or(0, |d| d.load(Ordering::Relaxed));
+            let addrs = p.route.upstream_addrs().into_iter();
+            addrs.enumerate().map(|(j, a)| (a, down(j))).collect()
+        });
         let down = |i: usize| {
-            let addr = route.upstream_at(i);
-            let kept = previous.and_then(|p| {
-                let j = (0..p.upstream_count()).position(|j| p.upstream(j) == addr)?;
-                p.down(j)
-            });
-            AtomicU64::new(kept.map_or(0, |d| d.load(Ordering::Relaxed)))
+            let kept = before.iter().find(|(a, _)| *a == addrs[i]);
+            AtomicU64::new(kept.map_or(0, |(_, d)| *d))
         };
         Arc::new(RouteEntry {
             group_key: foldhash::fast::FixedState::with_seed(0x7465_6e61_6e74).hash_one(route.id()),
@@ -739,6 +741,32 @@ mod tests {
         // Removing an unknown route is a no-op.
         r.apply([Change::Remove("nope".into())], 6);
         assert_eq!(r.load().routes, 1);
+    }
+
+    #[test]
+    fn health_follows_the_address_when_a_large_upstream_list_is_reordered() {
+        let up = |i: u16| Upstream {
+            addr: SocketAddr::from(([127, 0, 0, 1], 10_000 + i)),
+        };
+        let mut route = table().routes.remove(0);
+        route.upstreams = (0..2_000).map(up).collect();
+        let r = Router::new(&RouteTable::default(), Arc::new(Metrics::new(10)));
+        r.apply([Change::Upsert(PackedRoute::new(&route))], 1);
+        let a = r.load().lookup("a.test").expect("a").clone();
+        a.mark_down(1_999, u64::MAX);
+        route.upstreams.reverse();
+        r.apply([Change::Upsert(PackedRoute::new(&route))], 2);
+        let a = r.load().lookup("a.test").expect("a").clone();
+        assert_eq!(a.upstream(0), Some(up(1_999).addr));
+        // Only upstream 0 (the address marked down) is skipped.
+        let all = a.upstreams_for("/");
+        let tried_all_but_0 = !0u64 & !1;
+        assert_eq!(
+            a.pick(0, tried_all_but_0, 0..64),
+            Some(0),
+            "fallback to the down one"
+        );
+        assert!((0..100).all(|_| a.pick(0, 0, all.clone()) != Some(0)));
     }
 
     #[test]

@@ -183,6 +183,20 @@ impl PackedRoute {
         found
     }
 
+    /// Every address of the one list, in order, decoded in one pass (`upstream_at` for
+    /// each would be quadratic).
+    pub fn upstream_addrs(&self) -> Vec<Option<SocketAddr>> {
+        let mut out = Vec::new();
+        self.walk_upstreams(|_, n, pos| {
+            for _ in 0..n {
+                out.push(read_addr(&self.0, *pos));
+                *pos += addrs_len(&self.0, *pos, 1);
+            }
+            false
+        });
+        out
+    }
+
     /// The part of the one list serving a request for `path`: the longest matching
     /// prefix's upstreams, else the route's own (as [`Route::upstream_range`]).
     pub fn upstream_range(&self, path: &str) -> Range<usize> {
@@ -564,6 +578,8 @@ mod tests {
         for i in 0..=r.upstream_total() {
             assert_eq!(p.upstream_at(i), r.upstream_at(i), "upstream {i}");
         }
+        let all: Vec<_> = (0..r.upstream_total()).map(|i| r.upstream_at(i)).collect();
+        assert_eq!(p.upstream_addrs(), all);
         for path in [
             "/",
             "/store",
