@@ -404,16 +404,23 @@ impl Router {
     }
 
     fn entry(&self, route: PackedRoute, previous: Option<&RouteEntry>) -> Arc<RouteEntry> {
-        let addrs = route.upstream_addrs();
-        let total = addrs.len();
-        // An upstream that stays in the route keeps its passive-health state.
+        let total = route.upstream_total();
+        // An upstream that stays in the route keeps its passive-health state. Both lists are
+        // decoded once (nothing to decode for a new route, as at load).
         let before: Vec<(Option<SocketAddr>, u64)> = previous.map_or_else(Vec::new, |p| {
             let down = |j| p.down(j).map_or(0, |d| d.load(Ordering::Relaxed));
             let addrs = p.route.upstream_addrs().into_iter();
             addrs.enumerate().map(|(j, a)| (a, down(j))).collect()
         });
+        let addrs = if before.is_empty() {
+            Vec::new()
+        } else {
+            route.upstream_addrs()
+        };
         let down = |i: usize| {
-            let kept = before.iter().find(|(a, _)| *a == addrs[i]);
+            let kept = addrs
+                .get(i)
+                .and_then(|a| before.iter().find(|(b, _)| b == a));
             AtomicU64::new(kept.map_or(0, |(_, d)| *d))
         };
         Arc::new(RouteEntry {
