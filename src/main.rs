@@ -305,21 +305,18 @@ fn tenants(path: Option<&Path>, action: TenantsAction) -> anyhow::Result<()> {
             println!("{}", client.call("POST", "/v1/tenants", Some(&body))?);
         }
         TenantsAction::Delete { id } => {
-            client.call("DELETE", &format!("/v1/tenants/{id}"), None)?;
+            client.call("DELETE", &tenant_path(&id, "")?, None)?;
             println!("deleted {id}");
         }
         TenantsAction::Show { id } => {
-            println!(
-                "{}",
-                client.call("GET", &format!("/v1/tenants/{id}"), None)?
-            );
+            println!("{}", client.call("GET", &tenant_path(&id, "")?, None)?);
         }
         TenantsAction::Suspend { id } => {
-            let path = format!("/v1/tenants/{id}/suspend");
+            let path = tenant_path(&id, "/suspend")?;
             println!("{}", client.call("POST", &path, None)?);
         }
         TenantsAction::Resume { id } => {
-            let path = format!("/v1/tenants/{id}/resume");
+            let path = tenant_path(&id, "/resume")?;
             println!("{}", client.call("POST", &path, None)?);
         }
         TenantsAction::Redeploy { id, theme } => {
@@ -327,7 +324,7 @@ fn tenants(path: Option<&Path>, action: TenantsAction) -> anyhow::Result<()> {
                 Some(t) => serde_json::json!({ "theme": t }),
                 None => serde_json::json!({}),
             };
-            let path = format!("/v1/tenants/{id}/redeploy");
+            let path = tenant_path(&id, "/redeploy")?;
             println!("{}", client.call("POST", &path, Some(&body))?);
         }
         TenantsAction::Scale {
@@ -336,11 +333,21 @@ fn tenants(path: Option<&Path>, action: TenantsAction) -> anyhow::Result<()> {
             replicas,
         } => {
             let body = serde_json::json!({"component": component, "replicas": replicas});
-            let path = format!("/v1/tenants/{id}/scale");
+            let path = tenant_path(&id, "/scale")?;
             println!("{}", client.call("POST", &path, Some(&body))?);
         }
     }
     Ok(())
+}
+
+/// `/v1/tenants/<id><rest>`. An id that is not one plain path segment is refused: `x/../..`
+/// would otherwise address another resource of the API.
+fn tenant_path(id: &str, rest: &str) -> anyhow::Result<String> {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+    if id.is_empty() || !id.bytes().all(plain) {
+        anyhow::bail!("{id:?} is not a tenant id (letters, digits, '_' and '-' only)");
+    }
+    Ok(format!("/v1/tenants/{id}{rest}"))
 }
 
 /// A configuration that validated, with its route table and certificates.

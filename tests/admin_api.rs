@@ -557,6 +557,12 @@ async fn the_tenants_cli_drives_the_api() {
         !ok && err.contains("not provisioned from a blueprint"),
         "{err}"
     );
+    // An id that is not one path segment never reaches the API (it would address another
+    // resource): the tenant is still there afterwards.
+    let (ok, _, err) = cli(&["delete", &format!("{id}/../{id}")]);
+    assert!(!ok && err.contains("is not a tenant id"), "{err}");
+    let (ok, out, _) = cli(&["show", id]);
+    assert!(ok && out.contains("cli-shop"), "{out}");
     let (ok, _, err) = cli(&["delete", id]);
     assert!(ok, "{err}");
     tg.wait_status("cli-shop.platform.test", 404).await;
