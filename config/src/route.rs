@@ -63,51 +63,6 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
-impl Route {
-    /// All upstreams of the route in one list: `upstreams` first, then each path's in
-    /// order. `upstream_range` indexes into it.
-    pub fn upstream_total(&self) -> usize {
-        self.upstreams.len() + self.paths.iter().map(|p| p.upstreams.len()).sum::<usize>()
-    }
-
-    /// Upstream `i` of the one list.
-    #[inline]
-    pub fn upstream_at(&self, i: usize) -> Option<SocketAddr> {
-        if let Some(u) = self.upstreams.get(i) {
-            return Some(u.addr);
-        }
-        let mut i = i - self.upstreams.len();
-        for p in self.paths.iter() {
-            if let Some(u) = p.upstreams.get(i) {
-                return Some(u.addr);
-            }
-            i -= p.upstreams.len();
-        }
-        None
-    }
-
-    /// The part of the one list serving a request for `path`: the longest matching prefix's
-    /// upstreams, else the route's own.
-    #[inline]
-    pub fn upstream_range(&self, path: &str) -> std::ops::Range<usize> {
-        if self.paths.is_empty() {
-            return 0..self.upstreams.len();
-        }
-        let mut best: Option<(usize, std::ops::Range<usize>)> = None;
-        let mut start = self.upstreams.len();
-        for p in self.paths.iter() {
-            let end = start + p.upstreams.len();
-            if prefix_matches(&p.prefix, path)
-                && best.as_ref().is_none_or(|(len, _)| p.prefix.len() > *len)
-            {
-                best = Some((p.prefix.len(), start..end));
-            }
-            start = end;
-        }
-        best.map_or(0..self.upstreams.len(), |(_, r)| r)
-    }
-}
-
 /// A complete, versioned set of routes, as the proxy sees it at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteTable {
@@ -242,41 +197,6 @@ mod hex_bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn paths_pick_the_longest_prefix_on_segment_boundaries() {
-        let up = |p: u16| Upstream {
-            addr: SocketAddr::from(([127, 0, 0, 1], p)),
-        };
-        let mut r = route("r", "a.test");
-        r.upstreams = vec![up(1)];
-        r.paths = vec![
-            PathRoute {
-                prefix: "/store".into(),
-                upstreams: vec![up(2), up(3)],
-            },
-            PathRoute {
-                prefix: "/store/admin".into(),
-                upstreams: vec![up(4)],
-            },
-        ]
-        .into();
-        assert_eq!(r.upstream_total(), 4);
-        assert_eq!(r.upstream_range("/"), 0..1);
-        assert_eq!(r.upstream_range("/storefront"), 0..1);
-        assert_eq!(r.upstream_range("/store"), 1..3);
-        assert_eq!(r.upstream_range("/store/products"), 1..3);
-        assert_eq!(r.upstream_range("/store/admin/x"), 3..4);
-        assert_eq!(
-            (1..4)
-                .map(|i| r.upstream_at(i).map(|a| a.port()))
-                .collect::<Vec<_>>(),
-            [Some(2), Some(3), Some(4)]
-        );
-        assert_eq!(r.upstream_at(4), None);
-        r.paths = Box::default();
-        assert_eq!(r.upstream_range("/store"), 0..1);
-    }
 
     fn route(id: &str, host: &str) -> Route {
         Route {

@@ -105,27 +105,17 @@ impl RouteRegistry {
         self.set.get(id).map(|e| &e.0)
     }
 
-    fn count(&mut self, e: &RouteEntry, add: bool) {
-        if !e.route.is_configured() {
-            if add {
-                self.stored += 1;
-            } else {
-                self.stored -= 1;
-            }
-        }
-    }
-
     fn insert(&mut self, e: Arc<RouteEntry>) {
-        self.count(&e, true);
+        self.stored += usize::from(e.is_stored());
         if let Some(old) = self.set.replace(ById(e)) {
-            self.count(&old.0, false);
+            self.stored -= usize::from(old.0.is_stored());
         }
     }
 
     fn take(&mut self, id: &str) -> Option<Arc<RouteEntry>> {
-        let old = self.set.take(id)?;
-        self.count(&old.0, false);
-        Some(old.0)
+        let old = self.set.take(id)?.0;
+        self.stored -= usize::from(old.is_stored());
+        Some(old)
     }
 
     fn len(&self) -> usize {
@@ -133,7 +123,7 @@ impl RouteRegistry {
     }
 }
 
-/// One change to the table, with the route shared rather than copied.
+/// One change to the table; an upserted route moves into the table.
 #[derive(Debug, Clone)]
 pub enum Change {
     /// Add the route, or replace the route with the same id.
@@ -281,6 +271,11 @@ impl RouteEntry {
     /// The route this entry serves.
     pub fn route(&self) -> &PackedRoute {
         &self.route
+    }
+
+    /// A route from the store, not from the config file.
+    fn is_stored(&self) -> bool {
+        !self.route.is_configured()
     }
 
     /// Address of upstream `i` (of the route's one list: its own, then each path's).
@@ -562,10 +557,7 @@ impl Router {
 
     /// The stored route (not one from the config file) with this id.
     pub fn stored_route(&self, id: &str) -> Option<Arc<RouteEntry>> {
-        self.lock()
-            .get(id)
-            .filter(|e| !e.route.is_configured())
-            .cloned()
+        self.lock().get(id).filter(|e| e.is_stored()).cloned()
     }
 
     /// Every stored route (not those from the config file), shared.
@@ -576,7 +568,7 @@ impl Router {
             routes
                 .set
                 .iter()
-                .filter(|e| !e.0.route.is_configured())
+                .filter(|e| e.0.is_stored())
                 .map(|e| e.0.clone()),
         );
         out

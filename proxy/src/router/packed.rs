@@ -161,19 +161,12 @@ impl PackedRoute {
         total
     }
 
-    /// Number of the route's own upstreams (those serving paths no prefix claims).
-    pub fn own_upstreams(&self) -> usize {
-        let mut pos = self.header(1);
-        self.varint(&mut pos)
-    }
-
     /// Upstream `i` of the one list.
     pub fn upstream_at(&self, mut i: usize) -> Option<SocketAddr> {
         let mut found = None;
         self.walk_upstreams(|_, n, pos| {
             if i < n {
-                *pos += addrs_len(&self.0, *pos, i);
-                found = read_addr(&self.0, *pos);
+                found = self.addrs_at(*pos, n).nth(i).flatten();
                 return true;
             }
             i -= n;
@@ -188,17 +181,15 @@ impl PackedRoute {
     pub fn upstream_addrs(&self) -> Vec<Option<SocketAddr>> {
         let mut out = Vec::new();
         self.walk_upstreams(|_, n, pos| {
-            for _ in 0..n {
-                out.push(read_addr(&self.0, *pos));
-                *pos += addrs_len(&self.0, *pos, 1);
-            }
+            out.extend(self.addrs_at(*pos, n));
+            *pos += addrs_len(&self.0, *pos, n);
             false
         });
         out
     }
 
-    /// The part of the one list serving a request for `path`: the longest matching
-    /// prefix's upstreams, else the route's own (as [`Route::upstream_range`]).
+    /// The part of the one list serving a request for `path`: the longest prefix (on
+    /// segment boundaries, [`prefix_matches`]) whose path claims it, else the route's own.
     pub fn upstream_range(&self, path: &str) -> Range<usize> {
         let mut start = 0;
         let mut own = 0..0;
@@ -222,16 +213,7 @@ impl PackedRoute {
 
     /// The route as the shared model spells it (snapshot files, the admin view).
     pub fn to_route(&self) -> Route {
-        let addrs = |pos: &mut usize| -> Vec<Upstream> {
-            let n = self.varint(pos);
-            (0..n)
-                .filter_map(|_| {
-                    let a = read_addr(&self.0, *pos);
-                    *pos += addrs_len(&self.0, *pos, 1);
-                    a.map(|addr| Upstream { addr })
-                })
-                .collect()
-        };
+        let addrs = |pos: &mut usize| self.addr_list(pos).map(|addr| Upstream { addr }).collect();
         let mut pos = self.header(1);
         let upstreams = addrs(&mut pos);
         let paths = (0..self.varint(&mut pos))
@@ -253,16 +235,6 @@ impl PackedRoute {
         }
     }
 
-    /// Bytes held (the allocation is this plus the reference counts).
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Never: a packed route has at least its header.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// Call `f(prefix, count, pos)` for the route's own upstreams (prefix `None`) and then
     /// each path's, with `pos` at the first address; `f` moves `pos` past the addresses,
     /// and returns `true` to stop.
@@ -281,7 +253,24 @@ impl PackedRoute {
         }
     }
 
-    /// Move `pos` past an address list (its count and addresses).
+    /// The `n` addresses starting at `pos`.
+    fn addrs_at(&self, mut pos: usize, n: usize) -> impl Iterator<Item = Option<SocketAddr>> + '_ {
+        (0..n).map(move |_| {
+            let a = read_addr(&self.0, pos);
+            pos += addrs_len(&self.0, pos, 1);
+            a
+        })
+    }
+
+    /// The address list (count, then addresses) at `pos`, moving `pos` past it.
+    fn addr_list(&self, pos: &mut usize) -> impl Iterator<Item = SocketAddr> + '_ {
+        let mut start = *pos;
+        let n = self.varint(&mut start);
+        self.skip_addrs(pos);
+        self.addrs_at(start, n).flatten()
+    }
+
+    /// Move `pos` past the address list (count, then addresses) at it.
     fn skip_addrs(&self, pos: &mut usize) {
         let n = self.varint(pos);
         *pos += addrs_len(&self.0, *pos, n);
@@ -323,12 +312,6 @@ impl PackedRoute {
         let b = self.0.get(*pos..*pos + len).unwrap_or_default();
         *pos += len;
         b
-    }
-}
-
-impl From<&Route> for PackedRoute {
-    fn from(r: &Route) -> Self {
-        PackedRoute::new(r)
     }
 }
 
@@ -395,12 +378,7 @@ struct Addrs<'a>(&'a PackedRoute, usize);
 impl serde::Serialize for Addrs<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let Addrs(r, mut pos) = *self;
-        let n = r.varint(&mut pos);
-        s.collect_seq((0..n).filter_map(|_| {
-            let a = read_addr(&r.0, pos);
-            pos += addrs_len(&r.0, pos, 1);
-            a.map(|addr| Upstream { addr })
-        }))
+        s.collect_seq(r.addr_list(&mut pos).map(|addr| Upstream { addr }))
     }
 }
 
@@ -573,23 +551,35 @@ mod tests {
         for h in p.hostnames() {
             assert_eq!(p.name_at(h.at), h.name.as_bytes());
         }
-        assert_eq!(p.upstream_total(), r.upstream_total());
-        assert_eq!(p.own_upstreams(), 2);
-        for i in 0..=r.upstream_total() {
-            assert_eq!(p.upstream_at(i), r.upstream_at(i), "upstream {i}");
-        }
-        let all: Vec<_> = (0..r.upstream_total()).map(|i| r.upstream_at(i)).collect();
+        // One list: the route's own upstreams, then each path's in order.
+        let all: Vec<_> = ["127.0.0.1:9001", "[fe80::1%7]:9002", "[::1]:9003"]
+            .into_iter()
+            .chain(["10.0.0.1:80", "10.0.0.2:80"])
+            .map(|a| Some(up(a).addr))
+            .collect();
+        assert_eq!(p.upstream_total(), 5);
         assert_eq!(p.upstream_addrs(), all);
-        for path in [
-            "/",
-            "/store",
-            "/store/x",
-            "/storefront",
-            "/store/admin/y",
-            "",
-        ] {
-            assert_eq!(p.upstream_range(path), r.upstream_range(path), "{path}");
+        for (i, a) in all.iter().enumerate() {
+            assert_eq!(p.upstream_at(i), *a, "upstream {i}");
         }
+        assert_eq!(p.upstream_at(5), None);
+        // The longest prefix wins, on segment boundaries; the rest goes to the route's own.
+        for (path, range) in [
+            ("/", 0..2),
+            ("", 0..2),
+            ("/storefront", 0..2),
+            ("/store", 2..4),
+            ("/store/x", 2..4),
+            ("/store/admin", 4..5),
+            ("/store/admin/y", 4..5),
+        ] {
+            assert_eq!(p.upstream_range(path), range, "{path}");
+        }
+        let plain = PackedRoute::new(&Route {
+            paths: Box::default(),
+            ..route()
+        });
+        assert_eq!(plain.upstream_range("/store"), 0..2);
         // A long id and an empty route still round-trip (multi-byte lengths, no sections).
         let empty = Route {
             id: "x".repeat(300),
@@ -632,10 +622,7 @@ mod tests {
             suspended: false,
             paths: Default::default(),
         };
-        assert!(
-            PackedRoute::new(&r).len() <= 64,
-            "{}",
-            PackedRoute::new(&r).len()
-        );
+        let len = PackedRoute::new(&r).0.len();
+        assert!(len <= 64, "{len}");
     }
 }

@@ -363,10 +363,7 @@ impl EdgeState {
                     touched_hosts.push(h.clone());
                 }
             }
-            changes.push(match now {
-                Some(r) => Change::Upsert(PackedRoute::new(r)),
-                None => Change::Remove(id.to_owned()),
-            });
+            changes.push(Change::from(change));
             latest.insert(id, now);
         }
         let is_stored = |id: &str| match latest.get(id) {
