@@ -135,6 +135,9 @@ pub struct ProxyConfig {
     /// Serve HTTP/1.1 pipelined requests in order (RFC 9112 §9.3.2) instead of answering the
     /// first and closing the connection.
     pub http1_pipelining: bool,
+    /// Serve plain HTTP/1.1 `GET`/`HEAD`/`OPTIONS` requests on tenantgate's own fast path
+    /// (everything else goes through Pingora's proxy either way).
+    pub http1_fast_path: bool,
     /// Largest total size of request header names and values, bytes (431 beyond).
     pub max_request_header_bytes: usize,
     /// Largest number of request headers (431 beyond).
@@ -162,6 +165,7 @@ impl Default for ProxyConfig {
             upstream_pool: UpstreamPool::Route,
             unhealthy_cooldown_seconds: 10,
             http1_pipelining: true,
+            http1_fast_path: true,
             max_request_header_bytes: 32 * 1024,
             max_request_headers: 100,
             max_route_metric_labels: 1_000,

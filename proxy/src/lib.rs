@@ -29,6 +29,7 @@ use crate::admin::AdminApp;
 use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::service::drain::{drain_window, Draining};
+use crate::service::http1::Http1Service;
 use crate::service::{EdgeProxy, ProxySettings};
 
 /// Errors of this crate.
@@ -159,10 +160,21 @@ pub fn add_services(
         settings,
         edge.metrics.unknown.clone(),
     );
-    let mut app = pingora::proxy::HttpProxy::new(proxy, server.configuration.clone());
+    let mut app = pingora::proxy::HttpProxy::new(proxy.clone(), server.configuration.clone());
     app.handle_init_modules();
     let window = drain_window(cfg.proxy.grace_period_seconds);
-    let mut svc = Service::new("tenantgate proxy".to_string(), Draining::new(app, window));
+    let app = Draining::new(app, window);
+    // Plain HTTP/1.1 requests take the fast path (when enabled); it hands everything else,
+    // and every connection when disabled, to the Pingora proxy.
+    let fast = Http1Service::new(
+        proxy,
+        app,
+        cfg.proxy.http1_fast_path,
+        cfg.proxy.threads,
+        cfg.proxy.upstream_keepalive_pool_size,
+        window,
+    );
+    let mut svc = Service::new("tenantgate proxy".to_string(), fast);
     svc.add_tcp(&cfg.proxy.http_listen);
     if let Some(addr) = &cfg.proxy.https_listen {
         let mut tls =

@@ -278,6 +278,253 @@ impl RawBackend {
     }
 }
 
+/// One answer of a [`ScriptedBackend`]: byte pieces written one after another (with a short
+/// pause between them, so the proxy sees them in separate reads), then the connection is
+/// closed when `close` is set, or kept for the next request.
+pub struct Reply {
+    pub pieces: Vec<Vec<u8>>,
+    pub close: bool,
+}
+
+impl Reply {
+    pub fn keep(pieces: &[&[u8]]) -> Reply {
+        Reply {
+            pieces: pieces.iter().map(|p| p.to_vec()).collect(),
+            close: false,
+        }
+    }
+
+    pub fn close(pieces: &[&[u8]]) -> Reply {
+        Reply {
+            close: true,
+            ..Reply::keep(pieces)
+        }
+    }
+}
+
+/// A raw HTTP/1 backend whose answers a test scripts byte by byte: `answer(connection,
+/// request, head)` is called for each request head, numbered from 0 per connection and
+/// connections numbered from 0. It records every head it received and counts connections.
+pub struct ScriptedBackend {
+    pub addr: SocketAddr,
+    pub heads: Arc<Mutex<Vec<String>>>,
+    connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ScriptedBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ScriptedBackend {
+    pub async fn start(
+        answer: impl Fn(usize, usize, &str) -> Option<Reply> + Send + Sync + 'static,
+    ) -> ScriptedBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let answer = Arc::new(answer);
+        let (h, c) = (heads.clone(), connections.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    continue;
+                };
+                let conn = c.fetch_add(1, Ordering::SeqCst);
+                let (heads, answer) = (h.clone(), answer.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    for req in 0.. {
+                        let end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end);
+                        heads.lock().expect("lock").push(head.clone());
+                        // `None`: close without answering.
+                        let Some(reply) = answer(conn, req, &head) else {
+                            return;
+                        };
+                        for (i, piece) in reply.pieces.iter().enumerate() {
+                            if i > 0 {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            if s.write_all(piece).await.is_err() {
+                                return;
+                            }
+                        }
+                        if reply.close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        ScriptedBackend {
+            addr,
+            heads,
+            connections,
+            task,
+        }
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+/// A client connection for raw HTTP/1 exchanges: send bytes, read one whole response.
+pub struct RawClient {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// One response as a client saw it.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    /// Lower-cased names.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl RawClient {
+    pub async fn connect(addr: SocketAddr) -> RawClient {
+        RawClient {
+            stream: TcpStream::connect(addr).await.expect("connect"),
+            buf: Vec::new(),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 8192];
+        match tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Read one response (of a request that was not `HEAD`): its head, then a body framed by
+    /// `Content-Length`, chunked (the body returned de-chunked) or by the close.
+    pub async fn response(&mut self) -> RawResponse {
+        let mut r = self.response_head_only().await;
+        let status = r.status;
+        if (100..200).contains(&status) || status == 204 || status == 304 {
+            return r;
+        }
+        if r.header("transfer-encoding")
+            .is_some_and(|v| v.contains("chunked"))
+        {
+            loop {
+                let line_end = loop {
+                    if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                        break i;
+                    }
+                    assert!(self.fill().await, "truncated chunked body");
+                };
+                let size_text = String::from_utf8_lossy(&self.buf[..line_end]).into_owned();
+                let size =
+                    usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                        .expect("chunk size");
+                self.buf.drain(..line_end + 2);
+                if size == 0 {
+                    // Trailers, then the empty line.
+                    loop {
+                        if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                            let empty = i == 0;
+                            self.buf.drain(..i + 2);
+                            if empty {
+                                return r;
+                            }
+                            continue;
+                        }
+                        assert!(self.fill().await, "truncated trailers");
+                    }
+                }
+                while self.buf.len() < size + 2 {
+                    assert!(self.fill().await, "truncated chunk");
+                }
+                r.body.extend_from_slice(&self.buf[..size]);
+                self.buf.drain(..size + 2);
+            }
+        } else if let Some(n) = r
+            .header("content-length")
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            while self.buf.len() < n {
+                assert!(self.fill().await, "truncated body");
+            }
+            r.body = self.buf.drain(..n).collect();
+        } else {
+            while self.fill().await {}
+            r.body = std::mem::take(&mut self.buf);
+        }
+        r
+    }
+
+    /// Read one response head (all of a `HEAD` request's response: no body follows it).
+    pub async fn response_head_only(&mut self) -> RawResponse {
+        let end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            assert!(
+                self.fill().await,
+                "no complete response head: {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
+        };
+        let head: Vec<u8> = self.buf.drain(..end).collect();
+        let text = String::from_utf8_lossy(&head).into_owned();
+        let mut lines = text.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|c| c.parse().ok())
+            .expect("status line");
+        RawResponse {
+            status,
+            headers: lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                .collect(),
+            body: Vec::new(),
+        }
+    }
+
+    /// Whether the server closed the connection (EOF within a few seconds, nothing left over).
+    pub async fn closed(&mut self) -> bool {
+        !self.fill().await && self.buf.is_empty()
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Certificates
 // ---------------------------------------------------------------------------------------------

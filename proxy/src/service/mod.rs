@@ -15,6 +15,7 @@
 
 pub mod context;
 pub mod drain;
+pub mod http1;
 pub mod pages;
 pub mod tls;
 
@@ -66,14 +67,16 @@ pub struct ProxySettings {
     pub http1_pipelining: bool,
 }
 
-/// The edge proxy service.
+/// The edge proxy service. Clones share the router, the request-id counter and the
+/// metrics: the HTTP/1 fast path ([`http1`]) and the Pingora path decide alike.
+#[derive(Clone)]
 pub struct EdgeProxy {
     router: Arc<Router>,
     challenges: Arc<ChallengeStore>,
     settings: ProxySettings,
     unknown: Arc<RouteMetrics>,
     id_prefix: u32,
-    id_counter: AtomicU64,
+    id_counter: Arc<AtomicU64>,
 }
 
 impl EdgeProxy {
@@ -94,11 +97,12 @@ impl EdgeProxy {
             settings,
             unknown,
             id_prefix: seed,
-            id_counter: AtomicU64::new(0),
+            id_counter: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    fn next_request_id(&self) -> HeaderValue {
+    /// A new request id: 24 hex digits, this process's prefix and a counter.
+    fn request_id_bytes(&self) -> [u8; 24] {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
         let mut buf = [0u8; 24];
@@ -106,7 +110,32 @@ impl EdgeProxy {
         for (i, b) in buf.iter_mut().enumerate() {
             *b = HEX[((v >> (4 * (23 - i))) & 0xf) as usize];
         }
-        HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+        buf
+    }
+
+    fn next_request_id(&self) -> HeaderValue {
+        HeaderValue::from_bytes(&self.request_id_bytes())
+            .unwrap_or_else(|_| HeaderValue::from_static("0"))
+    }
+
+    /// One access-log line (both request paths write through here).
+    fn access_log(&self, r: &AccessRecord<'_>) {
+        tracing::info!(
+            target: "tenantgate::access",
+            client = %r.client.map(ToString::to_string).unwrap_or_default(),
+            method = r.method,
+            host = r.host,
+            path = r.path,
+            version = r.version,
+            tls = r.tls,
+            status = r.status,
+            duration_us = r.elapsed.as_micros() as u64,
+            bytes_sent = r.bytes_sent,
+            route = r.route,
+            upstream = %r.upstream.map(|a| a.to_string()).unwrap_or_default(),
+            request_id = r.request_id,
+            error = r.error,
+        );
     }
 
     /// Answer the request ourselves with one of our pages (or a redirect) and keep the
@@ -217,7 +246,7 @@ impl ProxyHttp for EdgeProxy {
         if let Some(id) = req
             .headers
             .get("x-request-id")
-            .filter(|v| valid_request_id(v))
+            .filter(|v| valid_request_id(v.as_bytes()))
         {
             ctx.request_id = Some(id.clone());
         }
@@ -461,24 +490,50 @@ impl ProxyHttp for EdgeProxy {
                 .as_ref()
                 .zip(ctx.upstream)
                 .and_then(|(r, i)| r.upstream(i));
-            tracing::info!(
-                target: "tenantgate::access",
-                client = %session.client_addr().map(ToString::to_string).unwrap_or_default(),
-                method = %req.method,
-                host = ctx.host.as_str(),
-                path = req.uri.path(),
-                version = ?req.version,
-                tls = ctx.tls,
+            let version = match req.version {
+                http::Version::HTTP_10 => "HTTP/1.0",
+                http::Version::HTTP_11 => "HTTP/1.1",
+                http::Version::HTTP_2 => "HTTP/2.0",
+                _ => "HTTP",
+            };
+            self.access_log(&AccessRecord {
+                client: session.client_addr(),
+                method: req.method.as_str(),
+                host: ctx.host.as_str(),
+                path: req.uri.path(),
+                version,
+                tls: ctx.tls,
                 status,
-                duration_us = elapsed.as_micros() as u64,
-                bytes_sent = session.body_bytes_sent(),
-                route = ctx.route.as_ref().map_or("", |r| r.id()),
-                upstream = %upstream.map(|a| a.to_string()).unwrap_or_default(),
-                request_id = ctx.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
-                error = %e.map(|e| e.etype().as_str()).unwrap_or(""),
-            );
+                elapsed,
+                bytes_sent: session.body_bytes_sent(),
+                route: ctx.route.as_ref().map_or("", |r| r.id()),
+                upstream,
+                request_id: ctx
+                    .request_id
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or(""),
+                error: e.map(|e| e.etype().as_str()).unwrap_or(""),
+            });
         }
     }
+}
+
+/// The fields of one access-log line.
+struct AccessRecord<'a> {
+    client: Option<&'a pingora::protocols::l4::socket::SocketAddr>,
+    method: &'a str,
+    host: &'a str,
+    path: &'a str,
+    version: &'static str,
+    tls: bool,
+    status: u16,
+    elapsed: Duration,
+    bytes_sent: usize,
+    route: &'a str,
+    upstream: Option<std::net::SocketAddr>,
+    request_id: &'a str,
+    error: &'a str,
 }
 
 /// The forwarding header values of one request, built in one buffer:
@@ -493,37 +548,8 @@ struct ForwardedValues {
 
 impl ForwardedValues {
     fn new(client: Option<IpAddr>, host: &str, tls: bool) -> Self {
-        use std::io::Write as _;
         let mut buf = Vec::with_capacity(64 + host.len());
-        let mut client_range = None;
-        if let Some(ip) = client {
-            buf.extend_from_slice(b"for=");
-            match ip {
-                IpAddr::V4(v4) => {
-                    let start = buf.len();
-                    for (i, octet) in v4.octets().into_iter().enumerate() {
-                        if i > 0 {
-                            buf.push(b'.');
-                        }
-                        push_decimal(&mut buf, octet);
-                    }
-                    client_range = Some(start..buf.len());
-                }
-                IpAddr::V6(v6) => {
-                    buf.extend_from_slice(b"\"[");
-                    let start = buf.len();
-                    let _ = write!(buf, "{v6}");
-                    client_range = Some(start..buf.len());
-                    buf.extend_from_slice(b"]\"");
-                }
-            }
-            buf.push(b';');
-        }
-        buf.extend_from_slice(b"host=");
-        let start = buf.len();
-        buf.extend_from_slice(host.as_bytes());
-        let host_range = start..buf.len();
-        buf.extend_from_slice(if tls { b";proto=https" } else { b";proto=http" });
+        let (client_range, host_range) = write_forwarded(&mut buf, client, host, tls);
         ForwardedValues {
             buf: Bytes::from(buf),
             client: client_range,
@@ -555,6 +581,68 @@ impl ForwardedValues {
     }
 }
 
+/// Write `for=<ip>;host=<host>;proto=<proto>` (RFC 7239) into `buf`; returns where the bare
+/// client address and the host are in it.
+fn write_forwarded(
+    buf: &mut Vec<u8>,
+    client: Option<IpAddr>,
+    host: &str,
+    tls: bool,
+) -> (Option<std::ops::Range<usize>>, std::ops::Range<usize>) {
+    use std::io::Write as _;
+    let mut client_range = None;
+    if let Some(ip) = client {
+        buf.extend_from_slice(b"for=");
+        match ip {
+            IpAddr::V4(v4) => {
+                let start = buf.len();
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        buf.push(b'.');
+                    }
+                    push_decimal(buf, octet);
+                }
+                client_range = Some(start..buf.len());
+            }
+            IpAddr::V6(v6) => {
+                buf.extend_from_slice(b"\"[");
+                let start = buf.len();
+                let _ = write!(buf, "{v6}");
+                client_range = Some(start..buf.len());
+                buf.extend_from_slice(b"]\"");
+            }
+        }
+        buf.push(b';');
+    }
+    buf.extend_from_slice(b"host=");
+    let start = buf.len();
+    buf.extend_from_slice(host.as_bytes());
+    let host_range = start..buf.len();
+    buf.extend_from_slice(if tls { b";proto=https" } else { b";proto=http" });
+    (client_range, host_range)
+}
+
+/// Append the forwarding headers the upstream gets (`X-Forwarded-For`, `Forwarded`,
+/// `X-Forwarded-Host`, `X-Forwarded-Proto`) to a raw HTTP/1 head, the same values as
+/// [`EdgeProxy::upstream_request_filter`] sets.
+fn push_forwarding_headers(head: &mut Vec<u8>, client: Option<IpAddr>, host: &str, tls: bool) {
+    head.extend_from_slice(b"forwarded: ");
+    let (client_range, host_range) = write_forwarded(head, client, host, tls);
+    head.extend_from_slice(b"\r\n");
+    if let Some(r) = client_range {
+        head.extend_from_slice(b"x-forwarded-for: ");
+        head.extend_from_within(r);
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"x-forwarded-host: ");
+    head.extend_from_within(host_range);
+    head.extend_from_slice(if tls {
+        b"\r\nx-forwarded-proto: https\r\n"
+    } else {
+        b"\r\nx-forwarded-proto: http\r\n"
+    });
+}
+
 fn push_decimal(buf: &mut Vec<u8>, n: u8) {
     if n >= 100 {
         buf.push(b'0' + n / 100);
@@ -566,8 +654,7 @@ fn push_decimal(buf: &mut Vec<u8>, n: u8) {
 }
 
 /// A client-supplied request id is kept when it is short, visible ASCII.
-fn valid_request_id(v: &HeaderValue) -> bool {
-    let b = v.as_bytes();
+fn valid_request_id(b: &[u8]) -> bool {
     !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
 }
 
