@@ -545,53 +545,58 @@ where
         reused: bool,
     ) -> Result<Served, Failure> {
         let settings = &self.app.edge.settings;
-        match fast_timeout(settings.write_timeout, conn.write_all(&self.uhead)).await {
-            Err(_) => return Err(Failure::WriteTimeout),
-            Ok(Err(_)) => {
+        // A request head fits an idle socket's send buffer: written at once, no timer needed.
+        let sent = match conn.try_write(&self.uhead) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+            Err(_) => {
                 return Err(if reused {
                     Failure::Stale
                 } else {
                     Failure::Protocol
                 })
             }
-            Ok(Ok(())) => {}
+        };
+        if sent < self.uhead.len() {
+            let rest = &self.uhead[sent..];
+            match fast_timeout(settings.write_timeout, conn.write_all(rest)).await {
+                Err(_) => return Err(Failure::WriteTimeout),
+                Ok(Err(_)) => {
+                    return Err(if reused {
+                        Failure::Stale
+                    } else {
+                        Failure::Protocol
+                    })
+                }
+                Ok(Ok(())) => {}
+            }
         }
         self.ubuf.clear();
         let (status, framing, upstream_keep, body_start) = loop {
-            match parse_response(&self.ubuf) {
-                Ok(Some(resp)) => {
-                    if (100..200).contains(&resp.status) {
-                        if resp.status == 101 {
-                            return Err(Failure::Protocol);
-                        }
-                        // Interim answers (103 Early Hints) go to the client as they are.
-                        self.chead.clear();
-                        self.chead.extend_from_slice(&self.ubuf[..resp.head_len]);
-                        if write_all(&mut self.client, &self.chead).await.is_err() {
-                            return Err(Failure::Client);
-                        }
-                        self.ubuf.advance(resp.head_len);
-                        continue;
-                    }
-                    let framing = if plan.head_only || matches!(resp.status, 204 | 304) {
-                        Framing::None
-                    } else {
-                        resp.framing
-                    };
-                    let close_client = plan.close || self.draining || framing == Framing::Close;
-                    self.chead.clear();
-                    if build_response_head(
-                        &self.ubuf,
-                        &resp,
-                        &self.request_id,
-                        close_client,
-                        &mut self.chead,
-                    )
-                    .is_err()
-                    {
+            self.chead.clear();
+            let force_close = plan.close || self.draining;
+            match response_head(
+                &self.ubuf,
+                plan.head_only,
+                &self.request_id,
+                force_close,
+                &mut self.chead,
+            ) {
+                Ok(Some(resp)) if (100..200).contains(&resp.status) => {
+                    if resp.status == 101 {
                         return Err(Failure::Protocol);
                     }
-                    break (resp.status, framing, resp.keep_alive, resp.head_len);
+                    // Interim answers (103 Early Hints) go to the client as they are.
+                    self.chead.clear();
+                    self.chead.extend_from_slice(&self.ubuf[..resp.head_len]);
+                    if write_all(&mut self.client, &self.chead).await.is_err() {
+                        return Err(Failure::Client);
+                    }
+                    self.ubuf.advance(resp.head_len);
+                    continue;
+                }
+                Ok(Some(resp)) => {
+                    break (resp.status, resp.framing, resp.keep_alive, resp.head_len)
                 }
                 Ok(None) if self.ubuf.len() > MAX_RESPONSE_HEAD => return Err(Failure::Protocol),
                 Ok(None) => {}
@@ -855,13 +860,29 @@ struct ResponseHead {
     keep_alive: bool,
 }
 
-/// Parse a response head (`Ok(None)`: incomplete). Framing per RFC 9112 §6.3:
-/// `Transfer-Encoding` wins over `Content-Length` and is chunked only when chunked is its
-/// last coding; differing `Content-Length` values are an error.
-fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, ()> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let head_len = match resp.parse(buf) {
+/// Parse an upstream response head (`Ok(None)`: incomplete) and write the client's head into
+/// `out`: the upstream's status and headers without hop-by-hop ones (including those its
+/// `Connection` names), `Content-Length` dropped when `Transfer-Encoding` is present, our
+/// `X-Request-Id` when the upstream sent none, and `Connection: close` when the client
+/// connection ends after this response (`close`, or a body delimited by the close).
+///
+/// Framing per RFC 9112 §6.3: no body for `HEAD` (`head_only`), 204 and 304;
+/// `Transfer-Encoding` wins over `Content-Length` and is chunked only when chunked is its last
+/// coding; differing `Content-Length` values are an error.
+fn response_head(
+    buf: &[u8],
+    head_only: bool,
+    request_id: &[u8],
+    close: bool,
+    out: &mut Vec<u8>,
+) -> Result<Option<ResponseHead>, ()> {
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let head_len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut headers,
+    ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(()),
@@ -870,12 +891,19 @@ fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, ()> {
     let mut keep_alive = resp.version == Some(1);
     let mut length: Option<u64> = None;
     let mut te: Option<bool> = None;
+    let mut named: [&[u8]; 8] = [b""; 8];
+    let mut n_named = 0;
     for h in resp.headers.iter() {
         match response_header(h.name.as_bytes()) {
-            ResponseHeader::Connection
-                if tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"close")) =>
-            {
-                keep_alive = false;
+            ResponseHeader::Connection => {
+                for t in tokens(h.value) {
+                    if t.eq_ignore_ascii_case(b"close") {
+                        keep_alive = false;
+                    } else if !t.eq_ignore_ascii_case(b"keep-alive") {
+                        *named.get_mut(n_named).ok_or(())? = t;
+                        n_named += 1;
+                    }
+                }
             }
             ResponseHeader::TransferEncoding => {
                 te = Some(
@@ -893,14 +921,54 @@ fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, ()> {
             _ => {}
         }
     }
-    let framing = match (te, length) {
-        (Some(true), _) => Framing::Chunked,
-        (Some(false), _) | (None, None) => Framing::Close,
-        (None, Some(n)) => Framing::Length(n),
+    let framing = if head_only || matches!(status, 204 | 304) || (100..200).contains(&status) {
+        Framing::None
+    } else {
+        match (te, length) {
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) | (None, None) => Framing::Close,
+            (None, Some(n)) => Framing::Length(n),
+        }
     };
     if framing == Framing::Close {
         keep_alive = false;
     }
+    let named = &named[..n_named];
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(&[
+        b'0' + (status / 100 % 10) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+    ]);
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut has_id = false;
+    for h in resp.headers.iter() {
+        let name = h.name.as_bytes();
+        match response_header(name) {
+            ResponseHeader::Connection | ResponseHeader::HopByHop => continue,
+            ResponseHeader::ContentLength if te.is_some() => continue,
+            ResponseHeader::RequestId => has_id = true,
+            _ => {}
+        }
+        if named.iter().any(|t| t.eq_ignore_ascii_case(name)) {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if !has_id {
+        out.extend_from_slice(b"x-request-id: ");
+        out.extend_from_slice(request_id);
+        out.extend_from_slice(b"\r\n");
+    }
+    if close || framing == Framing::Close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
     Ok(Some(ResponseHead {
         head_len,
         status,
@@ -942,89 +1010,24 @@ fn response_header(name: &[u8]) -> ResponseHeader {
     }
 }
 
-/// The client's response head: the upstream's status and headers without hop-by-hop ones
-/// (including those its `Connection` names), `Content-Length` dropped when
-/// `Transfer-Encoding` is present, our `X-Request-Id` when the upstream sent none, and
-/// `Connection: close` when the client connection ends after this response.
-fn build_response_head(
-    buf: &[u8],
-    parsed: &ResponseHead,
-    request_id: &[u8],
-    close: bool,
-    out: &mut Vec<u8>,
-) -> Result<(), ()> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    resp.parse(&buf[..parsed.head_len]).map_err(|_| ())?;
-    let mut named: [&[u8]; 8] = [b""; 8];
-    let mut n_named = 0;
-    let mut has_te = false;
-    for h in resp.headers.iter() {
-        match response_header(h.name.as_bytes()) {
-            ResponseHeader::Connection => {
-                for t in tokens(h.value) {
-                    if t.eq_ignore_ascii_case(b"close") || t.eq_ignore_ascii_case(b"keep-alive") {
-                        continue;
-                    }
-                    *named.get_mut(n_named).ok_or(())? = t;
-                    n_named += 1;
-                }
-            }
-            ResponseHeader::TransferEncoding => has_te = true,
-            _ => {}
-        }
-    }
-    let named = &named[..n_named];
-    out.extend_from_slice(b"HTTP/1.1 ");
-    let code = parsed.status;
-    out.extend_from_slice(&[
-        b'0' + (code / 100 % 10) as u8,
-        b'0' + (code / 10 % 10) as u8,
-        b'0' + (code % 10) as u8,
-    ]);
-    out.push(b' ');
-    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    let mut has_id = false;
-    for h in resp.headers.iter() {
-        let name = h.name.as_bytes();
-        match response_header(name) {
-            ResponseHeader::Connection | ResponseHeader::HopByHop => continue,
-            ResponseHeader::ContentLength if has_te => continue,
-            ResponseHeader::RequestId => has_id = true,
-            _ => {}
-        }
-        if named.iter().any(|t| t.eq_ignore_ascii_case(name)) {
-            continue;
-        }
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value);
-        out.extend_from_slice(b"\r\n");
-    }
-    if !has_id {
-        out.extend_from_slice(b"x-request-id: ");
-        out.extend_from_slice(request_id);
-        out.extend_from_slice(b"\r\n");
-    }
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn head(raw: &str) -> (ResponseHead, String) {
-        let parsed = parse_response(raw.as_bytes())
+    fn head_with(raw: &str, head_only: bool, close: bool) -> (ResponseHead, String) {
+        let mut out = Vec::new();
+        let parsed = response_head(raw.as_bytes(), head_only, b"rid", close, &mut out)
             .expect("valid")
             .expect("complete");
-        let mut out = Vec::new();
-        build_response_head(raw.as_bytes(), &parsed, b"rid", false, &mut out).expect("build");
         (parsed, String::from_utf8(out).expect("utf8"))
+    }
+
+    fn head(raw: &str) -> (ResponseHead, String) {
+        head_with(raw, false, false)
+    }
+
+    fn parse_response(raw: &[u8]) -> Result<Option<ResponseHead>, ()> {
+        response_head(raw, false, b"", false, &mut Vec::new())
     }
 
     #[test]
@@ -1041,8 +1044,17 @@ mod tests {
             !out.to_ascii_lowercase().contains("content-length"),
             "{out}"
         );
-        let (h, _) = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
+        let (h, out) = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
         assert_eq!((h.framing, h.keep_alive), (Framing::Close, false));
+        assert!(out.ends_with("connection: close\r\n\r\n"), "{out}");
+        // No body, whatever the headers say: HEAD, 204, 304.
+        let (h, out) = head_with("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true, false);
+        assert_eq!((h.framing, h.keep_alive), (Framing::None, true));
+        assert!(out.contains("Content-Length: 9\r\n"), "{out}");
+        let (h, _) = head("HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(h.framing, Framing::None);
+        let (h, _) = head("HTTP/1.1 204 No Content\r\n\r\n");
+        assert_eq!((h.framing, h.keep_alive), (Framing::None, true));
         let (h, _) = head("HTTP/1.1 200 OK\r\n\r\n");
         assert_eq!((h.framing, h.keep_alive), (Framing::Close, false));
         let (h, _) = head("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n");
@@ -1081,15 +1093,8 @@ mod tests {
             out,
             "HTTP/1.1 200 \r\nX-Request-Id: theirs\r\nContent-Length: 0\r\n\r\n"
         );
-        let raw = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
-        let parsed = parse_response(raw.as_bytes())
-            .expect("valid")
-            .expect("complete");
-        let mut out = Vec::new();
-        build_response_head(raw.as_bytes(), &parsed, b"r", true, &mut out).expect("build");
-        assert!(String::from_utf8(out)
-            .expect("utf8")
-            .ends_with("connection: close\r\n\r\n"));
+        let (_, out) = head_with("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false, true);
+        assert!(out.ends_with("connection: close\r\n\r\n"), "{out}");
     }
 
     #[test]
