@@ -205,8 +205,9 @@ struct Conn<'a, A> {
     shutdown: ShutdownWatch,
     draining: bool,
     tls: bool,
-    /// The SNI name, normalised (TLS only).
-    sni: Option<HostBuf>,
+    /// The SNI name, normalised (TLS only; `Some(None)`: sent but not a valid hostname, so
+    /// every request of the connection goes to the Pingora path, which answers 421).
+    sni: Option<Option<HostBuf>>,
     peer: Option<pingora::protocols::l4::socket::SocketAddr>,
     rbuf: BytesMut,
     ubuf: BytesMut,
@@ -226,7 +227,7 @@ where
             .as_ref()
             .and_then(|s| s.extension.get::<Sni>())
             .and_then(|s| s.0.as_deref())
-            .and_then(|s| {
+            .map(|s| {
                 let mut buf = HostBuf::default();
                 normalize_into(s.as_bytes(), &mut buf).ok()?;
                 Some(buf)
@@ -428,10 +429,13 @@ where
             return Prep::Fallback;
         };
         if let Some(sni) = &self.sni {
-            if !index
-                .lookup(sni.as_str())
-                .is_some_and(|r| Arc::ptr_eq(r, route))
-            {
+            // The certificate was chosen for the SNI name: another route's Host on this
+            // connection gets the Pingora path's 421.
+            let same = sni
+                .as_ref()
+                .and_then(|s| index.lookup(s.as_str()))
+                .is_some_and(|r| Arc::ptr_eq(r, route));
+            if !same {
                 return Prep::Fallback;
             }
         }
