@@ -591,6 +591,12 @@ impl Router {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// `now_ms()` for an instant already read (the hot path reads the clock once per request).
+    #[inline]
+    pub fn ms_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
     /// `now_ms()` plus a cooldown, saturating (a huge configured cooldown means "until
     /// restart", not an overflow).
     pub fn until_ms(&self, cooldown: Duration) -> u64 {

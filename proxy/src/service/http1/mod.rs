@@ -29,8 +29,10 @@
 mod chunked;
 pub mod pool;
 
+use std::future::Future;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -209,6 +211,14 @@ struct Conn<'a, A> {
     /// every request of the connection goes to the Pingora path, which answers 421).
     sni: Option<Option<HostBuf>>,
     peer: Option<pingora::protocols::l4::socket::SocketAddr>,
+    /// Closes an idle connection after [`KEEPALIVE`].
+    idle: Deadline,
+    /// Bounds each wait for the upstream (`read_timeout_ms`).
+    upstream_wait: Deadline,
+    /// Completes when a graceful stop begins (polled in place, never re-created).
+    stopping: Pin<Box<dyn Future<Output = ()> + Send + Sync>>,
+    /// When the last request finished (or the connection began): the idle timer's base.
+    last: Instant,
     rbuf: BytesMut,
     ubuf: BytesMut,
     uhead: Vec<u8>,
@@ -236,7 +246,16 @@ where
             .get_socket_digest()
             .and_then(|d| d.peer_addr().cloned());
         let draining = *shutdown.borrow();
+        let mut watch = shutdown.clone();
+        let now = Instant::now();
         Conn {
+            idle: Deadline::new(now),
+            upstream_wait: Deadline::new(now),
+            stopping: Box::pin(async move {
+                // A dropped sender means the server is going away too.
+                let _ = watch.changed().await;
+            }),
+            last: now,
             app,
             client,
             shutdown: shutdown.clone(),
@@ -274,8 +293,8 @@ where
             };
             let start = Instant::now();
             self.rbuf.advance(plan.head_len);
-            let served = self.proxy(&plan).await;
-            self.finish(&plan, &served, start);
+            let served = self.proxy(&plan, start).await;
+            self.last = self.finish(&plan, &served, start);
             if served.close || plan.close || self.draining {
                 let _ = self.client.shutdown().await;
                 return None;
@@ -288,22 +307,25 @@ where
     async fn read_client(&mut self) -> Option<bool> {
         self.rbuf.reserve(4096);
         let idle = self.rbuf.is_empty();
-        let read = if idle && !self.draining {
+        let read = if !self.draining {
+            self.idle.arm(self.last, KEEPALIVE);
             tokio::select! {
                 biased;
-                r = fast_timeout(KEEPALIVE, self.client.read_buf(&mut self.rbuf)) => r.ok()?,
-                _ = self.shutdown.changed() => {
+                r = self.client.read_buf(&mut self.rbuf) => r,
+                _ = self.idle.expired() => return None,
+                _ = &mut self.stopping => {
                     self.draining = true;
+                    if !idle {
+                        // A request under way is still read and answered (with close).
+                        return Some(true);
+                    }
                     // Bytes already in flight get the drain window; then the connection closes.
                     fast_timeout(self.app.window, self.client.read_buf(&mut self.rbuf)).await.ok()?
                 }
             }
-        } else if idle {
-            fast_timeout(self.app.window, self.client.read_buf(&mut self.rbuf))
-                .await
-                .ok()?
         } else {
-            fast_timeout(KEEPALIVE, self.client.read_buf(&mut self.rbuf))
+            let wait = if idle { self.app.window } else { KEEPALIVE };
+            fast_timeout(wait, self.client.read_buf(&mut self.rbuf))
                 .await
                 .ok()?
         };
@@ -466,13 +488,14 @@ where
 
     /// Choose upstreams until one answers (passive health as in the Pingora path), relay its
     /// response, or answer our 502/504.
-    async fn proxy(&mut self, plan: &Plan) -> Served {
+    async fn proxy(&mut self, plan: &Plan, start: Instant) -> Served {
         let edge = &self.app.edge;
         let route = &plan.route;
         let mut tried = 0u64;
         let mut failure = Failure::ConnectRefused;
         let mut upstream = None;
-        while let Some(i) = route.pick(edge.router.now_ms(), tried, plan.upstreams.clone()) {
+        let now_ms = edge.router.ms_at(start);
+        while let Some(i) = route.pick(now_ms, tried, plan.upstreams.clone()) {
             if i < 64 {
                 tried |= 1 << i;
             }
@@ -486,7 +509,7 @@ where
                 },
                 addr,
             };
-            let mut pooled = self.app.pool.take(&key);
+            let mut pooled = self.app.pool.take(&key, start);
             loop {
                 let reused = pooled.is_some();
                 let conn = match pooled.take() {
@@ -504,7 +527,7 @@ where
                         }
                     },
                 };
-                match self.exchange(conn, key, plan, reused).await {
+                match self.exchange(conn, key, plan, reused, start).await {
                     Ok(mut served) => {
                         served.upstream = Some(addr);
                         return served;
@@ -547,6 +570,7 @@ where
         key: PoolKey,
         plan: &Plan,
         reused: bool,
+        start: Instant,
     ) -> Result<Served, Failure> {
         let settings = &self.app.edge.settings;
         // A request head fits an idle socket's send buffer: written at once, no timer needed.
@@ -607,13 +631,21 @@ where
                 Err(()) => return Err(Failure::Protocol),
             }
             self.ubuf.reserve(READ_CHUNK);
-            match fast_timeout(settings.read_timeout, conn.read_buf(&mut self.ubuf)).await {
-                Err(_) => return Err(Failure::ReadTimeout),
-                Ok(Ok(0)) | Ok(Err(_)) if reused && self.ubuf.is_empty() => {
+            // The first wait is timed from the request's start (no clock read); a head that
+            // arrives in pieces re-arms from now.
+            let at = if self.ubuf.is_empty() {
+                start
+            } else {
+                Instant::now()
+            };
+            self.upstream_wait.arm(at, settings.read_timeout);
+            match read_before(&mut conn, &mut self.ubuf, &mut self.upstream_wait).await {
+                None => return Err(Failure::ReadTimeout),
+                Some(Ok(0) | Err(_)) if reused && self.ubuf.is_empty() => {
                     return Err(Failure::Stale)
                 }
-                Ok(Ok(0)) | Ok(Err(_)) => return Err(Failure::Protocol),
-                Ok(Ok(_)) => {}
+                Some(Ok(0) | Err(_)) => return Err(Failure::Protocol),
+                Some(Ok(_)) => {}
             }
         };
         self.ubuf.advance(body_start);
@@ -683,15 +715,17 @@ where
             }
             self.ubuf.clear();
             self.ubuf.reserve(READ_CHUNK);
-            match fast_timeout(settings.read_timeout, conn.read_buf(&mut self.ubuf)).await {
-                Ok(Ok(0)) if framing == Framing::Close => break,
-                Ok(Ok(n)) if n > 0 => {}
-                Err(_) => {
+            self.upstream_wait
+                .arm(Instant::now(), settings.read_timeout);
+            match read_before(&mut conn, &mut self.ubuf, &mut self.upstream_wait).await {
+                Some(Ok(0)) if framing == Framing::Close => break,
+                Some(Ok(n)) if n > 0 => {}
+                None => {
                     served.error = Some(Failure::ReadTimeout);
                     served.close = true;
                     break;
                 }
-                Ok(_) => {
+                Some(_) => {
                     served.error = Some(Failure::Protocol);
                     served.close = true;
                     break;
@@ -699,7 +733,7 @@ where
             }
         }
         if done && upstream_keep && served.error.is_none() {
-            self.app.pool.put(key, conn);
+            self.app.pool.put(key, conn, start);
         }
         Ok(served)
     }
@@ -752,9 +786,11 @@ where
     }
 
     /// Metrics and the access log, once per request, as `EdgeProxy::logging` writes them.
-    fn finish(&self, plan: &Plan, served: &Served, start: Instant) {
+    /// Returns when the request ended.
+    fn finish(&self, plan: &Plan, served: &Served, start: Instant) -> Instant {
         let edge = &self.app.edge;
-        let elapsed = start.elapsed();
+        let end = Instant::now();
+        let elapsed = end.saturating_duration_since(start);
         let metrics = &plan.route.metrics;
         if served.status > 0 {
             metrics.observe(served.status, elapsed.as_secs_f64());
@@ -791,6 +827,50 @@ where
                 error: served.error.map_or("", Failure::name),
             });
         }
+        end
+    }
+}
+
+/// A timer that is moved lazily: resetting a Tokio timer costs a lock and a wheel insert, so
+/// arming it for `timeout` from `now` only resets it when its deadline is nearer than that
+/// (or much further). It then fires between `timeout` and `timeout * 9/8` after the last
+/// arming, never early, and a busy connection resets it about once per `timeout / 8`.
+struct Deadline {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Deadline {
+    fn new(now: Instant) -> Self {
+        Deadline {
+            sleep: Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(
+                now,
+            ))),
+        }
+    }
+
+    fn arm(&mut self, now: Instant, timeout: Duration) {
+        let now = tokio::time::Instant::from_std(now);
+        let deadline = self.sleep.deadline();
+        if deadline < now + timeout || deadline > now + timeout + timeout / 8 {
+            self.sleep.as_mut().reset(now + timeout + timeout / 8);
+        }
+    }
+
+    fn expired(&mut self) -> &mut Pin<Box<tokio::time::Sleep>> {
+        &mut self.sleep
+    }
+}
+
+/// Read into `buf` unless `deadline` fires first (`None`).
+async fn read_before(
+    conn: &mut TcpStream,
+    buf: &mut BytesMut,
+    deadline: &mut Deadline,
+) -> Option<std::io::Result<usize>> {
+    tokio::select! {
+        biased;
+        r = conn.read_buf(buf) => Some(r),
+        _ = deadline.expired() => None,
     }
 }
 
@@ -897,8 +977,11 @@ fn response_head(
     let mut te: Option<bool> = None;
     let mut named: [&[u8]; 8] = [b""; 8];
     let mut n_named = 0;
-    for h in resp.headers.iter() {
-        match response_header(h.name.as_bytes()) {
+    // Each name is classified once; the second pass copies by class.
+    let mut classes = [ResponseHeader::Other; MAX_HEADERS];
+    for (h, class) in resp.headers.iter().zip(classes.iter_mut()) {
+        *class = response_header(h.name.as_bytes());
+        match *class {
             ResponseHeader::Connection => {
                 for t in tokens(h.value) {
                     if t.eq_ignore_ascii_case(b"close") {
@@ -948,15 +1031,15 @@ fn response_head(
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let mut has_id = false;
-    for h in resp.headers.iter() {
+    for (h, class) in resp.headers.iter().zip(classes) {
         let name = h.name.as_bytes();
-        match response_header(name) {
+        match class {
             ResponseHeader::Connection | ResponseHeader::HopByHop => continue,
             ResponseHeader::ContentLength if te.is_some() => continue,
             ResponseHeader::RequestId => has_id = true,
             _ => {}
         }
-        if named.iter().any(|t| t.eq_ignore_ascii_case(name)) {
+        if !named.is_empty() && named.iter().any(|t| t.eq_ignore_ascii_case(name)) {
             continue;
         }
         out.extend_from_slice(name);
@@ -989,7 +1072,7 @@ fn parse_length(v: &[u8]) -> Result<u64, ()> {
     Ok(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ResponseHeader {
     Connection,
     HopByHop,

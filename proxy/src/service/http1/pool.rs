@@ -83,9 +83,9 @@ impl UpstreamPool {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// An idle connection for `key` that is still quiet, if there is one.
-    pub fn take(&self, key: &PoolKey) -> Option<TcpStream> {
-        let now = Instant::now();
+    /// An idle connection for `key` that is still quiet, if there is one (`now`: the
+    /// request's start, so that no clock is read here).
+    pub fn take(&self, key: &PoolKey, now: Instant) -> Option<TcpStream> {
         loop {
             let idle = {
                 let mut shard = self.shard();
@@ -105,9 +105,9 @@ impl UpstreamPool {
         }
     }
 
-    /// Keep `stream` for reuse under `key` (dropped when the thread's pool is full).
-    pub fn put(&self, key: PoolKey, stream: TcpStream) {
-        let now = Instant::now();
+    /// Keep `stream` for reuse under `key` (dropped when the thread's pool is full); `now`
+    /// is when it went idle.
+    pub fn put(&self, key: PoolKey, stream: TcpStream, now: Instant) {
         let mut expired = Vec::new();
         {
             let mut shard = self.shard();
@@ -192,23 +192,23 @@ mod tests {
         let other = PoolKey { group: 2, ..key };
 
         let (quiet, _quiet_peer) = pair(&l).await;
-        pool.put(key, quiet);
+        pool.put(key, quiet, Instant::now());
         assert!(
-            pool.take(&other).is_none(),
+            pool.take(&other, Instant::now()).is_none(),
             "another route's key finds nothing"
         );
-        assert!(pool.take(&key).is_some());
-        assert!(pool.take(&key).is_none());
+        assert!(pool.take(&key, Instant::now()).is_some());
+        assert!(pool.take(&key, Instant::now()).is_none());
 
         // The upstream wrote a stray byte, or closed: neither connection is handed out.
         let (chatty, mut chatty_peer) = pair(&l).await;
         let (closed, closed_peer) = pair(&l).await;
-        pool.put(key, chatty);
-        pool.put(key, closed);
+        pool.put(key, chatty, Instant::now());
+        pool.put(key, closed, Instant::now());
         chatty_peer.write_all(b"x").await.expect("write");
         drop(closed_peer);
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(pool.take(&key).is_none());
+        assert!(pool.take(&key, Instant::now()).is_none());
         assert_eq!(pool.idle_count(), 0);
     }
 
@@ -224,15 +224,15 @@ mod tests {
         for _ in 0..3 {
             let (c, s) = pair(&l).await;
             peers.push(s);
-            pool.put(key, c);
+            pool.put(key, c, Instant::now());
         }
         assert_eq!(pool.idle_count(), 2, "the third connection is not kept");
 
         let pool = UpstreamPool::new(1, 2, Duration::ZERO);
         let (c, _s) = pair(&l).await;
-        pool.put(key, c);
+        pool.put(key, c, Instant::now());
         assert!(
-            pool.take(&key).is_none(),
+            pool.take(&key, Instant::now()).is_none(),
             "expired connections are not reused"
         );
     }
