@@ -14,7 +14,7 @@ const CHUNKED: &[&[u8]] = &[
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chunked_length_and_close_delimited_bodies_are_relayed_exactly() {
+async fn chunked_length_and_close_delimited_bodies_are_relayed_once_framed() {
     let up = ScriptedBackend::start(|_, _, head| {
         Some(if head.starts_with("GET /chunked ") {
             Reply::keep(CHUNKED)
@@ -25,6 +25,8 @@ async fn chunked_length_and_close_delimited_bodies_are_relayed_exactly() {
             ])
         } else if head.starts_with("HEAD ") {
             Reply::keep(&[b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n"])
+        } else if head.starts_with("GET /gzip ") {
+            Reply::close(&[b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\ncompressed?"])
         } else {
             Reply::close(&[b"HTTP/1.1 200 OK\r\n\r\nuntil ", b"the end"])
         })
@@ -53,9 +55,18 @@ async fn chunked_length_and_close_delimited_bodies_are_relayed_exactly() {
     // All three went over one upstream connection: each ended exactly where it was framed.
     assert_eq!(up.connections(), 1);
 
+    // A body only the upstream's close delimits reaches the client re-framed as chunks, and
+    // the client connection stays usable.
     c.send(b"GET /close HTTP/1.1\r\nHost: a.test\r\n\r\n").await;
     head = c.response().await;
     assert_eq!(head.body, b"until the end");
+    assert_eq!(head.header("transfer-encoding"), Some("chunked"));
+    assert!(head.header("connection").is_none());
+    // A coding other than chunked cannot be re-framed: that body ends the client connection.
+    c.send(b"GET /gzip HTTP/1.1\r\nHost: a.test\r\n\r\n").await;
+    head = c.response().await;
+    assert_eq!(head.body, b"compressed?");
+    assert_eq!(head.header("transfer-encoding"), Some("gzip"));
     assert_eq!(head.header("connection"), Some("close"));
     assert!(
         c.closed().await,
@@ -226,6 +237,25 @@ async fn requests_outside_the_fast_path_continue_the_connection_on_pingora() {
     assert_eq!(a.hits(), 3);
 }
 
+/// Which engine served each request, from the access log.
+async fn engines(tg: &Running, n: usize) -> Vec<String> {
+    wait_for(
+        "access log lines",
+        std::time::Duration::from_secs(5),
+        || async {
+            let lines: Vec<String> = tg
+                .logs()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v["target"] == "tenantgate::access")
+                .map(|v| v["engine"].as_str().unwrap_or("").to_string())
+                .collect();
+            (lines.len() >= n).then_some(lines)
+        },
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_fast_path_off_pingora_serves_everything() {
     let up = ScriptedBackend::start(|_, _, _| {
@@ -235,19 +265,21 @@ async fn with_the_fast_path_off_pingora_serves_everything() {
         ]))
     })
     .await;
-    let tg = Tenantgate::new()
-        .proxy("http1_fast_path = false")
-        .route(&["a.test"], &[up.addr])
-        .start()
-        .await;
-    let mut c = RawClient::connect(tg.http).await;
-    for _ in 0..2 {
-        c.send(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").await;
-        let r = c.response().await;
-        assert_eq!((r.status, r.body.as_slice()), (200, &b"until the end"[..]));
-        // Pingora re-frames a close-delimited body as chunked and keeps the client
-        // connection; the fast path would have closed it.
-        assert_eq!(r.header("transfer-encoding"), Some("chunked"), "{r:?}");
+    for (fast, engine) in [(true, "http1"), (false, "pingora")] {
+        let tg = Tenantgate::new()
+            .proxy(&format!("http1_fast_path = {fast}"))
+            .route(&["a.test"], &[up.addr])
+            .start()
+            .await;
+        let mut c = RawClient::connect(tg.http).await;
+        for _ in 0..2 {
+            c.send(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").await;
+            let r = c.response().await;
+            assert_eq!((r.status, r.body.as_slice()), (200, &b"until the end"[..]));
+            // Both engines re-frame a close-delimited body as chunked and keep the client.
+            assert_eq!(r.header("transfer-encoding"), Some("chunked"), "{r:?}");
+        }
+        assert_eq!(engines(&tg, 2).await, vec![engine; 2]);
     }
-    assert_eq!(up.connections(), 2);
+    assert_eq!(up.connections(), 4);
 }

@@ -135,6 +135,7 @@ impl EdgeProxy {
             upstream = %r.upstream.map(|a| a.to_string()).unwrap_or_default(),
             request_id = r.request_id,
             error = r.error,
+            engine = r.engine,
         );
     }
 
@@ -514,6 +515,7 @@ impl ProxyHttp for EdgeProxy {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or(""),
                 error: e.map(|e| e.etype().as_str()).unwrap_or(""),
+                engine: "pingora",
             });
         }
     }
@@ -534,6 +536,8 @@ struct AccessRecord<'a> {
     upstream: Option<std::net::SocketAddr>,
     request_id: &'a str,
     error: &'a str,
+    /// Which engine served it: `http1` (the fast path) or `pingora`.
+    engine: &'static str,
 }
 
 /// The forwarding header values of one request, built in one buffer:

@@ -187,8 +187,12 @@ enum Framing {
     None,
     Length(u64),
     Chunked,
-    /// Until the upstream closes.
+    /// Until the upstream closes; relayed as it is and the client connection closes too
+    /// (the upstream named a transfer coding other than chunked).
     Close,
+    /// Until the upstream closes, with no transfer coding: relayed to the client as chunked,
+    /// so the client connection stays usable.
+    CloseAsChunked,
 }
 
 /// Outcome of one proxied request.
@@ -658,6 +662,7 @@ where
             error: None,
             close: framing == Framing::Close,
         };
+        let until_close = matches!(framing, Framing::Close | Framing::CloseAsChunked);
         let mut tracker = ChunkedTracker::default();
         let mut remaining = match framing {
             Framing::Length(n) => n,
@@ -679,7 +684,7 @@ where
                         break;
                     }
                 },
-                Framing::Close => avail,
+                Framing::Close | Framing::CloseAsChunked => avail,
             };
             if let Framing::Length(_) = framing {
                 remaining -= take as u64;
@@ -688,15 +693,20 @@ where
                 Framing::None => true,
                 Framing::Length(_) => remaining == 0,
                 Framing::Chunked => tracker.is_done(),
-                Framing::Close => false,
+                Framing::Close | Framing::CloseAsChunked => false,
             };
             let body = &self.ubuf[..take];
-            let wrote = if first {
+            if !first {
+                self.chead.clear();
+            }
+            if framing == Framing::CloseAsChunked && take > 0 {
+                push_chunk(&mut self.chead, body);
+            } else {
                 self.chead.extend_from_slice(body);
+            }
+            let wrote = if first || !self.chead.is_empty() {
                 first = false;
                 write_all(&mut self.client, &self.chead).await
-            } else if take > 0 {
-                write_all(&mut self.client, body).await
             } else {
                 Ok(())
             };
@@ -718,7 +728,15 @@ where
             self.upstream_wait
                 .arm(Instant::now(), settings.read_timeout);
             match read_before(&mut conn, &mut self.ubuf, &mut self.upstream_wait).await {
-                Some(Ok(0)) if framing == Framing::Close => break,
+                Some(Ok(0)) if framing == Framing::CloseAsChunked => {
+                    // The upstream's close ends the body: the client gets the last chunk.
+                    if write_all(&mut self.client, b"0\r\n\r\n").await.is_err() {
+                        served.error = Some(Failure::Client);
+                        served.close = true;
+                    }
+                    break;
+                }
+                Some(Ok(0)) if until_close => break,
                 Some(Ok(n)) if n > 0 => {}
                 None => {
                     served.error = Some(Failure::ReadTimeout);
@@ -825,6 +843,7 @@ where
                 upstream: served.upstream,
                 request_id: std::str::from_utf8(&self.request_id).unwrap_or(""),
                 error: served.error.map_or("", Failure::name),
+                engine: "http1",
             });
         }
         end
@@ -872,6 +891,19 @@ async fn read_before(
         r = conn.read_buf(buf) => Some(r),
         _ = deadline.expired() => None,
     }
+}
+
+/// Append `data` as one chunk of a chunked body.
+fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let n = data.len();
+    let digits = (usize::BITS - n.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        out.push(HEX[(n >> (4 * i)) & 0xf]);
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
 }
 
 async fn write_all(client: &mut Stream, bytes: &[u8]) -> std::io::Result<()> {
@@ -947,8 +979,10 @@ struct ResponseHead {
 /// Parse an upstream response head (`Ok(None)`: incomplete) and write the client's head into
 /// `out`: the upstream's status and headers without hop-by-hop ones (including those its
 /// `Connection` names), `Content-Length` dropped when `Transfer-Encoding` is present, our
-/// `X-Request-Id` when the upstream sent none, and `Connection: close` when the client
-/// connection ends after this response (`close`, or a body delimited by the close).
+/// `X-Request-Id` when the upstream sent none, `Transfer-Encoding: chunked` for a body that
+/// only the close delimits (re-framed as chunks), and `Connection: close` when the client
+/// connection ends after this response (`close`, or a close-delimited body under another
+/// transfer coding).
 ///
 /// Framing per RFC 9112 §6.3: no body for `HEAD` (`head_only`), 204 and 304;
 /// `Transfer-Encoding` wins over `Content-Length` and is chunked only when chunked is its last
@@ -1013,11 +1047,12 @@ fn response_head(
     } else {
         match (te, length) {
             (Some(true), _) => Framing::Chunked,
-            (Some(false), _) | (None, None) => Framing::Close,
+            (Some(false), _) => Framing::Close,
+            (None, None) => Framing::CloseAsChunked,
             (None, Some(n)) => Framing::Length(n),
         }
     };
-    if framing == Framing::Close {
+    if matches!(framing, Framing::Close | Framing::CloseAsChunked) {
         keep_alive = false;
     }
     let named = &named[..n_named];
@@ -1051,6 +1086,9 @@ fn response_head(
         out.extend_from_slice(b"x-request-id: ");
         out.extend_from_slice(request_id);
         out.extend_from_slice(b"\r\n");
+    }
+    if framing == Framing::CloseAsChunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     if close || framing == Framing::Close {
         out.extend_from_slice(b"connection: close\r\n");
@@ -1142,8 +1180,9 @@ mod tests {
         assert_eq!(h.framing, Framing::None);
         let (h, _) = head("HTTP/1.1 204 No Content\r\n\r\n");
         assert_eq!((h.framing, h.keep_alive), (Framing::None, true));
-        let (h, _) = head("HTTP/1.1 200 OK\r\n\r\n");
-        assert_eq!((h.framing, h.keep_alive), (Framing::Close, false));
+        let (h, out) = head("HTTP/1.1 200 OK\r\n\r\n");
+        assert_eq!((h.framing, h.keep_alive), (Framing::CloseAsChunked, false));
+        assert!(out.ends_with("transfer-encoding: chunked\r\n\r\n"), "{out}");
         let (h, _) = head("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n");
         assert_eq!((h.framing, h.keep_alive), (Framing::Length(1), false));
         let (h, _) = head("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n");
@@ -1182,6 +1221,22 @@ mod tests {
         );
         let (_, out) = head_with("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false, true);
         assert!(out.ends_with("connection: close\r\n\r\n"), "{out}");
+    }
+
+    #[test]
+    fn chunks_are_framed_in_lowercase_hex() {
+        for (n, prefix) in [
+            (1usize, "1\r\n"),
+            (15, "f\r\n"),
+            (16, "10\r\n"),
+            (4096, "1000\r\n"),
+        ] {
+            let mut out = Vec::new();
+            push_chunk(&mut out, &vec![b'x'; n]);
+            assert!(out.starts_with(prefix.as_bytes()), "{n}");
+            assert!(out.ends_with(b"x\r\n"));
+            assert_eq!(out.len(), prefix.len() + n + 2);
+        }
     }
 
     #[test]
