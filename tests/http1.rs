@@ -7,6 +7,16 @@ mod common;
 
 use common::*;
 
+/// tenantgate routing `a.test` to `up`, and a client connection to it.
+async fn proxy_to(up: &ScriptedBackend) -> (Running, RawClient) {
+    let tg = Tenantgate::new()
+        .route(&["a.test"], &[up.addr])
+        .start()
+        .await;
+    let c = RawClient::connect(tg.http).await;
+    (tg, c)
+}
+
 const CHUNKED: &[&[u8]] = &[
     b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-type: text/plain\r\n\r\n5\r\nhel",
     b"lo\r\n7;ext=1\r\n, world\r\n",
@@ -32,11 +42,7 @@ async fn chunked_length_and_close_delimited_bodies_are_relayed_once_framed() {
         })
     })
     .await;
-    let tg = Tenantgate::new()
-        .route(&["a.test"], &[up.addr])
-        .start()
-        .await;
-    let mut c = RawClient::connect(tg.http).await;
+    let (_tg, mut c) = proxy_to(&up).await;
 
     c.send(b"GET /chunked HTTP/1.1\r\nHost: a.test\r\n\r\n")
         .await;
@@ -82,11 +88,7 @@ async fn a_pooled_connection_the_upstream_dropped_is_retried_on_a_new_one() {
         (req == 0).then(|| Reply::keep(&[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]))
     })
     .await;
-    let tg = Tenantgate::new()
-        .route(&["a.test"], &[up.addr])
-        .start()
-        .await;
-    let mut c = RawClient::connect(tg.http).await;
+    let (_tg, mut c) = proxy_to(&up).await;
     for i in 0..3 {
         c.send(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").await;
         let r = c.response().await;
@@ -109,11 +111,7 @@ async fn an_upstream_that_sends_more_than_it_framed_is_never_reused() {
         }]))
     })
     .await;
-    let tg = Tenantgate::new()
-        .route(&["a.test"], &[up.addr])
-        .start()
-        .await;
-    let mut c = RawClient::connect(tg.http).await;
+    let (_tg, mut c) = proxy_to(&up).await;
     c.send(b"GET /1 HTTP/1.1\r\nHost: a.test\r\n\r\n").await;
     assert_eq!(c.response().await.body, b"ok");
     c.send(b"GET /2 HTTP/1.1\r\nHost: a.test\r\n\r\n").await;
@@ -129,22 +127,21 @@ async fn an_upstream_that_sends_more_than_it_framed_is_never_reused() {
 async fn early_hints_pass_and_hop_by_hop_response_headers_do_not() {
     let up = ScriptedBackend::start(|_, _, _| {
         Some(Reply::keep(&[
-            b"HTTP/1.1 103 Early Hints\r\nlink: </app.css>; rel=preload\r\n\r\n",
+            b"HTTP/1.1 103 Early Hints\r\nlink: </app.css>; rel=preload\r\nkeep-alive: 5\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nconnection: x-internal\r\nx-internal: secret\r\nkeep-alive: timeout=5\r\n\
               upgrade: h2c\r\ncontent-length: 2\r\nx-request-id: from-upstream\r\n\r\nok",
         ]))
     })
     .await;
-    let tg = Tenantgate::new()
-        .route(&["a.test"], &[up.addr])
-        .start()
-        .await;
-    let mut c = RawClient::connect(tg.http).await;
+    let (_tg, mut c) = proxy_to(&up).await;
     c.send(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
         .await;
     let hints = c.response().await;
     assert_eq!(hints.status, 103);
     assert_eq!(hints.header("link"), Some("</app.css>; rel=preload"));
+    // Hints are rewritten like any head, and carry nothing of ours.
+    assert!(hints.header("keep-alive").is_none(), "{hints:?}");
+    assert!(hints.header("x-request-id").is_none(), "{hints:?}");
     let r = c.response().await;
     assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]));
     for gone in ["x-internal", "keep-alive", "upgrade"] {
@@ -164,11 +161,7 @@ async fn the_upstream_request_is_rebuilt_not_forwarded() {
     let up =
         ScriptedBackend::start(|_, _, _| Some(Reply::keep(&[b"HTTP/1.1 204 No Content\r\n\r\n"])))
             .await;
-    let tg = Tenantgate::new()
-        .route(&["a.test"], &[up.addr])
-        .start()
-        .await;
-    let mut c = RawClient::connect(tg.http).await;
+    let (_tg, mut c) = proxy_to(&up).await;
     c.send(
         b"GET /p?q=1 HTTP/1.1\r\nHost: A.Test.:80\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\n\
           X-Forwarded-Host: evil.test\r\nX-Forwarded-Proto: https\r\nKeep-Alive: 300\r\nTE: trailers\r\n\

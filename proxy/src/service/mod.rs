@@ -491,10 +491,13 @@ impl ProxyHttp for EdgeProxy {
                 .as_ref()
                 .zip(ctx.upstream)
                 .and_then(|(r, i)| r.upstream(i));
+            // The names `http::Version`'s Debug gave the log before it had two writers.
             let version = match req.version {
+                http::Version::HTTP_09 => "HTTP/0.9",
                 http::Version::HTTP_10 => "HTTP/1.0",
                 http::Version::HTTP_11 => "HTTP/1.1",
                 http::Version::HTTP_2 => "HTTP/2.0",
+                http::Version::HTTP_3 => "HTTP/3.0",
                 _ => "HTTP",
             };
             self.access_log(&AccessRecord {

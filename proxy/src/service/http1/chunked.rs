@@ -90,9 +90,7 @@ impl ChunkedTracker {
                     _ => {}
                 },
                 State::SizeLf => {
-                    if b != b'\n' {
-                        return Err(Malformed);
-                    }
+                    expect(b, b'\n')?;
                     self.state = if self.size == 0 {
                         State::TrailerStart
                     } else {
@@ -100,15 +98,11 @@ impl ChunkedTracker {
                     };
                 }
                 State::DataCr => {
-                    if b != b'\r' {
-                        return Err(Malformed);
-                    }
+                    expect(b, b'\r')?;
                     self.state = State::DataLf;
                 }
                 State::DataLf => {
-                    if b != b'\n' {
-                        return Err(Malformed);
-                    }
+                    expect(b, b'\n')?;
                     self.state = State::Size;
                     self.size = 0;
                     self.digits = 0;
@@ -124,15 +118,11 @@ impl ChunkedTracker {
                     _ => {}
                 },
                 State::TrailerLf => {
-                    if b != b'\n' {
-                        return Err(Malformed);
-                    }
+                    expect(b, b'\n')?;
                     self.state = State::TrailerStart;
                 }
                 State::EndLf => {
-                    if b != b'\n' {
-                        return Err(Malformed);
-                    }
+                    expect(b, b'\n')?;
                     self.state = State::Done;
                     return Ok(i + 1);
                 }
@@ -140,6 +130,15 @@ impl ChunkedTracker {
             i += 1;
         }
         Ok(i)
+    }
+}
+
+/// The one byte the grammar allows here.
+fn expect(b: u8, want: u8) -> Result<(), Malformed> {
+    if b == want {
+        Ok(())
+    } else {
+        Err(Malformed)
     }
 }
 

@@ -399,19 +399,22 @@ where
         let mut host = None;
         let mut close = false;
         let mut html = false;
+        let (mut seen_accept, mut seen_id) = (false, false);
         self.request_id.clear();
         for h in req.headers.iter() {
             let (name, value) = (h.name.as_bytes(), h.value);
             count += 1;
             bytes += name.len() + value.len();
-            match request_header(name) {
-                RequestHeader::Host => {
-                    if host.replace(value).is_some() {
-                        return Prep::Fallback;
-                    }
+            match Name::of(name) {
+                // A second Host: Pingora answers 400.
+                Name::Host if host.is_some() => return Prep::Fallback,
+                Name::Host => host = Some(value),
+                // The first `Accept` and `X-Request-Id` count, as on the Pingora path.
+                Name::Accept if !seen_accept => {
+                    seen_accept = true;
+                    html = pages::wants_html(Some(value));
                 }
-                RequestHeader::Accept => html |= pages::wants_html(Some(value)),
-                RequestHeader::Connection => {
+                Name::Connection => {
                     for token in tokens(value) {
                         if token.eq_ignore_ascii_case(b"close") {
                             close = true;
@@ -422,16 +425,26 @@ where
                     }
                     continue;
                 }
-                RequestHeader::HopByHop | RequestHeader::Forwarding => continue,
-                RequestHeader::RequestId => {
-                    if valid_request_id(value) {
-                        self.request_id.clear();
-                        self.request_id.extend_from_slice(value);
+                // Ours replace them.
+                Name::Forwarded
+                | Name::XForwardedFor
+                | Name::XForwardedHost
+                | Name::XForwardedProto => continue,
+                Name::RequestId => {
+                    if !seen_id {
+                        seen_id = true;
+                        if valid_request_id(value) {
+                            self.request_id.extend_from_slice(value);
+                        }
                     }
                     continue;
                 }
-                RequestHeader::Body => return Prep::Fallback,
-                RequestHeader::Other => {}
+                // A body or a protocol change: not for this path.
+                Name::ContentLength | Name::TransferEncoding | Name::Expect | Name::Upgrade => {
+                    return Prep::Fallback
+                }
+                n if n.hop_by_hop() => continue,
+                _ => {}
             }
             uhead.extend_from_slice(name);
             uhead.extend_from_slice(b": ");
@@ -618,9 +631,7 @@ where
                     if resp.status == 101 {
                         return Err(Failure::Protocol);
                     }
-                    // Interim answers (103 Early Hints) go to the client as they are.
-                    self.chead.clear();
-                    self.chead.extend_from_slice(&self.ubuf[..resp.head_len]);
+                    // Interim answers (103 Early Hints) go on at once, rewritten like any head.
                     if write_all(&mut self.client, &self.chead).await.is_err() {
                         return Err(Failure::Client);
                     }
@@ -696,17 +707,22 @@ where
                 Framing::Close | Framing::CloseAsChunked => false,
             };
             let body = &self.ubuf[..take];
-            if !first {
-                self.chead.clear();
-            }
-            if framing == Framing::CloseAsChunked && take > 0 {
-                push_chunk(&mut self.chead, body);
-            } else {
-                self.chead.extend_from_slice(body);
-            }
-            let wrote = if first || !self.chead.is_empty() {
+            let rechunk = framing == Framing::CloseAsChunked && take > 0;
+            // The head and the first bytes of the body go out in one write; later reads are
+            // written straight from the read buffer (re-chunked ones framed in `chead`).
+            let wrote = if first || rechunk {
+                if !first {
+                    self.chead.clear();
+                }
                 first = false;
+                if rechunk {
+                    push_chunk(&mut self.chead, body);
+                } else {
+                    self.chead.extend_from_slice(body);
+                }
                 write_all(&mut self.client, &self.chead).await
+            } else if take > 0 {
+                write_all(&mut self.client, body).await
             } else {
                 Ok(())
             };
@@ -929,40 +945,53 @@ fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum RequestHeader {
-    Host,
+/// The header names either side of the fast path acts on; everything else is copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Name {
     Accept,
     Connection,
-    /// Removed: meaningful for one hop only.
-    HopByHop,
-    /// Removed: we set our own.
-    Forwarding,
+    ContentLength,
+    Expect,
+    Forwarded,
+    Host,
+    KeepAlive,
+    ProxyConnection,
     RequestId,
-    /// Announces a body or a protocol change: not for this path.
-    Body,
+    Te,
+    TransferEncoding,
+    Upgrade,
+    XForwardedFor,
+    XForwardedHost,
+    XForwardedProto,
     Other,
 }
 
-fn request_header(name: &[u8]) -> RequestHeader {
-    let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
-    match name.len() {
-        2 if is("te") => RequestHeader::HopByHop,
-        4 if is("host") => RequestHeader::Host,
-        6 if is("accept") => RequestHeader::Accept,
-        6 if is("expect") => RequestHeader::Body,
-        7 if is("upgrade") => RequestHeader::Body,
-        9 if is("forwarded") => RequestHeader::Forwarding,
-        10 if is("connection") => RequestHeader::Connection,
-        10 if is("keep-alive") => RequestHeader::HopByHop,
-        12 if is("x-request-id") => RequestHeader::RequestId,
-        14 if is("content-length") => RequestHeader::Body,
-        15 if is("x-forwarded-for") => RequestHeader::Forwarding,
-        16 if is("x-forwarded-host") => RequestHeader::Forwarding,
-        16 if is("proxy-connection") => RequestHeader::HopByHop,
-        17 if is("x-forwarded-proto") => RequestHeader::Forwarding,
-        17 if is("transfer-encoding") => RequestHeader::Body,
-        _ => RequestHeader::Other,
+impl Name {
+    fn of(name: &[u8]) -> Name {
+        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        match name.len() {
+            2 if is("te") => Name::Te,
+            4 if is("host") => Name::Host,
+            6 if is("accept") => Name::Accept,
+            6 if is("expect") => Name::Expect,
+            7 if is("upgrade") => Name::Upgrade,
+            9 if is("forwarded") => Name::Forwarded,
+            10 if is("connection") => Name::Connection,
+            10 if is("keep-alive") => Name::KeepAlive,
+            12 if is("x-request-id") => Name::RequestId,
+            14 if is("content-length") => Name::ContentLength,
+            15 if is("x-forwarded-for") => Name::XForwardedFor,
+            16 if is("x-forwarded-host") => Name::XForwardedHost,
+            16 if is("proxy-connection") => Name::ProxyConnection,
+            17 if is("x-forwarded-proto") => Name::XForwardedProto,
+            17 if is("transfer-encoding") => Name::TransferEncoding,
+            _ => Name::Other,
+        }
+    }
+
+    /// Meaningful for one hop only: never forwarded, in either direction.
+    fn hop_by_hop(self) -> bool {
+        matches!(self, Name::KeepAlive | Name::ProxyConnection | Name::Te)
     }
 }
 
@@ -1012,11 +1041,11 @@ fn response_head(
     let mut named: [&[u8]; 8] = [b""; 8];
     let mut n_named = 0;
     // Each name is classified once; the second pass copies by class.
-    let mut classes = [ResponseHeader::Other; MAX_HEADERS];
+    let mut classes = [Name::Other; MAX_HEADERS];
     for (h, class) in resp.headers.iter().zip(classes.iter_mut()) {
-        *class = response_header(h.name.as_bytes());
+        *class = Name::of(h.name.as_bytes());
         match *class {
-            ResponseHeader::Connection => {
+            Name::Connection => {
                 for t in tokens(h.value) {
                     if t.eq_ignore_ascii_case(b"close") {
                         keep_alive = false;
@@ -1026,14 +1055,14 @@ fn response_head(
                     }
                 }
             }
-            ResponseHeader::TransferEncoding => {
+            Name::TransferEncoding => {
                 te = Some(
                     tokens(h.value)
                         .last()
                         .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
                 );
             }
-            ResponseHeader::ContentLength => {
+            Name::ContentLength => {
                 let v = parse_length(h.value)?;
                 if length.replace(v).is_some_and(|old| old != v) {
                     return Err(());
@@ -1069,9 +1098,10 @@ fn response_head(
     for (h, class) in resp.headers.iter().zip(classes) {
         let name = h.name.as_bytes();
         match class {
-            ResponseHeader::Connection | ResponseHeader::HopByHop => continue,
-            ResponseHeader::ContentLength if te.is_some() => continue,
-            ResponseHeader::RequestId => has_id = true,
+            Name::Connection | Name::Upgrade => continue,
+            n if n.hop_by_hop() => continue,
+            Name::ContentLength if te.is_some() => continue,
+            Name::RequestId => has_id = true,
             _ => {}
         }
         if !named.is_empty() && named.iter().any(|t| t.eq_ignore_ascii_case(name)) {
@@ -1081,6 +1111,17 @@ fn response_head(
         out.extend_from_slice(b": ");
         out.extend_from_slice(h.value);
         out.extend_from_slice(b"\r\n");
+    }
+    // Interim heads (103 Early Hints) are passed on stripped of hop-by-hop headers, and get
+    // nothing of ours: the final head carries the request id and the connection's fate.
+    if (100..200).contains(&status) {
+        out.extend_from_slice(b"\r\n");
+        return Ok(Some(ResponseHead {
+            head_len,
+            status,
+            framing,
+            keep_alive,
+        }));
     }
     if !has_id {
         out.extend_from_slice(b"x-request-id: ");
@@ -1108,31 +1149,6 @@ fn parse_length(v: &[u8]) -> Result<u64, ()> {
         return Err(());
     }
     Ok(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ResponseHeader {
-    Connection,
-    HopByHop,
-    TransferEncoding,
-    ContentLength,
-    RequestId,
-    Other,
-}
-
-fn response_header(name: &[u8]) -> ResponseHeader {
-    let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
-    match name.len() {
-        2 if is("te") => ResponseHeader::HopByHop,
-        7 if is("upgrade") => ResponseHeader::HopByHop,
-        10 if is("connection") => ResponseHeader::Connection,
-        10 if is("keep-alive") => ResponseHeader::HopByHop,
-        12 if is("x-request-id") => ResponseHeader::RequestId,
-        14 if is("content-length") => ResponseHeader::ContentLength,
-        16 if is("proxy-connection") => ResponseHeader::HopByHop,
-        17 if is("transfer-encoding") => ResponseHeader::TransferEncoding,
-        _ => ResponseHeader::Other,
-    }
 }
 
 #[cfg(test)]
@@ -1240,20 +1256,15 @@ mod tests {
     }
 
     #[test]
-    fn request_headers_are_classified_case_insensitively() {
-        assert_eq!(request_header(b"HOST"), RequestHeader::Host);
-        assert_eq!(
-            request_header(b"X-Forwarded-For"),
-            RequestHeader::Forwarding
-        );
-        assert_eq!(
-            request_header(b"x-forwarded-proto"),
-            RequestHeader::Forwarding
-        );
-        assert_eq!(request_header(b"Transfer-Encoding"), RequestHeader::Body);
-        assert_eq!(request_header(b"Content-Length"), RequestHeader::Body);
-        assert_eq!(request_header(b"Proxy-Connection"), RequestHeader::HopByHop);
-        assert_eq!(request_header(b"x-forwarded-hosts"), RequestHeader::Other);
+    fn header_names_are_classified_case_insensitively() {
+        assert_eq!(Name::of(b"HOST"), Name::Host);
+        assert_eq!(Name::of(b"X-Forwarded-For"), Name::XForwardedFor);
+        assert_eq!(Name::of(b"x-forwarded-proto"), Name::XForwardedProto);
+        assert_eq!(Name::of(b"Transfer-Encoding"), Name::TransferEncoding);
+        assert_eq!(Name::of(b"Content-Length"), Name::ContentLength);
+        assert!(Name::of(b"Proxy-Connection").hop_by_hop());
+        assert!(!Name::of(b"Connection").hop_by_hop());
+        assert_eq!(Name::of(b"x-forwarded-hosts"), Name::Other);
         assert_eq!(
             tokens(b" close ,, Keep-Alive").collect::<Vec<_>>(),
             vec![&b"close"[..], b"Keep-Alive"]

@@ -105,11 +105,11 @@ impl UpstreamPool {
         }
     }
 
-    /// Keep `stream` for reuse under `key` (dropped when the thread's pool is full); `now`
-    /// is when it went idle.
+    /// Keep `stream` for reuse under `key` (closed when the thread's pool is full). `now` is
+    /// the start of the request that last used it: never later than when it went idle, so the
+    /// idle timeout errs early, before the upstream's own keep-alive timer.
     pub fn put(&self, key: PoolKey, stream: TcpStream, now: Instant) {
-        let mut expired = Vec::new();
-        {
+        let rejected = {
             let mut shard = self.shard();
             // Sweep at most once a second: long-idle connections of routes that stopped
             // getting traffic must not hold sockets (and pool places) for ever.
@@ -131,7 +131,7 @@ impl UpstreamPool {
                 shard.count -= removed;
             }
             if shard.count >= self.per_thread {
-                expired.push(stream);
+                Some(stream)
             } else {
                 shard.count += 1;
                 shard
@@ -139,14 +139,17 @@ impl UpstreamPool {
                     .entry(key)
                     .or_default()
                     .push(Idle { stream, since: now });
+                None
             }
-        }
-        // Closing sockets happens outside the lock.
-        drop(expired);
+        };
+        // A rejected connection closes outside the lock (swept ones close inside it, at most
+        // once a second).
+        drop(rejected);
     }
 
     /// Idle connections held now (all threads).
-    pub fn idle_count(&self) -> usize {
+    #[cfg(test)]
+    fn idle_count(&self) -> usize {
         self.shards
             .iter()
             .map(|s| s.lock().map_or(0, |s| s.count))
