@@ -477,7 +477,11 @@ fn serve(path: Option<&Path>, upgrade: bool, role: Role) -> anyhow::Result<()> {
 
     let sealing = setup::sealing_key(&cfg)?;
     let metrics = Arc::new(Metrics::new(cfg.proxy.max_route_metric_labels));
-    let router = Arc::new(Router::new(&table, metrics.clone()));
+    let router = Arc::new(Router::with_policy(
+        &table,
+        metrics.clone(),
+        cfg.upstream_policy(),
+    ));
     let store_certs = Arc::new(CertificateStore::new());
     let default_cert = default.and_then(|i| certs.get(i)).cloned();
     let (route_count, cert_count) = (table.routes.len(), certs.len());

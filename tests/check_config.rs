@@ -97,6 +97,39 @@ fn every_problem_is_printed_with_its_key() {
     }
 }
 
+/// A static route is an upstream entering too: it may not name this node's own listeners or
+/// a metadata service, whatever the spelling.
+#[test]
+fn static_routes_obey_the_upstream_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = check(
+        dir.path(),
+        r#"
+        [proxy]
+        http_listen = "0.0.0.0:18080"
+        [admin]
+        listen = "127.0.0.1:18081"
+        [[routes]]
+        hostnames = ["a.test"]
+        upstreams = ["127.0.0.1:18081", "[::ffff:127.0.0.1]:18080", "127.0.0.1:9001"]
+        [[routes]]
+        hostnames = ["b.test"]
+        upstreams = ["[2002:a9fe:a9fe::]:80"]
+        "#,
+    );
+    assert_eq!(code, 1, "{err}");
+    for needle in [
+        "routes[0].upstreams[0]: \"127.0.0.1:18081\": 127.0.0.1:18081 is this node's own listener (admin.listen = 127.0.0.1:18081) (own_listener)",
+        "routes[0].upstreams[1]",
+        "(it spells 127.0.0.1)",
+        "routes[1].upstreams[0]",
+        "(metadata)",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+    assert!(!err.contains("routes[0].upstreams[2]"), "{err}");
+}
+
 #[test]
 fn unknown_keys_and_syntax_errors_name_the_key_and_line() {
     let dir = tempfile::tempdir().unwrap();

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use host::{HostError, HostPattern};
-pub use net::IpNet;
+pub use net::{IpNet, Listener, UpstreamPolicy, UpstreamRule};
 pub use route::{
     CertificateChange, Challenge, ChallengeSet, Delta, PathRoute, Route, RouteChange, RouteTable,
     Snapshot, StoredCertificate, Upstream,
@@ -197,8 +197,9 @@ pub struct AdminConfig {
     pub token: Option<String>,
     /// File holding the bearer token (first line).
     pub token_file: Option<PathBuf>,
-    /// Networks tenant upstreams may point into. Empty: any address except link-local
-    /// (cloud metadata endpoints), unspecified, multicast and broadcast ones.
+    /// Networks tenant upstreams may point into. Empty: any unicast address but this node's
+    /// own listeners and the special-purpose ranges of [`net::UpstreamPolicy`] (cloud
+    /// metadata, tunnels); an entry inside one of those ranges opens exactly that entry.
     pub upstream_networks: Vec<String>,
 }
 
@@ -649,6 +650,33 @@ impl Config {
         }
     }
 
+    /// The upstream policy of this node: `admin.upstream_networks` and its own listeners
+    /// (those that parse; `validate` reports the rest).
+    pub fn upstream_policy(&self) -> UpstreamPolicy {
+        let own = [
+            ("proxy.http_listen", Some(&self.proxy.http_listen)),
+            ("proxy.https_listen", self.proxy.https_listen.as_ref()),
+            ("admin.listen", Some(&self.admin.listen)),
+        ]
+        .into_iter()
+        .filter_map(|(key, addr)| {
+            Some(Listener {
+                key: key.into(),
+                addr: addr?.parse().ok()?,
+            })
+        })
+        .collect();
+        UpstreamPolicy {
+            allow: self
+                .admin
+                .upstream_networks
+                .iter()
+                .filter_map(|n| n.parse().ok())
+                .collect(),
+            own,
+        }
+    }
+
     /// Read and parse a file, then apply environment overrides. Does not validate.
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
@@ -893,6 +921,7 @@ impl Config {
             }
         }
 
+        let policy = self.upstream_policy();
         let mut table = RouteTable::default();
         let mut owners: HashMap<HostPattern, usize> = HashMap::new();
         let mut ids: HashMap<String, usize> = HashMap::new();
@@ -938,7 +967,13 @@ impl Config {
             let mut upstreams = Vec::with_capacity(r.upstreams.len());
             for (j, u) in r.upstreams.iter().enumerate() {
                 match resolve_upstream(u) {
-                    Ok(addr) => upstreams.push(Upstream { addr }),
+                    Ok(addr) => match policy.check(addr, net::is_local_address) {
+                        Ok(()) => upstreams.push(Upstream { addr }),
+                        Err(refusal) => p(
+                            format!("routes[{i}].upstreams[{j}]"),
+                            format!("{u:?}: {refusal}"),
+                        ),
+                    },
                     Err(reason) => p(
                         format!("routes[{i}].upstreams[{j}]"),
                         format!("{u:?}: {reason}"),

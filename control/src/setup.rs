@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use tenantgate_certs::SealingKey;
-use tenantgate_config::{Config, IpNet, RouteTable};
+use tenantgate_config::{Config, RouteTable};
 
 use crate::api::InputRules;
 use crate::store::postgres::Postgres;
@@ -84,12 +84,7 @@ pub fn input_rules(cfg: &Config) -> InputRules {
     InputRules {
         platform_domain: cfg.platform.domain.to_ascii_lowercase(),
         reserved: cfg.platform.reserved.clone(),
-        upstream_networks: cfg
-            .admin
-            .upstream_networks
-            .iter()
-            .filter_map(|n| n.parse::<IpNet>().ok())
-            .collect(),
+        upstreams: cfg.upstream_policy(),
     }
 }
 

@@ -1,10 +1,10 @@
 //! Input rules of the admin API: slugs, names, hostnames, upstream addresses. Each rule
 //! returns a specific error naming the field; nothing is stored until all of them pass.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 
-use tenantgate_config::net::{canonical, is_link_local};
-use tenantgate_config::{HostPattern, IpNet};
+use tenantgate_config::net::is_local_address;
+use tenantgate_config::{HostPattern, UpstreamPolicy};
 
 use crate::{Error, Result};
 
@@ -20,8 +20,8 @@ pub struct InputRules {
     pub platform_domain: String,
     /// Slugs nobody may take.
     pub reserved: Vec<String>,
-    /// Networks upstreams may point into (empty: the default deny-list applies).
-    pub upstream_networks: Vec<IpNet>,
+    /// Where upstreams may point: `admin.upstream_networks` and this node's own listeners.
+    pub upstreams: UpstreamPolicy,
 }
 
 impl InputRules {
@@ -124,10 +124,10 @@ impl InputRules {
                     format!("upstreams[{i}]: port 0 is not a valid upstream port"),
                 ));
             }
-            if let Some(reason) = self.refused(addr.ip()) {
+            if let Err(refusal) = self.upstreams.check(addr, is_local_address) {
                 return Err(Error::invalid(
                     "forbidden_upstream",
-                    format!("upstreams[{i}]: {raw:?} {reason}"),
+                    format!("upstreams[{i}]: {raw:?}: {refusal}"),
                 ));
             }
             if out.contains(&addr) {
@@ -139,22 +139,6 @@ impl InputRules {
             out.push(addr);
         }
         Ok(out)
-    }
-
-    /// Why an upstream address is not allowed, if it is not.
-    fn refused(&self, ip: IpAddr) -> Option<String> {
-        let ip = canonical(ip);
-        if ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::V4(Ipv4Addr::BROADCAST) {
-            return Some("is not a unicast address".into());
-        }
-        if !self.upstream_networks.is_empty() {
-            return (!self.upstream_networks.iter().any(|n| n.contains(ip))).then(|| {
-                "is outside the allowed upstream networks (admin.upstream_networks)".into()
-            });
-        }
-        is_link_local(ip).then(|| {
-            "is link-local (cloud metadata endpoints live there); allow it explicitly with admin.upstream_networks".into()
-        })
     }
 }
 
@@ -186,7 +170,13 @@ mod tests {
         InputRules {
             platform_domain: "platform.test".into(),
             reserved: vec!["admin".into(), "www".into()],
-            upstream_networks: vec![],
+            upstreams: UpstreamPolicy {
+                allow: vec![],
+                own: vec![tenantgate_config::Listener {
+                    key: "admin.listen".into(),
+                    addr: "127.0.0.1:8081".parse().expect("addr"),
+                }],
+            },
         }
     }
 
@@ -247,10 +237,19 @@ mod tests {
             code(r.upstreams(&["10.0.0.1:80".into(), "10.0.0.1:80".into()])),
             "invalid_upstream"
         );
-        let only10 = InputRules {
-            upstream_networks: vec!["10.0.0.0/8".parse().expect("net")],
-            ..rules()
-        };
+        for own in [
+            "127.0.0.1:8081",
+            "[::ffff:127.0.0.1]:8081",
+            "127.0.0.2:8081",
+        ] {
+            assert_eq!(
+                code(r.upstreams(&[own.into()])),
+                "forbidden_upstream",
+                "{own}"
+            );
+        }
+        let mut only10 = rules();
+        only10.upstreams.allow = vec!["10.0.0.0/8".parse().expect("net")];
         assert!(only10.upstreams(&["10.9.9.9:80".into()]).is_ok());
         assert_eq!(
             code(only10.upstreams(&["127.0.0.1:80".into()])),

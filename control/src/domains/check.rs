@@ -11,7 +11,6 @@ use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::rr::RecordType;
 use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::{ResolveError, TokioResolver};
-use tenantgate_config::net::is_link_local;
 use tenantgate_config::DomainsConfig;
 
 use crate::store::DomainRecord;
@@ -208,8 +207,11 @@ impl Checker {
         };
         let mut last = String::new();
         for ip in addrs.iter().take(3) {
-            if ip.is_unspecified() || ip.is_multicast() || is_link_local(*ip) {
-                last = format!("{url}: {host} resolves to {ip}, which is never checked");
+            // The name's owner chooses where this fetch goes: never to a metadata service or
+            // a special-purpose address (this node's own proxy port is the point of it).
+            let policy = tenantgate_config::UpstreamPolicy::default();
+            if let Err(r) = policy.check(SocketAddr::new(*ip, self.http_port), |_| false) {
+                last = format!("{url}: {host} resolves to {ip}, which is never checked: {r}");
                 continue;
             }
             let target = format!("http://{}{path}", SocketAddr::new(*ip, self.http_port));

@@ -117,6 +117,8 @@ pub struct Lifecycle {
     node: String,
     instance: tokio::sync::OnceCell<String>,
     http: reqwest::Client,
+    /// Where upstreams may point; containers' published addresses are checked too.
+    policy: tenantgate_config::UpstreamPolicy,
 }
 
 /// A container started for a tenant, and the component of the blueprint it runs.
@@ -184,6 +186,7 @@ impl Lifecycle {
             node: random_id("n_")?,
             instance: tokio::sync::OnceCell::new(),
             http,
+            policy: cfg.upstream_policy(),
         };
         lc.reload_blueprints();
         Ok(Arc::new(lc))
@@ -462,6 +465,7 @@ impl Lifecycle {
             .start_generation(&d, b, generation, &d.theme, password.as_deref())
             .await?;
         let upstreams = served_addresses(b, &started);
+        self.permitted(&upstreams)?;
         self.store
             .deploy(ACTOR, id, generation, &d.theme, &upstreams)
             .await
@@ -871,6 +875,7 @@ impl Lifecycle {
         // Route first, then remove: a container leaving the route keeps answering what
         // is in flight for the drain time.
         let upstreams = served_addresses(b, &current);
+        self.permitted(&upstreams)?;
         if !same_set(&upstreams, &d.upstreams) {
             changed = true;
             self.store
@@ -1004,11 +1009,14 @@ impl Lifecycle {
             .start_generation(&d, b, generation, &theme, password.as_deref())
             .await?;
         let upstreams = served_addresses(b, &started);
-        if let Err(e) = self
-            .store
-            .deploy(ACTOR, id, generation, &theme, &upstreams)
-            .await
-        {
+        if let Err(e) = match self.permitted(&upstreams) {
+            Ok(()) => self
+                .store
+                .deploy(ACTOR, id, generation, &theme, &upstreams)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        } {
             for s in &started {
                 let _ = runtime.remove(&s.container.id).await;
             }
@@ -1029,6 +1037,19 @@ impl Lifecycle {
             ),
         )
         .await;
+        Ok(())
+    }
+}
+
+impl Lifecycle {
+    /// The upstream policy holds for containers too: a published address that is one of
+    /// this node's listeners (or a metadata address) is never routed.
+    fn permitted(&self, upstreams: &[(String, Vec<SocketAddr>)]) -> Result<(), String> {
+        for addr in upstreams.iter().flat_map(|(_, a)| a) {
+            self.policy
+                .check(*addr, tenantgate_config::net::is_local_address)
+                .map_err(|r| format!("a container's address is refused: {addr}: {r}"))?;
+        }
         Ok(())
     }
 }

@@ -28,7 +28,8 @@ use std::sync::Mutex;
 use arc_swap::{ArcSwap, Guard};
 use hashbrown::HashTable;
 use tenantgate_config::host::wildcard_suffix;
-use tenantgate_config::{RouteChange, RouteTable};
+use tenantgate_config::net::{is_local_address, Refusal};
+use tenantgate_config::{RouteChange, RouteTable, UpstreamPolicy, UpstreamRule};
 
 use crate::metrics::{Metrics, RouteMetrics};
 
@@ -257,6 +258,9 @@ pub struct RouteEntry {
     pub https_redirect: bool,
     /// The tenant is suspended: answer our 503 page.
     pub suspended: bool,
+    /// An upstream breaks this node's upstream policy: the route is not served (our 502),
+    /// never forwarded.
+    pub refused: Option<UpstreamRule>,
     has_paths: bool,
     has_upstreams: bool,
 }
@@ -381,21 +385,66 @@ pub struct Router {
     index: ArcSwap<RouteIndex>,
     epoch: Instant,
     metrics: Arc<Metrics>,
+    /// Where upstreams may point, checked as each route enters the table.
+    policy: UpstreamPolicy,
+    /// The ports of this node's listeners: only upstreams on these need the local-address
+    /// test again at connect time (an interface may have appeared since).
+    own_ports: Box<[u16]>,
     /// Each route's entry, for the writers (never read on the hot path).
     routes: Mutex<RouteRegistry>,
 }
 
 impl Router {
-    /// A router serving `table`.
+    /// A router serving `table` under the default upstream policy (no listeners of its own
+    /// to protect; metadata and special-purpose addresses refused).
     pub fn new(table: &RouteTable, metrics: Arc<Metrics>) -> Self {
+        Self::with_policy(table, metrics, UpstreamPolicy::default())
+    }
+
+    /// A router serving `table`, refusing routes whose upstreams break `policy`.
+    pub fn with_policy(table: &RouteTable, metrics: Arc<Metrics>, policy: UpstreamPolicy) -> Self {
+        let own_ports = policy.own_ports().collect();
         let r = Router {
             index: ArcSwap::from_pointee(RouteIndex::default()),
             epoch: Instant::now(),
             metrics,
+            policy,
+            own_ports,
             routes: Mutex::new(RouteRegistry::default()),
         };
         r.replace(table);
         r
+    }
+
+    /// Whether connecting to `addr` now would reach one of this node's own listeners (an
+    /// address that became local after the route was checked). Costs one comparison per
+    /// listener unless the port is one of theirs.
+    #[inline]
+    pub fn reaches_own_listener(&self, addr: SocketAddr) -> Option<Refusal> {
+        if !self.own_ports.contains(&addr.port()) {
+            return None;
+        }
+        self.policy.check(addr, is_local_address).err()
+    }
+
+    /// The rule the route's upstreams break, if one does (logged once per route change).
+    fn refusal(&self, route: &PackedRoute) -> Option<UpstreamRule> {
+        let mut refusal = None;
+        route.find_upstream(|a| match self.policy.check(a, is_local_address) {
+            Ok(()) => false,
+            Err(r) => {
+                refusal = Some(r);
+                true
+            }
+        });
+        let r = refusal?;
+        tracing::warn!(
+            route = route.id(),
+            rule = r.rule.as_str(),
+            "route not served: an upstream breaks the upstream policy: {}",
+            r.reason
+        );
+        Some(r.rule)
     }
 
     fn entry(&self, route: PackedRoute, previous: Option<&RouteEntry>) -> Arc<RouteEntry> {
@@ -422,6 +471,7 @@ impl Router {
             group_key: foldhash::fast::FixedState::with_seed(0x7465_6e61_6e74).hash_one(route.id()),
             https_redirect: route.https_redirect(),
             suspended: route.suspended(),
+            refused: self.refusal(&route),
             has_paths: route.has_paths(),
             has_upstreams: total > 0,
             down_first: if total > 0 {

@@ -188,6 +188,17 @@ impl PackedRoute {
         out
     }
 
+    /// The first upstream of the one list for which `f` holds, decoded without allocating.
+    pub fn find_upstream(&self, mut f: impl FnMut(SocketAddr) -> bool) -> Option<SocketAddr> {
+        let mut found = None;
+        self.walk_upstreams(|_, n, pos| {
+            found = self.addrs_at(*pos, n).flatten().find(|a| f(*a));
+            *pos += addrs_len(&self.0, *pos, n);
+            found.is_some()
+        });
+        found
+    }
+
     /// The part of the one list serving a request for `path`: the longest prefix (on
     /// segment boundaries, [`prefix_matches`]) whose path claims it, else the route's own.
     pub fn upstream_range(&self, path: &str) -> Range<usize> {

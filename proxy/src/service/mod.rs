@@ -305,6 +305,9 @@ impl ProxyHttp for EdgeProxy {
             if route.suspended {
                 break 'v Verdict::Answer(503);
             }
+            if route.refused.is_some() {
+                break 'v Verdict::Answer(502);
+            }
             if route.https_redirect && !ctx.tls {
                 if let Some(port) = self.settings.https_port {
                     let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -351,6 +354,17 @@ impl ProxyHttp for EdgeProxy {
         let addr = route.upstream(i).ok_or_else(|| {
             Error::explain(ErrorType::InternalError, "upstream index out of range")
         })?;
+        if let Some(r) = self.router.reaches_own_listener(addr) {
+            tracing::warn!(
+                route = route.id(),
+                rule = r.rule.as_str(),
+                "upstream refused at connect: {}",
+                r.reason
+            );
+            let mut e = Error::explain(ErrorType::ConnectProxyFailure, "forbidden upstream");
+            e.esource = ErrorSource::Upstream;
+            return Err(e);
+        }
         let mut peer = HttpPeer::new(addr, false, String::new());
         if self.settings.pool_per_route {
             peer.group_key = route.group_key;

@@ -157,6 +157,8 @@ enum Failure {
     Protocol,
     /// The client went away.
     Client,
+    /// The upstream breaks the upstream policy (it became one of our own listeners).
+    Forbidden,
 }
 
 impl Failure {
@@ -176,6 +178,7 @@ impl Failure {
             Failure::ReadTimeout => "ReadTimedout",
             Failure::WriteTimeout => "WriteTimedout",
             Failure::Stale | Failure::Protocol => "InvalidHTTPHeader",
+            Failure::Forbidden => "ConnectProxyFailure",
             Failure::Client => "WriteError",
         }
     }
@@ -479,6 +482,7 @@ where
             }
         }
         if route.suspended
+            || route.refused.is_some()
             || (route.https_redirect && !self.tls && edge.settings.https_port.is_some())
         {
             return Prep::Fallback;
@@ -563,6 +567,14 @@ where
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<TcpStream, Failure> {
+        if let Some(r) = self.app.edge.router.reaches_own_listener(addr) {
+            tracing::warn!(
+                rule = r.rule.as_str(),
+                "upstream refused at connect: {}",
+                r.reason
+            );
+            return Err(Failure::Forbidden);
+        }
         match fast_timeout(
             self.app.edge.settings.connect_timeout,
             TcpStream::connect(addr),
