@@ -485,6 +485,11 @@ fn serve(path: Option<&Path>, upgrade: bool, role: Role) -> anyhow::Result<()> {
     let store_certs = Arc::new(CertificateStore::new());
     let default_cert = default.and_then(|i| certs.get(i)).cloned();
     let (route_count, cert_count) = (table.routes.len(), certs.len());
+    let static_names: Vec<_> = table
+        .routes
+        .iter()
+        .flat_map(|r| r.hostnames.iter().cloned())
+        .collect();
     // Fleet proxies keep a last-known-good copy; a single node's store is local.
     let snapshot_path = matches!(role, Role::Proxy(_)).then(|| cfg.store.snapshot_path.clone());
     let state = Arc::new(EdgeState::new(
@@ -520,7 +525,7 @@ fn serve(path: Option<&Path>, upgrade: bool, role: Role) -> anyhow::Result<()> {
     let domains = match role {
         Role::Proxy(_) => None,
         Role::Single | Role::Control(_) => Some(
-            Domains::new(&cfg, store.clone(), sealing.clone())
+            Domains::new(&cfg, store.clone(), sealing.clone(), static_names.clone())
                 .map_err(|e| anyhow::anyhow!("custom domains: {e}"))?,
         ),
     };

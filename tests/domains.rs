@@ -540,6 +540,103 @@ async fn http_token_verifies_moves_are_noticed_blocking_works_and_webhooks_are_s
     );
 }
 
+/// A custom domain never takes a name this platform already serves (a static route, exactly
+/// or under its wildcard), and a name several tenants claim is proved only by its TXT record:
+/// the HTTP token shows no more than that DNS points here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_names_cannot_be_attached_and_contested_names_need_their_txt_record() {
+    let port = free_port();
+    let pebble = Pebble::start(port, &[]).await;
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let evil_backend = Backend::start("evil").await;
+    let victim_backend = Backend::start("victim").await;
+    let ca = TestCa::new();
+    let (c, k) = ca.issue(&["*.platform.test"]);
+    let tg = Tenantgate::new()
+        .http_port(port)
+        .cert(c, k, true)
+        .section(PLATFORM_TEST)
+        .section(&pebble.config(port, ""))
+        .route(&["shop-a.test"], &[a.addr])
+        .route(&["*.shop-b.test"], &[b.addr])
+        .start()
+        .await;
+    let evil = tg.create_tenant("evil", &[evil_backend.addr]).await;
+    let evil = evil["id"].as_str().expect("id").to_owned();
+    let victim = tg.create_tenant("victim", &[victim_backend.addr]).await;
+    let victim = victim["id"].as_str().expect("id").to_owned();
+    let (_, routes) = tg.api("GET", "/v1/routes", None).await;
+    let version = routes["version"].as_u64();
+
+    for served in ["shop-a.test", "SHOP-A.test.", "www.shop-b.test"] {
+        let (s, e) = try_attach(&tg, &evil, served).await;
+        assert_eq!(
+            (s, e["error"]["code"].as_str().unwrap_or("")),
+            (409, "hostname_served"),
+            "{served}: {e}"
+        );
+    }
+    // A platform name of another tenant is the platform's to assign, and taken.
+    let (s, _) = try_attach(&tg, &evil, "victim.platform.test").await;
+    assert_eq!(s, 422);
+    let (_, routes) = tg.api("GET", "/v1/routes", None).await;
+    assert_eq!(routes["version"].as_u64(), version, "nothing changed");
+    assert_eq!(
+        backend_json(tg.get("shop-a.test", "/").await).await["backend"],
+        "a"
+    );
+    assert_eq!(
+        backend_json(tg.get("x.shop-b.test", "/").await).await["backend"],
+        "b"
+    );
+
+    // Two tenants claim one name whose DNS already points here: the HTTP token would pass
+    // for both, so neither gets it by HTTP.
+    let host = "contested.test";
+    let by_evil = attach(&tg, &evil, host).await;
+    let by_victim = attach(&tg, &victim, host).await;
+    let evil_id = by_evil["id"].as_str().expect("id").to_owned();
+    let victim_id = by_victim["id"].as_str().expect("id").to_owned();
+    for id in [&evil_id, &victim_id] {
+        let d = wait_domain(&tg, id, "the HTTP token to be refused", |d| {
+            errors(d).contains(
+                "the HTTP token is not accepted for contested.test: 2 tenants claim the name",
+            )
+        })
+        .await;
+        assert_eq!(d["status"], "pending_verification", "{d}");
+    }
+    tg.wait_status(host, 404).await;
+    // The owner publishes the TXT record: theirs, and nobody else's.
+    let token = by_victim["verification"]["txt_value"]
+        .as_str()
+        .expect("token");
+    pebble.set_txt(&format!("_tenantgate.{host}"), token).await;
+    wait_domain(&tg, &victim_id, "the TXT record to prove it", |d| {
+        d["status"] == "active"
+    })
+    .await;
+    tg.wait_backend(host, "victim").await;
+    let d = wait_domain(&tg, &evil_id, "the other claim to fail", |d| {
+        errors(d).contains("verified by another tenant first")
+            || errors(d).contains("not this domain's token")
+    })
+    .await;
+    assert_eq!(d["status"], "pending_verification", "{d}");
+    assert_eq!(
+        evil_backend.hits(),
+        0,
+        "the attacker's backend never got a request"
+    );
+    let (s, e) = try_attach(&tg, &evil, host).await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (409, Some("hostname_taken")),
+        "{e}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_survive_a_ca_that_stops_rejects_nonces_and_forgets_our_account() {
     let port = free_port();

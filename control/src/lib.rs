@@ -41,6 +41,15 @@ pub enum Error {
     /// A unique name is already taken (409); the message never names the owner.
     #[error("{0}")]
     Conflict(String),
+    /// A name is taken or served, with a specific code (409), e.g. `hostname_served`; the
+    /// message never names the owner.
+    #[error("{message}")]
+    Taken {
+        /// Machine-readable code.
+        code: &'static str,
+        /// What is taken, and what to do.
+        message: String,
+    },
     /// The store cannot be reached or failed (503).
     #[error("store unavailable: {0}")]
     Unavailable(String),

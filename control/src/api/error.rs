@@ -59,6 +59,7 @@ impl From<Error> for ApiError {
                 format!("{what} not found"),
             ),
             Error::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            Error::Taken { code, message } => ApiError::new(StatusCode::CONFLICT, code, message),
             Error::Unavailable(m) => {
                 tracing::warn!("admin API: store unavailable: {m}");
                 ApiError::new(

@@ -160,8 +160,13 @@ impl Checker {
     }
 
     /// Whether the domain's owner proved ownership: `Ok("dns_txt" | "http")`, or the
-    /// reasons each way failed.
-    pub async fn ownership(&self, d: &DomainRecord) -> Result<&'static str, Vec<String>> {
+    /// reasons each way failed. `http_refused` says why the HTTP token cannot count for this
+    /// name (it only proves that DNS points at the platform), when it cannot.
+    pub async fn ownership(
+        &self,
+        d: &DomainRecord,
+        http_refused: Option<&str>,
+    ) -> Result<&'static str, Vec<String>> {
         let mut reasons = Vec::new();
         let txt_name = format!("_tenantgate.{}", d.hostname);
         match self.txt(&txt_name).await {
@@ -179,6 +184,13 @@ impl Checker {
             )),
             Lookup::Missing => reasons.push(format!("no TXT record at {txt_name}")),
             Lookup::Failed(e) => reasons.push(format!("DNS lookup of TXT {txt_name} failed: {e}")),
+        }
+        if let Some(why) = http_refused {
+            reasons.push(format!(
+                "the HTTP token is not accepted for {}: {why}; publish the TXT record",
+                d.hostname
+            ));
+            return Err(reasons);
         }
         match self.fetch(&d.hostname, &d.verify_path()).await {
             Ok(body) if body.trim() == d.token => return Ok("http"),

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use tenantgate_certs::acme::{AcmeError, AcmeErrorKind, Directory, Responder};
 use tenantgate_certs::SealingKey;
-use tenantgate_config::Config;
+use tenantgate_config::{Config, HostPattern};
 use tokio::sync::{Mutex, Notify, Semaphore};
 
 use crate::model::{rfc3339, DomainStatus, SslStatus};
@@ -118,6 +118,8 @@ pub struct Domains {
     moved_every: i64,
     wake: Notify,
     node: String,
+    /// Hostnames the config file's static routes serve: never attachable.
+    static_names: Vec<HostPattern>,
     /// The ACME account's credentials and their sealed form as stored.
     account: Mutex<Option<(String, Vec<u8>)>>,
 }
@@ -150,8 +152,14 @@ fn jitter(span: i64) -> i64 {
 }
 
 impl Domains {
-    /// The service for `cfg`; [`Domains::run`] does its background work.
-    pub fn new(cfg: &Config, store: Arc<Store>, sealing: Arc<SealingKey>) -> Result<Arc<Self>> {
+    /// The service for `cfg`, whose static routes serve `static_names`; [`Domains::run`]
+    /// does its background work.
+    pub fn new(
+        cfg: &Config,
+        store: Arc<Store>,
+        sealing: Arc<SealingKey>,
+        static_names: Vec<HostPattern>,
+    ) -> Result<Arc<Self>> {
         let d = &cfg.domains;
         let checker = Checker::new(d).map_err(|e| Error::invalid("config", e))?;
         let hooks = match (&cfg.webhooks.url, &cfg.webhooks.secret) {
@@ -185,6 +193,7 @@ impl Domains {
             moved_every: d.moved_check_seconds.saturating_mul(1000) as i64,
             wake: Notify::new(),
             node: random_id("n_")?,
+            static_names,
             account: Mutex::new(None),
         }))
     }
@@ -227,10 +236,43 @@ impl Domains {
         tenant_id: &str,
         hostname: &str,
     ) -> Result<DomainRecord> {
+        if let Some(p) = self.served_statically(hostname) {
+            return Err(Error::Taken {
+                code: "hostname_served",
+                message: format!(
+                    "{hostname:?} is served by this platform's own configuration ({}); it cannot be attached as a custom domain",
+                    p.to_display()
+                ),
+            });
+        }
         let d = self.store.attach_domain(actor, tenant_id, hostname).await?;
         self.announce("domain.attached", None, &d).await;
         self.wake.notify_one();
         Ok(d)
+    }
+
+    /// The static route pattern that serves `hostname` (exactly, or as a one-label
+    /// wildcard), if one does.
+    fn served_statically(&self, hostname: &str) -> Option<&HostPattern> {
+        let parent = hostname.split_once('.').map(|(_, p)| p);
+        self.static_names.iter().find(|p| match p {
+            HostPattern::Exact(h) => h == hostname,
+            HostPattern::Wildcard(suffix) => parent == Some(suffix.as_str()),
+        })
+    }
+
+    /// Why the HTTP token cannot prove ownership of `d`, if it cannot: it only shows that
+    /// DNS points at the platform, which is true of every name already served here, and
+    /// says nothing about which of several claimants owns the name.
+    async fn http_refused(&self, d: &DomainRecord) -> Result<Option<String>> {
+        let (claims, served) = self.store.hostname_claims(&d.hostname).await?;
+        Ok(if served {
+            Some("the name is already served by this platform".into())
+        } else if claims > 1 {
+            Some(format!("{claims} tenants claim the name"))
+        } else {
+            None
+        })
     }
 
     /// One domain.
@@ -479,7 +521,26 @@ impl Domains {
                 .await?;
             return Ok(None);
         }
-        let outcome = self.checker.ownership(&d).await;
+        if let Some(p) = self.served_statically(&d.hostname) {
+            let why = format!(
+                "{} is served by this platform's own configuration ({}): it cannot become a custom domain",
+                d.hostname,
+                p.to_display()
+            );
+            self.store
+                .note_domain(
+                    &d.id,
+                    &DomainNote {
+                        errors: Some(vec![why]),
+                        check_at: Some(None),
+                        ..DomainNote::default()
+                    },
+                )
+                .await?;
+            return Ok(None);
+        }
+        let http_refused = self.http_refused(&d).await?;
+        let outcome = self.checker.ownership(&d, http_refused.as_deref()).await;
         metrics()
             .checks
             .with_label_values(&[if outcome.is_ok() {
@@ -505,6 +566,24 @@ impl Domains {
                         self.announce("domain.status_changed", Some(&d), &after)
                             .await;
                         Ok(Some(after))
+                    }
+                    Err(Error::Taken { message, .. }) => {
+                        // A second claim arrived while the HTTP token was being checked: only
+                        // the TXT record counts now; keep checking.
+                        let failures = d.check_failures + 1;
+                        let next = now_ms() + backoff(self.check_min, self.check_max, failures);
+                        self.store
+                            .note_domain(
+                                &d.id,
+                                &DomainNote {
+                                    errors: Some(vec![message]),
+                                    check_at: Some(Some(next)),
+                                    check_failures: Some(failures),
+                                    ..DomainNote::default()
+                                },
+                            )
+                            .await?;
+                        Ok(None)
                     }
                     Err(Error::Conflict(_)) => {
                         // Either another tenant's domain took the name first, or this one

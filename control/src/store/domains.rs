@@ -202,6 +202,17 @@ pub(super) async fn load_domain(tx: &mut dyn Tx, id: &str) -> Result<DomainRecor
         .ok_or_else(|| Error::NotFound(format!("domain {id:?}")))
 }
 
+/// How many domains, of any tenant and not deleted, claim `hostname`.
+async fn claims(tx: &mut dyn Tx, hostname: &str) -> Result<i64> {
+    let rows = tx
+        .query(
+            "SELECT COUNT(*) FROM domains WHERE hostname = $1 AND status <> 'deleted'",
+            &[t(hostname)],
+        )
+        .await?;
+    rows.first().map_or(Ok(0), |r| int(r, 0))
+}
+
 /// The current challenges of the domains among `ids` (all when `None`).
 pub(super) async fn load_challenges(
     tx: &mut dyn Tx,
@@ -254,7 +265,10 @@ impl Store {
         let id = random_id("d_")?;
         let (mut tx, version) = self.begin_write("domain", &id).await?;
         live_tenant(&mut *tx, tenant_id).await?;
-        let in_use = Error::Conflict(format!("the hostname {hostname:?} is already in use"));
+        let in_use = || Error::Taken {
+            code: "hostname_taken",
+            message: format!("the hostname {hostname:?} is already in use"),
+        };
         if !tx
             .query(
                 "SELECT 1 FROM hostnames WHERE hostname = $1",
@@ -263,7 +277,7 @@ impl Store {
             .await?
             .is_empty()
         {
-            return Err(in_use);
+            return Err(in_use());
         }
         let existing = tx
             .query(
@@ -278,7 +292,7 @@ impl Store {
                 )));
             }
             if text(r, 1)? != DomainStatus::PendingVerification.as_str() {
-                return Err(in_use);
+                return Err(in_use());
             }
         }
         let now = now_ms();
@@ -311,6 +325,22 @@ impl Store {
         )
         .await?;
         Ok(d)
+    }
+
+    /// How many domains (of any tenant, not deleted) claim `hostname`, and whether a stored
+    /// route already serves it: what decides whether the HTTP token may prove ownership.
+    pub async fn hostname_claims(&self, hostname: &str) -> Result<(i64, bool)> {
+        let mut tx = self.backend.begin(false).await?;
+        let n = claims(&mut *tx, hostname).await?;
+        let served = !tx
+            .query(
+                "SELECT 1 FROM hostnames WHERE hostname = $1",
+                &[t(hostname)],
+            )
+            .await?
+            .is_empty();
+        tx.commit().await?;
+        Ok((n, served))
     }
 
     /// One domain.
@@ -479,6 +509,17 @@ impl Store {
                 "the domain is {}, not pending verification",
                 d.status.as_str()
             )));
+        }
+        if how == "http" && claims(&mut *tx, &d.hostname).await? > 1 {
+            // Checked again inside the write: a second claim may have arrived since the
+            // worker decided the HTTP token could count.
+            return Err(Error::Taken {
+                code: "contested",
+                message: format!(
+                    "{} is claimed by more than one tenant: only its TXT record proves ownership",
+                    d.hostname
+                ),
+            });
         }
         self.route(&mut *tx, version, &d).await?;
         tx.query("DELETE FROM challenges WHERE domain_id = $1", &[t(id)])
