@@ -34,6 +34,7 @@ fn snapshot(n: usize) -> Vec<u8> {
                 https_redirect: false,
                 suspended: false,
                 paths: Default::default(),
+                hsts: None,
             })
             .collect(),
         certificates: vec![],

@@ -28,6 +28,7 @@ fn table(n: usize) -> RouteTable {
                 https_redirect: false,
                 suspended: false,
                 paths: Default::default(),
+                hsts: None,
             })
             .collect(),
     }

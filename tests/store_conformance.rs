@@ -475,7 +475,10 @@ async fn domains(store: &Store) {
         store
             .attach_domain("test", &a.id, "dom-b.platform.test")
             .await,
-        Err(Error::Conflict(_))
+        Err(Error::Taken {
+            code: "hostname_taken",
+            ..
+        })
     ));
     // Both are due for their first check at once; a held one is not handed out.
     let due = store.due_domains(i64::MAX / 4, 10).await.expect("due");
@@ -528,7 +531,10 @@ async fn domains(store: &Store) {
         .expect("c");
     assert!(matches!(
         store.attach_domain("test", &c.id, "www.shop.test").await,
-        Err(Error::Conflict(_))
+        Err(Error::Taken {
+            code: "hostname_taken",
+            ..
+        })
     ));
 
     // One worker at a time, whichever node (even the same one twice).

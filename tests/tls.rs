@@ -81,14 +81,14 @@ fn der(pem: &str) -> Vec<u8> {
         .to_vec()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sni_picks_exact_then_wildcard_then_default() {
+engine_tests! {
+async fn sni_picks_exact_then_wildcard_then_default(engine) {
     let ca = TestCa::new();
     let a = Backend::start("a").await;
     let (ca_pem, ka) = ca.issue(&["a.test"]);
     let (cw_pem, kw) = ca.issue(&["*.w.test"]);
     let (cd_pem, kd) = ca.issue(&["platform.test"]);
-    let tg = Tenantgate::new()
+    let tg = Tenantgate::new().engine(engine)
         .cert(ca_pem.clone(), ka, false)
         .cert(cw_pem.clone(), kw, false)
         .cert(cd_pem.clone(), kd, true)
@@ -116,13 +116,14 @@ async fn sni_picks_exact_then_wildcard_then_default() {
         .await
         .contains("tenantgate_certs_certificates 3"));
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_default_unknown_names_are_refused_never_another_tenants_cert() {
+engine_tests! {
+async fn without_a_default_unknown_names_are_refused_never_another_tenants_cert(engine) {
     let ca = TestCa::new();
     let a = Backend::start("a").await;
     let (c, k) = ca.issue(&["a.test"]);
-    let tg = Tenantgate::new()
+    let tg = Tenantgate::new().engine(engine)
         .cert(c.clone(), k, false)
         .route(&["a.test"], &[a.addr])
         .route(&["b.test"], &[a.addr])
@@ -141,13 +142,14 @@ async fn without_a_default_unknown_names_are_refused_never_another_tenants_cert(
         );
     }
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn alpn_negotiates_http2_and_http1_still_works() {
+engine_tests! {
+async fn alpn_negotiates_http2_and_http1_still_works(engine) {
     let ca = TestCa::new();
     let a = Backend::start("a").await;
     let (c, k) = ca.issue(&["a.test"]);
-    let tg = Tenantgate::new()
+    let tg = Tenantgate::new().engine(engine)
         .cert(c, k, true)
         .route(&["a.test"], &[a.addr])
         .start()
@@ -177,15 +179,16 @@ async fn alpn_negotiates_http2_and_http1_still_works() {
     assert_eq!(status_of(&out), 200, "{out}");
     assert!(out.contains("\"path\":\"/h1\""));
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn host_of_another_route_than_the_sni_gets_421() {
+engine_tests! {
+async fn host_of_another_route_than_the_sni_gets_421(engine) {
     let ca = TestCa::new();
     let a = Backend::start("a").await;
     let b = Backend::start("b").await;
     // One certificate covers both names, as a shared platform certificate would.
     let (c, k) = ca.issue(&["a.test", "www.a.test", "b.test"]);
-    let tg = Tenantgate::new()
+    let tg = Tenantgate::new().engine(engine)
         .cert(c, k, true)
         .route(&["a.test", "www.a.test"], &[a.addr])
         .route(&["b.test"], &[b.addr])
@@ -211,4 +214,5 @@ async fn host_of_another_route_than_the_sni_gets_421() {
     assert_eq!(ask("a.test", "www.a.test").await, 200);
     assert_eq!(ask("a.test", "a.test").await, 200);
     assert_eq!(b.hits(), 0);
+}
 }

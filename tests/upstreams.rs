@@ -12,11 +12,11 @@ fn dead_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn round_robin_spreads_requests() {
+engine_tests! {
+async fn round_robin_spreads_requests(engine) {
     let a = Backend::start("a").await;
     let b = Backend::start("b").await;
-    let tg = Tenantgate::new()
+    let tg = Tenantgate::new().engine(engine)
         .route(&["rr.test"], &[a.addr, b.addr])
         .start()
         .await;
@@ -31,12 +31,13 @@ async fn round_robin_spreads_requests() {
         b.hits()
     );
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_upstream_is_skipped_and_requests_fail_over() {
+engine_tests! {
+async fn a_dead_upstream_is_skipped_and_requests_fail_over(engine) {
     let live = Backend::start("live").await;
     let dead = dead_addr();
-    let tg = Tenantgate::new()
+    let tg = Tenantgate::new().engine(engine)
         .proxy("unhealthy_cooldown_seconds = 60")
         .route(&["f.test"], &[dead, live.addr])
         .start()
@@ -60,10 +61,11 @@ async fn a_dead_upstream_is_skipped_and_requests_fail_over() {
         "{m}"
     );
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn all_upstreams_down_gives_our_502_page() {
-    let tg = Tenantgate::new()
+engine_tests! {
+async fn all_upstreams_down_gives_our_502_page(engine) {
+    let tg = Tenantgate::new().engine(engine)
         .route(&["down.test"], &[dead_addr(), dead_addr()])
         .start()
         .await;
@@ -78,11 +80,12 @@ async fn all_upstreams_down_gives_our_502_page() {
     // The proxy keeps serving afterwards.
     assert_eq!(tg.get("down.test", "/").await.status(), 502);
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_upstream_gives_our_504_page() {
+engine_tests! {
+async fn a_slow_upstream_gives_our_504_page(engine) {
     let slow = Backend::start("slow").await;
-    let tg = Tenantgate::new()
+    let tg = Tenantgate::new().engine(engine)
         .proxy("read_timeout_ms = 300")
         .route(&["slow.test"], &[slow.addr])
         .start()
@@ -103,16 +106,17 @@ async fn a_slow_upstream_gives_our_504_page() {
         "{m}"
     );
 }
+}
 
+engine_tests! {
 /// Two tenants whose routes point at the same backend: with the default per-route pools a
 /// connection opened for one route is never reused for the other; with `upstream_pool =
 /// "address"` they share.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upstream_connections_are_pooled_per_route_unless_shared_by_address() {
+async fn upstream_connections_are_pooled_per_route_unless_shared_by_address(engine) {
     use std::collections::HashSet;
     let shared = Backend::start("shared").await;
     for (pool, expect_shared) in [("route", false), ("address", true)] {
-        let tg = Tenantgate::new()
+        let tg = Tenantgate::new().engine(engine)
             .proxy(&format!("upstream_pool = {pool:?}"))
             .route(&["a.test"], &[shared.addr])
             .route(&["b.test"], &[shared.addr])
@@ -144,4 +148,5 @@ async fn upstream_connections_are_pooled_per_route_unless_shared_by_address() {
             "pool {pool}: a={a:?} b={b:?}"
         );
     }
+}
 }

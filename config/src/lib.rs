@@ -142,6 +142,9 @@ pub struct ProxyConfig {
     pub max_request_header_bytes: usize,
     /// Largest number of request headers (431 beyond).
     pub max_request_headers: usize,
+    /// Forward request headers whose names contain `_` (dropped by default: CGI, WSGI and
+    /// PHP backends read `X_Forwarded_For` as `X-Forwarded-For`).
+    pub allow_underscores_in_headers: bool,
     /// Routes beyond this many are aggregated under the metrics label `_other`.
     pub max_route_metric_labels: usize,
 }
@@ -168,6 +171,7 @@ impl Default for ProxyConfig {
             http1_fast_path: true,
             max_request_header_bytes: 32 * 1024,
             max_request_headers: 100,
+            allow_underscores_in_headers: false,
             max_route_metric_labels: 1_000,
         }
     }
@@ -494,6 +498,10 @@ pub struct RouteConfig {
     /// Answer plain HTTP with 308 to https.
     #[serde(default)]
     pub https_redirect: bool,
+    /// `Strict-Transport-Security` for responses over TLS, e.g.
+    /// `"max-age=31536000; includeSubDomains"`; unset: none.
+    #[serde(default)]
+    pub hsts: Option<String>,
 }
 
 /// Environment variables that override file values, with the key each one sets.
@@ -938,6 +946,14 @@ impl Config {
                     "must list at least one upstream".into(),
                 );
             }
+            if let Some(h) = &r.hsts {
+                if !route::valid_hsts(h) {
+                    p(
+                        format!("routes[{i}].hsts"),
+                        format!("{h:?} is not max-age=<seconds> optionally followed by ; includeSubDomains and ; preload"),
+                    );
+                }
+            }
             if r.https_redirect && self.proxy.https_listen.is_none() {
                 p(
                     format!("routes[{i}].https_redirect"),
@@ -997,6 +1013,7 @@ impl Config {
                 https_redirect: r.https_redirect,
                 suspended: false,
                 paths: Default::default(),
+                hsts: r.hsts.clone(),
             });
         }
         if problems.is_empty() {

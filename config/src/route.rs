@@ -42,6 +42,29 @@ pub struct Route {
     /// else goes to `upstreams`. Empty for most routes (and then free).
     #[serde(default, skip_serializing_if = "<[PathRoute]>::is_empty")]
     pub paths: Box<[PathRoute]>,
+    /// `Strict-Transport-Security` sent with every response over TLS (a value checked by
+    /// [`valid_hsts`]); `None`: none is added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hsts: Option<String>,
+}
+
+/// Whether `v` is a `Strict-Transport-Security` value this proxy sends: `max-age=<seconds>`
+/// first, then optionally `includeSubDomains` and `preload` (RFC 6797 §6.1).
+pub fn valid_hsts(v: &str) -> bool {
+    let mut parts = v.split(';').map(str::trim);
+    let age = parts.next().and_then(|p| p.strip_prefix("max-age="));
+    if !age.is_some_and(|a| !a.is_empty() && a.len() <= 10 && a.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return false;
+    }
+    let mut seen = Vec::new();
+    parts.all(|p| {
+        let known =
+            p.eq_ignore_ascii_case("includeSubDomains") || p.eq_ignore_ascii_case("preload");
+        let fresh = !seen.contains(&p.to_ascii_lowercase());
+        seen.push(p.to_ascii_lowercase());
+        known && fresh
+    })
 }
 
 /// Backends serving one path prefix of a route.
@@ -208,6 +231,29 @@ mod tests {
             https_redirect: false,
             suspended: false,
             paths: Default::default(),
+            hsts: None,
+        }
+    }
+
+    #[test]
+    fn hsts_values_are_checked() {
+        for ok in [
+            "max-age=31536000",
+            "max-age=0",
+            "max-age=63072000; includeSubDomains; preload",
+        ] {
+            assert!(valid_hsts(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "max-age=",
+            "max-age=x",
+            "includeSubDomains",
+            "max-age=1; foo",
+            "max-age=1; preload; preload",
+            "max-age=1\r\nx: y",
+        ] {
+            assert!(!valid_hsts(bad), "{bad}");
         }
     }
 

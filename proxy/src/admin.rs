@@ -5,6 +5,10 @@
 //! It runs as its own Pingora service on `[admin] listen`, never on the proxy's ports, so it
 //! takes part in graceful upgrades like the proxy listeners. Requests are bridged into axum:
 //! the body is read whole (at most [`MAX_BODY`] bytes; 413 beyond), the answer collected.
+//!
+//! A request that carries this platform's `Via` mark was forwarded by one of our proxies (a
+//! tenant upstream that leads here, whatever the upstream policy missed): it is refused with
+//! 403, never served.
 
 use std::sync::Arc;
 
@@ -23,6 +27,7 @@ use tower::ServiceExt;
 
 use crate::metrics::Metrics;
 use crate::router::Router;
+use crate::service::forward::LoopMark;
 use crate::sync::EdgeState;
 
 /// Largest request body the admin listener accepts.
@@ -44,11 +49,15 @@ struct AdminState {
 /// Serves the admin endpoints.
 pub struct AdminApp {
     app: axum::Router,
+    mark: LoopMark,
 }
 
 impl AdminApp {
-    /// An app reporting on these components; `api` (the control plane's routes) is merged in.
+    /// An app reporting on these components; `api` (the control plane's routes) is merged in;
+    /// requests forwarded by the proxies of the platform at `platform_domain` are refused.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
+        platform_domain: &str,
         metrics: Arc<Metrics>,
         router: Arc<Router>,
         certs: Arc<CertificateStore>,
@@ -78,7 +87,10 @@ impl AdminApp {
                 &format!("no admin endpoint at {}", uri.path()),
             )
         });
-        AdminApp { app }
+        AdminApp {
+            app,
+            mark: LoopMark::new(platform_domain),
+        }
     }
 }
 
@@ -137,6 +149,20 @@ async fn readyz(State(s): State<AdminState>) -> axum::response::Response {
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let head = session.req_header();
+        if head
+            .headers
+            .get_all(header::VIA)
+            .iter()
+            .any(|v| self.mark.marks(v.as_bytes()))
+        {
+            session.set_keepalive(None);
+            return finish(error(
+                StatusCode::FORBIDDEN,
+                "forwarded_request",
+                "the admin listener does not serve requests forwarded by the platform's proxy",
+            ))
+            .await;
+        }
         let mut req = http::Request::builder()
             .method(head.method.clone())
             .uri(head.uri.clone());

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::listening::Service;
@@ -60,6 +61,17 @@ pub fn server_conf(cfg: &Config) -> ServerConf {
         upstream_keepalive_pool_size: cfg.proxy.upstream_keepalive_pool_size,
         ..ServerConf::default()
     }
+}
+
+/// Buffers of each client connection's TCP stream. Both engines read into buffers of their
+/// own (the HTTP/1 loop's, rustls', h2's), so Pingora's default 64 KiB read buffer per
+/// connection would only copy bytes once more and hold 64 KiB of every idle connection; the
+/// small write buffer coalesces a response head with the first body bytes.
+fn client_buffers() -> L4BufferSettings {
+    L4BufferSettings::new(
+        0,
+        pingora::protocols::l4::stream::DEFAULT_L4_WRITE_BUFFER_SIZE,
+    )
 }
 
 /// The shared pieces a running node is made of.
@@ -115,6 +127,7 @@ pub fn add_admin_only(server: &mut Server, cfg: &Config, edge: &Edge, api: Optio
     let mut admin = Service::new(
         "tenantgate admin".to_string(),
         AdminApp::new(
+            &cfg.platform.domain,
             edge.metrics.clone(),
             edge.router.clone(),
             edge.certs.clone(),
@@ -153,12 +166,14 @@ pub fn add_services(
         access_log: cfg.log.access_log,
         pool_per_route: cfg.proxy.upstream_pool == tenantgate_config::UpstreamPool::Route,
         http1_pipelining: cfg.proxy.http1_pipelining,
+        allow_underscores_in_headers: cfg.proxy.allow_underscores_in_headers,
     };
     let proxy = EdgeProxy::new(
         edge.router.clone(),
         edge.challenges.clone(),
         settings,
-        edge.metrics.unknown.clone(),
+        edge.metrics.clone(),
+        &cfg.platform.domain,
     );
     let mut app = pingora::proxy::HttpProxy::new(proxy.clone(), server.configuration.clone());
     app.handle_init_modules();
@@ -175,7 +190,7 @@ pub fn add_services(
         window,
     );
     let mut svc = Service::new("tenantgate proxy".to_string(), fast);
-    svc.add_tcp(&cfg.proxy.http_listen);
+    svc.add_listener(ListenerConfig::tcp(&cfg.proxy.http_listen).l4_buffer(client_buffers()));
     if let Some(addr) = &cfg.proxy.https_listen {
         let mut tls =
             TlsSettings::with_callbacks(Box::new(service::tls::SniCapture)).map_err(|e| {
@@ -186,7 +201,11 @@ pub fn add_services(
             })?;
         tls.set_cert_resolver(Arc::new(SniResolver::new(edge.certs.clone())));
         tls.enable_h2();
-        svc.add_tls_with_settings(addr, None, tls);
+        svc.add_listener(
+            ListenerConfig::tcp(addr)
+                .tls(tls)
+                .l4_buffer(client_buffers()),
+        );
     }
     server.add_service(svc);
     add_admin_only(server, cfg, edge, api);

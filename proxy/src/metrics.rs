@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::service::decide::Answer;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
@@ -56,6 +57,8 @@ impl RouteMetrics {
 /// The proxy's registry and metric families.
 pub struct Metrics {
     registry: Registry,
+    /// Our own answers by reason ([`Answer::name`]), children resolved once.
+    answers: Vec<(&'static str, IntCounter)>,
     requests: IntCounterVec,
     duration: HistogramVec,
     upstream_errors: IntCounterVec,
@@ -110,6 +113,20 @@ impl Metrics {
             &["route", "kind"],
         )
         .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let answers_vec = IntCounterVec::new(
+            Opts::new(
+                "tenantgate_proxy_answers_total",
+                "Requests the proxy answered itself instead of an upstream, by reason",
+            ),
+            &["reason"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let mut answers: Vec<(&'static str, IntCounter)> = Vec::new();
+        for a in Answer::ALL {
+            if !answers.iter().any(|(n, _)| *n == a.name()) {
+                answers.push((a.name(), answers_vec.with_label_values(&[a.name()])));
+            }
+        }
         let routes = IntGauge::new("tenantgate_proxy_routes", "Routes in the routing table")
             .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
         let certificates =
@@ -119,6 +136,7 @@ impl Metrics {
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
             Box::new(upstream_errors.clone()),
+            Box::new(answers_vec),
             Box::new(routes.clone()),
             Box::new(certificates.clone()),
         ] {
@@ -137,6 +155,7 @@ impl Metrics {
         let other = children("_other");
         Metrics {
             registry,
+            answers,
             requests,
             duration,
             upstream_errors,
@@ -146,6 +165,13 @@ impl Metrics {
             budget: route_label_budget,
             labelled: Mutex::new(HashMap::new()),
             other,
+        }
+    }
+
+    /// Count one answer of our own.
+    pub fn answer(&self, a: Answer) {
+        if let Some((_, c)) = self.answers.iter().find(|(n, _)| *n == a.name()) {
+            c.inc();
         }
     }
 

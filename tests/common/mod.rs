@@ -5,6 +5,7 @@
 #![allow(dead_code, missing_docs)]
 
 pub mod docker;
+pub mod engine;
 pub mod pebble;
 pub mod postgres;
 
@@ -24,6 +25,10 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+#[allow(unused_imports)]
+pub(crate) use engine::engine_tests;
+pub use engine::Engine;
 
 pub fn init_crypto() {
     static ONCE: Once = Once::new();
@@ -237,6 +242,8 @@ fn websocket_upgrade(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
 pub struct RawBackend {
     pub addr: SocketAddr,
     pub received: Arc<Mutex<Vec<String>>>,
+    /// Connections accepted, counted the moment each is accepted.
+    pub accepted: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -251,12 +258,15 @@ impl RawBackend {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let received = Arc::new(Mutex::new(Vec::new()));
+        let accepted = Arc::new(AtomicUsize::new(0));
         let rec = received.clone();
+        let count = accepted.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut s, _)) = listener.accept().await else {
                     continue;
                 };
+                count.fetch_add(1, Ordering::SeqCst);
                 let rec = rec.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
@@ -287,6 +297,7 @@ impl RawBackend {
         RawBackend {
             addr,
             received,
+            accepted,
             task,
         }
     }
@@ -597,6 +608,7 @@ pub struct Tenantgate {
     command: Option<&'static str>,
     http_port: Option<u16>,
     env: Vec<(String, String)>,
+    engine: Option<Engine>,
 }
 
 /// The `[platform]` section most tests use.
@@ -618,6 +630,8 @@ pub struct Running {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     env: Vec<(String, String)>,
+    /// The engine setting under test: its access log is checked against it at the end.
+    engine: Option<Engine>,
 }
 
 impl Tenantgate {
@@ -733,6 +747,14 @@ impl Tenantgate {
         self
     }
 
+    /// Serve with this engine (see [`Engine`]); the access log is checked against it when
+    /// the node stops.
+    pub fn engine(mut self, engine: Engine) -> Tenantgate {
+        self.proxy_extra.push(engine.setting().into());
+        self.engine = Some(engine);
+        self
+    }
+
     /// An extra line in `[proxy]`, e.g. `read_timeout_ms = 300`.
     pub fn proxy(mut self, line: &str) -> Tenantgate {
         self.proxy_extra.push(line.to_string());
@@ -803,6 +825,7 @@ impl Tenantgate {
             dir,
             config,
             env: self.env,
+            engine: self.engine,
         };
         running.child = Some(running.spawn(false));
         running.wait_ready().await;
@@ -942,6 +965,8 @@ impl Drop for Running {
         self.stop();
         if std::thread::panicking() {
             eprintln!("---- tenantgate logs ----\n{}", self.logs());
+        } else if let Some(engine) = self.engine {
+            engine.check(&self.logs());
         }
     }
 }

@@ -936,6 +936,7 @@ async fn load_routes(tx: &mut dyn Tx, ids: Option<&[String]>) -> Result<Vec<Rout
                 https_redirect: false,
                 suspended: text(r, 1)? == "suspended",
                 paths: Box::default(),
+                hsts: None,
             },
         );
     }

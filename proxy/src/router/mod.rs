@@ -272,6 +272,12 @@ impl RouteEntry {
         self.route.id()
     }
 
+    /// The route's `Strict-Transport-Security` value, if it has one.
+    #[inline]
+    pub fn hsts(&self) -> Option<&str> {
+        self.route.hsts()
+    }
+
     /// The route this entry serves.
     pub fn route(&self) -> &PackedRoute {
         &self.route
@@ -674,6 +680,7 @@ mod tests {
                     https_redirect: false,
                     suspended: false,
                     paths: Default::default(),
+                    hsts: None,
                 },
                 Route {
                     id: "w".into(),
@@ -685,6 +692,7 @@ mod tests {
                     https_redirect: true,
                     suspended: false,
                     paths: Default::default(),
+                    hsts: None,
                 },
             ],
         }
@@ -755,6 +763,7 @@ mod tests {
                     https_redirect: false,
                     suspended: false,
                     paths: Default::default(),
+                    hsts: None,
                 }),
                 RouteChange::Upsert(Route {
                     id: "w".into(),
@@ -766,6 +775,7 @@ mod tests {
                     https_redirect: true,
                     suspended: true,
                     paths: Default::default(),
+                    hsts: None,
                 }),
             ]
             .iter()

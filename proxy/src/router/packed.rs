@@ -5,12 +5,14 @@
 //! Layout of the bytes (lengths and counts are LEB128 varints, offsets little-endian u32):
 //!
 //! ```text
-//! [0]     flags: 1 = https_redirect, 2 = suspended, 4 = has paths, 8 = from the config file
+//! [0]     flags: 1 = https_redirect, 2 = suspended, 4 = has paths, 8 = from the config file,
+//!         16 = has an HSTS value
 //! [1..5]  offset of the upstream section
 //! [5..9]  offset of the id
 //! [9..]   hostnames: count, then per name: kind (0 exact, 1 wildcard suffix), len, bytes
 //!         upstreams: count, addresses; path count, per path: len, prefix, count, addresses
 //!         id: len, bytes
+//!         hsts (flag 16 only): len, bytes
 //! ```
 //!
 //! An address is a tag byte (4 or 6), the IP, the port (LE u16), and for IPv6 the flow info
@@ -28,6 +30,7 @@ const REDIRECT: u8 = 1;
 const SUSPENDED: u8 = 2;
 const PATHS: u8 = 4;
 const CONFIGURED: u8 = 8;
+const HSTS: u8 = 16;
 const HEADER: usize = 9;
 
 /// A route packed into one immutable allocation.
@@ -72,6 +75,7 @@ impl PackedRoute {
         let flags = if r.https_redirect { REDIRECT } else { 0 }
             | if r.suspended { SUSPENDED } else { 0 }
             | if r.paths.is_empty() { 0 } else { PATHS }
+            | if r.hsts.is_some() { HSTS } else { 0 }
             | origin;
         b.push(flags);
         b.extend_from_slice(&[0; 8]);
@@ -93,6 +97,9 @@ impl PackedRoute {
         }
         let id = offset(b.len());
         put_str(&mut b, &r.id);
+        if let Some(h) = &r.hsts {
+            put_str(&mut b, h);
+        }
         b[1..5].copy_from_slice(&upstreams);
         b[5..9].copy_from_slice(&id);
         // Copied into an allocation of the exact size (the vector over-reserved).
@@ -103,6 +110,16 @@ impl PackedRoute {
     pub fn id(&self) -> &str {
         let mut pos = self.header(5);
         as_str(self.bytes_at(&mut pos))
+    }
+
+    /// The `Strict-Transport-Security` value sent over TLS, if the route has one.
+    pub fn hsts(&self) -> Option<&str> {
+        if self.flags() & HSTS == 0 {
+            return None;
+        }
+        let mut pos = self.header(5);
+        self.bytes_at(&mut pos);
+        Some(as_str(self.bytes_at(&mut pos)))
     }
 
     /// Answer plain HTTP with a 308 to https.
@@ -243,6 +260,7 @@ impl PackedRoute {
             https_redirect: self.https_redirect(),
             suspended: self.suspended(),
             paths,
+            hsts: self.hsts().map(str::to_owned),
         }
     }
 
@@ -345,7 +363,9 @@ impl serde::Serialize for PackedRoute {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let has_paths = self.has_paths();
-        let mut st = s.serialize_struct("Route", if has_paths { 6 } else { 5 })?;
+        let hsts = self.hsts();
+        let fields = 5 + usize::from(has_paths) + usize::from(hsts.is_some());
+        let mut st = s.serialize_struct("Route", fields)?;
         st.serialize_field("id", self.id())?;
         st.serialize_field("hostnames", &Names(self))?;
         let mut pos = self.header(1);
@@ -357,6 +377,10 @@ impl serde::Serialize for PackedRoute {
             st.serialize_field("paths", &Paths(self, pos))?;
         } else {
             st.skip_field("paths")?;
+        }
+        match hsts {
+            Some(h) => st.serialize_field("hsts", h)?,
+            None => st.skip_field("hsts")?,
         }
         st.end()
     }
@@ -545,6 +569,7 @@ mod tests {
                 },
             ]
             .into(),
+            hsts: Some("max-age=31536000; includeSubDomains".into()),
         }
     }
 
@@ -588,6 +613,7 @@ mod tests {
         }
         let plain = PackedRoute::new(&Route {
             paths: Box::default(),
+            hsts: None,
             ..route()
         });
         assert_eq!(plain.upstream_range("/store"), 0..2);
@@ -599,6 +625,7 @@ mod tests {
             https_redirect: false,
             suspended: true,
             paths: Default::default(),
+            hsts: None,
         };
         let p = PackedRoute::new(&empty);
         assert_eq!(p.to_route(), empty);
@@ -632,6 +659,7 @@ mod tests {
             https_redirect: false,
             suspended: false,
             paths: Default::default(),
+            hsts: None,
         };
         let len = PackedRoute::new(&r).0.len();
         assert!(len <= 64, "{len}");

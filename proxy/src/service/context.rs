@@ -1,11 +1,13 @@
-//! The typed per-request context, filled in `request_filter` and read by every later phase
-//! and by `logging()`, where metrics and the access log are written once.
+//! The Pingora engine's typed per-request context, filled in `request_filter` and read by
+//! every later phase and by `logging()`, where metrics and the access log are written once.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use tenantgate_config::host::HostBuf;
 
+use super::decide::{Answer, Verdict};
+use super::forward::Length;
 use crate::router::RouteEntry;
 
 /// What the proxy knows about one request.
@@ -26,6 +28,16 @@ pub struct RequestContext {
     pub tried: u64,
     /// `X-Request-Id`, as received or generated.
     pub request_id: Option<http::HeaderValue>,
+    /// The request's `Content-Length`, folded: what the upstream gets as its one value.
+    pub length: Length,
+    /// The client asked for a protocol change (`Upgrade`).
+    pub upgrade: bool,
+    /// What happened, for the access log.
+    pub outcome: &'static str,
+    /// Our own answer, when we gave one.
+    pub answer: Option<Answer>,
+    /// The verdict the HTTP/1 loop already reached for this request, if it handed it over.
+    pub handed: Option<Verdict>,
 }
 
 impl Default for RequestContext {
@@ -39,6 +51,11 @@ impl Default for RequestContext {
             upstreams: 0..0,
             tried: 0,
             request_id: None,
+            length: Length::Absent,
+            upgrade: false,
+            outcome: "proxied",
+            answer: None,
+            handed: None,
         }
     }
 }

@@ -67,6 +67,16 @@ const PAGES: &[(u16, &str, &str, &str)] = &[
         "431 Request Header Fields Too Large\n",
     ),
     (
+        508,
+        "Loop Detected",
+        page!(
+            "508",
+            "Loop Detected",
+            "This request came back to the platform it left from, so it was stopped here."
+        ),
+        "508 Loop Detected: the request went through this platform's proxy already\n",
+    ),
+    (
         500,
         "Internal Server Error",
         page!("500", "Internal Error", "Something went wrong on our side."),
@@ -122,6 +132,53 @@ pub fn body(status: u16, html: bool) -> (&'static str, Bytes) {
     }
 }
 
+/// The reason phrase of a status the proxy answers itself.
+pub fn reason(status: u16) -> &'static str {
+    PAGES
+        .iter()
+        .find(|p| p.0 == status)
+        .map(|p| p.1)
+        .or_else(|| http::StatusCode::from_u16(status).ok()?.canonical_reason())
+        .unwrap_or("")
+}
+
+/// Write a complete HTTP/1.1 response of ours into `out`: status line, content type and
+/// length, `cache-control: no-store`, the request id, `extra` headers, `connection: close`,
+/// and the page (not for HEAD). Returns the body bytes written.
+pub fn write_h1(
+    out: &mut Vec<u8>,
+    status: u16,
+    html: bool,
+    head_only: bool,
+    request_id: &[u8],
+    extra: &[(&str, &str)],
+) -> usize {
+    let (content_type, body) = self::body(status, html);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason(status).as_bytes());
+    out.extend_from_slice(b"\r\ncontent-type: ");
+    out.extend_from_slice(content_type.as_bytes());
+    out.extend_from_slice(b"\r\ncontent-length: ");
+    out.extend_from_slice(body.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\ncache-control: no-store\r\nx-request-id: ");
+    out.extend_from_slice(request_id);
+    for (k, v) in extra {
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+    }
+    out.extend_from_slice(b"\r\nconnection: close\r\n\r\n");
+    if head_only {
+        0
+    } else {
+        out.extend_from_slice(&body);
+        body.len()
+    }
+}
+
 /// Whether the client prefers HTML (a browser): its `Accept` names `text/html`.
 pub fn wants_html(accept: Option<&[u8]>) -> bool {
     accept.is_some_and(|a| a.windows(9).any(|w| w.eq_ignore_ascii_case(b"text/html")))
@@ -144,5 +201,17 @@ mod tests {
         let (ct, b) = body(502, false);
         assert!(ct.starts_with("text/plain"));
         assert!(b.starts_with(b"502 Bad Gateway"));
+        let mut out = Vec::new();
+        let n = write_h1(&mut out, 508, false, false, b"rid", &[("x-a", "1")]);
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(
+            text.starts_with("HTTP/1.1 508 Loop Detected\r\ncontent-type: text/plain"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x-request-id: rid\r\nx-a: 1\r\nconnection: close\r\n\r\n508 Loop"),
+            "{text}"
+        );
+        assert_eq!(text.len() - text.find("\r\n\r\n").expect("end") - 4, n);
     }
 }

@@ -654,6 +654,7 @@ mod tests {
             https_redirect: false,
             suspended: false,
             paths: Default::default(),
+            hsts: None,
         }
     }
 

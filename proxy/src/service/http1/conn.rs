@@ -1,0 +1,332 @@
+//! The loop of one HTTP/1 connection: read a head (bounded), decide, serve it on the fast
+//! path or hand it to Pingora, and again; idle timeouts and the drain of a graceful stop.
+//!
+//! Memory: an idle connection keeps only what it must (its small read buffer); the buffers
+//! a request needs are taken for it and given back after.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use pingora::apps::HttpServerApp;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use pingora_timeout::fast_timeout::fast_timeout;
+use tenantgate_config::host::{normalize_into, HostBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::chunked::ChunkedTracker;
+use super::handoff::OneRequest;
+use super::request::{Body, Handoff, Prep, Scratch};
+use super::{write_all, Deadline, Http1Service, KEEPALIVE};
+use crate::service::decide::{Answer, ConnectionFacts, Malformed, SniFact, Verdict};
+use crate::service::tls::Sni;
+use crate::service::{pages, AccessRecord, Decided};
+
+/// Capacity a connection's read buffer keeps between requests: most request heads fit, and
+/// an idle connection holds no more.
+const IDLE_READ_BUFFER: usize = 2048;
+
+pub(super) struct Conn<'a, A> {
+    pub(super) app: &'a Arc<Http1Service<A>>,
+    pub(super) client: Stream,
+    shutdown: ShutdownWatch,
+    pub(super) draining: bool,
+    pub(super) tls: bool,
+    /// The SNI name, normalised (TLS only; `Some(None)`: sent but not a valid hostname).
+    sni: Option<Option<HostBuf>>,
+    pub(super) peer: Option<pingora::protocols::l4::socket::SocketAddr>,
+    /// Closes an idle connection after [`KEEPALIVE`].
+    idle: Deadline,
+    /// Bounds each wait for the upstream (`read_timeout_ms`).
+    pub(super) upstream_wait: Deadline,
+    /// Completes when a graceful stop begins (polled in place, never re-created).
+    stopping: Pin<Box<dyn Future<Output = ()> + Send + Sync>>,
+    /// When the last request finished (or the connection began): the idle timer's base.
+    last: Instant,
+    pub(super) rbuf: BytesMut,
+    pub(super) ubuf: BytesMut,
+    pub(super) uhead: Vec<u8>,
+    pub(super) chead: Vec<u8>,
+    pub(super) scratch: Scratch,
+}
+
+impl<'a, A> Conn<'a, A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    pub(super) fn new(
+        app: &'a Arc<Http1Service<A>>,
+        client: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Self {
+        let ssl = client.get_ssl_digest();
+        let sni = ssl
+            .as_ref()
+            .and_then(|s| s.extension.get::<Sni>())
+            .and_then(|s| s.0.as_deref())
+            .map(|s| {
+                let mut buf = HostBuf::default();
+                normalize_into(s.as_bytes(), &mut buf).ok()?;
+                Some(buf)
+            });
+        let peer = client
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().cloned());
+        let draining = *shutdown.borrow();
+        let mut watch = shutdown.clone();
+        let now = Instant::now();
+        Conn {
+            idle: Deadline::new(now),
+            upstream_wait: Deadline::new(now),
+            stopping: Box::pin(async move {
+                // A dropped sender means the server is going away too.
+                let _ = watch.changed().await;
+            }),
+            last: now,
+            app,
+            client,
+            shutdown: shutdown.clone(),
+            draining,
+            tls: ssl.is_some(),
+            sni,
+            peer,
+            rbuf: BytesMut::new(),
+            ubuf: BytesMut::new(),
+            uhead: Vec::new(),
+            chead: Vec::new(),
+            scratch: Scratch {
+                host: HostBuf::default(),
+                request_id: Vec::new(),
+            },
+        }
+    }
+
+    pub(super) fn client_ip(&self) -> Option<std::net::IpAddr> {
+        self.peer.as_ref().and_then(|a| a.as_inet()).map(|a| a.ip())
+    }
+
+    pub(super) async fn run(mut self) -> Option<Stream> {
+        let limit = self.app.edge.settings().max_header_bytes;
+        loop {
+            let prep = loop {
+                let sni = match &self.sni {
+                    None => SniFact::Absent,
+                    Some(Some(h)) => SniFact::Name(h.as_str()),
+                    Some(None) => SniFact::Invalid,
+                };
+                let facts = ConnectionFacts { tls: self.tls, sni };
+                let client = self.client_ip();
+                match self.app.prepare(
+                    &self.rbuf,
+                    &facts,
+                    client,
+                    &mut self.scratch,
+                    &mut self.uhead,
+                ) {
+                    Prep::Partial => {}
+                    prep => break prep,
+                }
+                if self.rbuf.len() > limit {
+                    // The head never ended within the limit: what was read is dropped with
+                    // the connection.
+                    break Prep::Refuse {
+                        answer: Answer::HeadersTooLarge,
+                        html: false,
+                    };
+                }
+                match self.read_client(limit + 1 - self.rbuf.len()).await {
+                    Some(true) => {}
+                    Some(false) if self.rbuf.is_empty() => return None,
+                    // A partial head, then EOF or an error.
+                    Some(false) => {
+                        break Prep::Refuse {
+                            answer: Answer::BadRequest(Malformed::Head),
+                            html: false,
+                        }
+                    }
+                    None => return None,
+                }
+            };
+            match prep {
+                Prep::Partial => return None,
+                Prep::Refuse { answer, html } => {
+                    Box::pin(self.refuse(answer, html)).await;
+                    return None;
+                }
+                Prep::Proxy(plan) => {
+                    let start = Instant::now();
+                    self.rbuf.advance(plan.head_len);
+                    // Boxed: the idle state of the connection's future stays small (an idle
+                    // keep-alive connection holds only that), at one allocation per request.
+                    let served = Box::pin(self.proxy(&plan, start)).await;
+                    self.last = self.finish(&plan, &served, start);
+                    if served.close || plan.close || self.draining || self.early() {
+                        let _ = self.client.shutdown().await;
+                        return None;
+                    }
+                    self.rest();
+                }
+                Prep::Handoff(h) => {
+                    self = Box::pin(self.handoff(h, limit)).await?;
+                    if self.draining || self.early() {
+                        let _ = self.client.shutdown().await;
+                        return None;
+                    }
+                    self.rest();
+                }
+            }
+        }
+    }
+
+    /// A request arrived before the previous answer while pipelining is off: close.
+    fn early(&self) -> bool {
+        !self.app.edge.settings().http1_pipelining && !self.rbuf.is_empty()
+    }
+
+    /// Between requests: give back the buffers only a request needs, and keep a small read
+    /// buffer (unless pipelined bytes are waiting in it).
+    fn rest(&mut self) {
+        self.ubuf = BytesMut::new();
+        self.uhead = Vec::new();
+        self.chead = Vec::new();
+        if self.rbuf.is_empty() && self.rbuf.capacity() > IDLE_READ_BUFFER {
+            self.rbuf = BytesMut::new();
+        }
+    }
+
+    /// Read at most `room` more request bytes. `Some(true)`: got some; `Some(false)`: EOF or
+    /// error; `None`: close now (idle timeout, or drained).
+    async fn read_client(&mut self, room: usize) -> Option<bool> {
+        if self.rbuf.capacity() - self.rbuf.len() == 0 {
+            self.rbuf.reserve(IDLE_READ_BUFFER.min(room));
+        }
+        let idle = self.rbuf.is_empty();
+        let mut reader = (&mut self.client).take(room as u64);
+        let read = if !self.draining {
+            self.idle.arm(self.last, KEEPALIVE);
+            tokio::select! {
+                biased;
+                r = reader.read_buf(&mut self.rbuf) => r,
+                _ = self.idle.expired() => return None,
+                _ = &mut self.stopping => {
+                    self.draining = true;
+                    if !idle {
+                        // A request under way is still read and answered (with close).
+                        return Some(true);
+                    }
+                    // Bytes already in flight get the drain window; then the connection closes.
+                    fast_timeout(self.app.window, reader.read_buf(&mut self.rbuf)).await.ok()?
+                }
+            }
+        } else {
+            let wait = if idle { self.app.window } else { KEEPALIVE };
+            fast_timeout(wait, reader.read_buf(&mut self.rbuf))
+                .await
+                .ok()?
+        };
+        Some(matches!(read, Ok(n) if n > 0))
+    }
+
+    /// Answer a head nobody can serve (it does not parse, or never ends within the limit)
+    /// with our page, log it, and leave the connection to close.
+    async fn refuse(&mut self, answer: Answer, html: bool) {
+        let start = Instant::now();
+        let edge = &self.app.edge;
+        if self.scratch.request_id.is_empty() {
+            self.scratch
+                .request_id
+                .extend_from_slice(&edge.request_id_bytes());
+        }
+        self.chead.clear();
+        let sent = pages::write_h1(
+            &mut self.chead,
+            answer.status(),
+            html,
+            false,
+            &self.scratch.request_id,
+            &[],
+        );
+        let sent = match write_all(&mut self.client, &self.chead).await {
+            Ok(()) => sent,
+            Err(_) => 0,
+        };
+        let _ = self.client.shutdown().await;
+        let elapsed = start.elapsed();
+        edge.unknown_metrics()
+            .observe(answer.status(), elapsed.as_secs_f64());
+        edge.count_answer(answer);
+        edge.access_log(&AccessRecord {
+            client: self.peer.as_ref(),
+            method: "",
+            host: "",
+            path: "",
+            version: "HTTP/1.1",
+            tls: self.tls,
+            status: answer.status(),
+            elapsed,
+            bytes_sent: sent,
+            route: "",
+            upstream: None,
+            request_id: std::str::from_utf8(&self.scratch.request_id).unwrap_or(""),
+            error: "",
+            outcome: answer.name(),
+            engine: "http1",
+        });
+    }
+
+    /// Hand one request to the Pingora engine with its verdict, and take the connection back
+    /// when it is done (`None`: it closed it, or the request did not end where it was framed).
+    async fn handoff(mut self, h: Handoff, limit: usize) -> Option<Self> {
+        let inner = self.app.inner.clone();
+        self.rbuf.advance(h.head_len);
+        // The body bytes already read go with the head; what follows them is kept for later.
+        let (now, remaining, tracker) = match h.body {
+            Body::None => (0, 0, None),
+            Body::Upgrade => (self.rbuf.len(), 0, None),
+            Body::Length(n) => {
+                let now = usize::try_from(n)
+                    .unwrap_or(usize::MAX)
+                    .min(self.rbuf.len());
+                (now, n - now as u64, None)
+            }
+            Body::Chunked => {
+                let mut t = ChunkedTracker::default();
+                match t.feed(&self.rbuf) {
+                    Ok(now) => (now, 0, Some(t)),
+                    Err(_) => {
+                        self.refuse(Answer::BadRequest(Malformed::Framing), false)
+                            .await;
+                        return None;
+                    }
+                }
+            }
+        };
+        let mut prefix = BytesMut::with_capacity(self.uhead.len() + now);
+        prefix.extend_from_slice(&self.uhead);
+        prefix.extend_from_slice(&self.rbuf[..now]);
+        self.rbuf.advance(now);
+        let after = std::mem::take(&mut self.rbuf);
+        let stream = OneRequest::new(self.client, h.body, remaining, tracker, after, limit);
+        let mut session = ServerSession::new_http1(Box::new(stream));
+        session.set_keepalive(if self.draining {
+            None
+        } else {
+            Some(KEEPALIVE.as_secs())
+        });
+        session.set_pipelined_prefix(prefix);
+        let verdict: Verdict = h.verdict;
+        session.set_connection_user_context(Some(Box::new(Decided { verdict })));
+        let reused = inner.process_new_http(session, &self.shutdown).await?;
+        let (stream, _) = reused.consume();
+        let one = stream.into_any().downcast::<OneRequest>().ok()?;
+        let (client, rest) = (*one).into_parts()?;
+        self.client = client;
+        self.rbuf = rest;
+        self.last = Instant::now();
+        Some(self)
+    }
+}
