@@ -418,6 +418,33 @@ fn load(path: Option<&Path>) -> anyhow::Result<Loaded> {
     }
 }
 
+/// The node's connection limit: `configured`, or (0) what the open-files limit allows,
+/// after raising the soft limit to the hard one as servers do. Each proxied connection may
+/// hold an upstream connection too, and the store, the log and the listeners need some.
+fn connection_budget(configured: usize) -> usize {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let limit = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+                hard
+            } else {
+                soft
+            }
+        }
+        Err(_) => 1024,
+    };
+    let derived = usize::try_from(limit.saturating_sub(256) / 2)
+        .unwrap_or(usize::MAX)
+        .max(64);
+    let budget = if configured == 0 { derived } else { configured };
+    tracing::info!(
+        open_files = limit,
+        max_connections = budget,
+        "client connection limit"
+    );
+    budget
+}
+
 /// Pingora binds inside its service threads, where a failure panics that thread while the
 /// process keeps running without the port. Bind each address once here first so a taken or
 /// forbidden port is a clear error and exit 1. (With `--upgrade` the old process holds them.)
@@ -474,6 +501,9 @@ fn serve(path: Option<&Path>, upgrade: bool, role: Role) -> anyhow::Result<()> {
     }
     init_logging(&cfg);
     pingora::tls::install_default_crypto_provider();
+    if is_proxy {
+        cfg.proxy.max_connections = connection_budget(cfg.proxy.max_connections);
+    }
 
     let sealing = setup::sealing_key(&cfg)?;
     let metrics = Arc::new(Metrics::new(cfg.proxy.max_route_metric_labels));

@@ -474,3 +474,125 @@ async fn hsts_is_sent_over_tls_only(engine) {
     assert!(r.headers().get("strict-transport-security").is_none());
 }
 }
+
+/// A connection from `source` (a loopback address of its own) to `to`.
+async fn connect_from(source: &str, to: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().expect("socket");
+    s.bind(format!("{source}:0").parse().expect("addr"))
+        .expect("bind");
+    s.connect(to).await.expect("connect")
+}
+
+/// Whether the proxy closes `s` without a word (a refused connection) within a few seconds.
+async fn refused(s: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut b = [0u8; 64];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+/// `max_connections` per node and `max_connections_per_client` per address are enforced
+/// before any TLS or HTTP work: beyond them a connection is closed at once, counted in
+/// `tenantgate_proxy_connections_refused_total` and logged; a load balancer in
+/// `trusted_proxies` is exempt from the per-client limit; a TLS handshake that never
+/// happens holds its connection for `tls_handshake_timeout_ms` only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_capped_per_node_and_per_client() {
+    use tokio::io::AsyncWriteExt;
+    let a = Backend::start("a").await;
+    let ca = TestCa::new();
+    let (c, k) = ca.issue(&["a.test"]);
+    let tg = Tenantgate::new()
+        .cert(c, k, true)
+        .proxy("max_connections = 12")
+        .proxy("max_connections_per_client = 3")
+        .proxy("trusted_proxies = [\"127.0.0.9/32\"]")
+        .proxy("tls_handshake_timeout_ms = 500")
+        .route(&["a.test"], &[a.addr])
+        .start()
+        .await;
+    // Connections are admitted by the proxy's task a moment after the kernel accepts them:
+    // each step waits until the node counts what is open.
+    let open = |n: usize| {
+        let tg = &tg;
+        async move {
+            let want = format!("tenantgate_proxy_connections {n}\n");
+            wait_for(
+                &format!("{n} open connections"),
+                Duration::from_secs(5),
+                || {
+                    let want = want.clone();
+                    async move { tg.metrics().await.contains(&want).then_some(()) }
+                },
+            )
+            .await
+        }
+    };
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect_from("127.0.0.2", tg.http).await);
+    }
+    open(3).await;
+    let mut fourth = connect_from("127.0.0.2", tg.http).await;
+    assert!(
+        refused(&mut fourth).await,
+        "a 4th connection from one client"
+    );
+    // The three held ones still work.
+    held[0]
+        .write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut c = RawClient::from_stream(held.remove(0));
+    assert_eq!(c.response().await.status, 200);
+    // Another client address has its own allowance; a trusted balancer none at all.
+    for _ in 0..3 {
+        held.push(connect_from("127.0.0.3", tg.http).await);
+    }
+    for _ in 0..5 {
+        held.push(connect_from("127.0.0.9", tg.http).await);
+    }
+    // 2 + 3 + 5 + c = 11 open: one more fits the node, the next does not.
+    open(11).await;
+    held.push(connect_from("127.0.0.4", tg.http).await);
+    open(12).await;
+    let mut over = connect_from("127.0.0.5", tg.http).await;
+    assert!(refused(&mut over).await, "beyond max_connections");
+    let m = wait_for(
+        "the refusals in the metrics",
+        Duration::from_secs(5),
+        || async {
+            let m = tg.metrics().await;
+            (m.contains(r#"tenantgate_proxy_connections_refused_total{reason="client"} 1"#)
+                && m.contains(r#"tenantgate_proxy_connections_refused_total{reason="node"} 1"#))
+            .then_some(m)
+        },
+    )
+    .await;
+    assert!(m.contains("tenantgate_proxy_connections 12"), "{m}");
+    wait_for("the refusal in the log", Duration::from_secs(5), || async {
+        tg.logs()
+            .contains("connections refused: limit reached")
+            .then_some(())
+    })
+    .await;
+    // Closing connections makes room again.
+    drop(held);
+    drop(c);
+    open(0).await;
+    let r = tg.get("a.test", "/").await;
+    assert_eq!(r.status(), 200);
+    // A client that opens the TLS port and never says hello is counted, and let go.
+    let mut silent = connect_from("127.0.0.6", tg.https.unwrap()).await;
+    assert!(
+        refused(&mut silent).await,
+        "closed after the handshake deadline"
+    );
+    let m = tg.metrics().await;
+    assert!(
+        m.contains(r#"tenantgate_proxy_tls_handshake_failures_total{reason="timeout"} 1"#),
+        "{m}"
+    );
+}

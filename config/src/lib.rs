@@ -145,6 +145,18 @@ pub struct ProxyConfig {
     /// Forward request headers whose names contain `_` (dropped by default: CGI, WSGI and
     /// PHP backends read `X_Forwarded_For` as `X-Forwarded-For`).
     pub allow_underscores_in_headers: bool,
+    /// Most client connections the node holds at once (refused beyond, before any TLS or
+    /// HTTP work); 0: derived from the open-files limit (half of it, less a reserve: each
+    /// proxied connection may hold an upstream connection too).
+    pub max_connections: usize,
+    /// Most connections one client address holds at once (an IPv6 client counts by its
+    /// /64); 0: no limit. Clients in `trusted_proxies` are exempt.
+    pub max_connections_per_client: usize,
+    /// Networks (CIDR) of load balancers in front of the proxy: exempt from the per-client
+    /// connection limit.
+    pub trusted_proxies: Vec<String>,
+    /// How long a client has to complete its TLS handshake, milliseconds.
+    pub tls_handshake_timeout_ms: u64,
     /// Routes beyond this many are aggregated under the metrics label `_other`.
     pub max_route_metric_labels: usize,
 }
@@ -172,6 +184,10 @@ impl Default for ProxyConfig {
             max_request_header_bytes: 32 * 1024,
             max_request_headers: 100,
             allow_underscores_in_headers: false,
+            max_connections: 0,
+            max_connections_per_client: 512,
+            trusted_proxies: Vec::new(),
+            tls_handshake_timeout_ms: 10_000,
             max_route_metric_labels: 1_000,
         }
     }
@@ -808,7 +824,16 @@ impl Config {
         if self.proxy.threads == 0 || self.proxy.threads > 1024 {
             p("proxy.threads".into(), "must be between 1 and 1024".into());
         }
+        for (i, n) in self.proxy.trusted_proxies.iter().enumerate() {
+            if let Err(e) = n.parse::<IpNet>() {
+                p(format!("proxy.trusted_proxies[{i}]"), e);
+            }
+        }
         for (key, v) in [
+            (
+                "proxy.tls_handshake_timeout_ms",
+                self.proxy.tls_handshake_timeout_ms,
+            ),
             ("proxy.connect_timeout_ms", self.proxy.connect_timeout_ms),
             ("proxy.read_timeout_ms", self.proxy.read_timeout_ms),
             ("proxy.write_timeout_ms", self.proxy.write_timeout_ms),

@@ -10,6 +10,7 @@
 #![deny(clippy::unwrap_used)]
 
 pub mod admin;
+pub mod limits;
 pub mod metrics;
 pub mod router;
 pub mod service;
@@ -27,10 +28,11 @@ use tenantgate_certs::{CertificateStore, SniResolver};
 use tenantgate_config::Config;
 
 use crate::admin::AdminApp;
+use crate::limits::connections::{ConnectionLimits, EarlyRefusal};
 use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::service::drain::{drain_window, Draining};
-use crate::service::http1::Http1Service;
+use crate::service::http1::{Http1Service, TlsListener};
 use crate::service::{EdgeProxy, ProxySettings};
 
 /// Errors of this crate.
@@ -179,8 +181,40 @@ pub fn add_services(
     app.handle_init_modules();
     let window = drain_window(cfg.proxy.grace_period_seconds);
     let app = Draining::new(app, window);
+    let limits = Arc::new(ConnectionLimits::new(
+        cfg.proxy.max_connections,
+        cfg.proxy.max_connections_per_client,
+        cfg.proxy
+            .trusted_proxies
+            .iter()
+            .filter_map(|n| n.parse().ok())
+            .collect(),
+        edge.metrics.connections.clone(),
+    ));
+    // TLS connections arrive on a plain listener and get their handshake from our own app:
+    // so they are counted (and refused) before it, and it is bounded in time.
+    let tls = match &cfg.proxy.https_listen {
+        Some(addr) => {
+            let err = |reason: String| Error::Listener {
+                addr: addr.clone(),
+                reason,
+            };
+            let mut tls = TlsSettings::with_callbacks(Box::new(service::tls::SniCapture))
+                .map_err(|e| err(e.to_string()))?;
+            tls.set_cert_resolver(Arc::new(SniResolver::new(edge.certs.clone())));
+            tls.enable_h2();
+            Some(TlsListener {
+                addr: addr
+                    .parse()
+                    .map_err(|_| err("not an ip:port address".into()))?,
+                acceptor: Arc::new(tls.build()),
+                timeout: Duration::from_millis(cfg.proxy.tls_handshake_timeout_ms),
+            })
+        }
+        None => None,
+    };
     // Plain HTTP/1.1 requests take the fast path (when enabled); it hands everything else,
-    // and every connection when disabled, to the Pingora proxy.
+    // and every request when disabled, to the Pingora proxy.
     let fast = Http1Service::new(
         proxy,
         app,
@@ -188,25 +222,14 @@ pub fn add_services(
         cfg.proxy.threads,
         cfg.proxy.upstream_keepalive_pool_size,
         window,
-    );
+    )
+    .with_listeners(limits.clone(), tls);
     let mut svc = Service::new("tenantgate proxy".to_string(), fast);
     svc.add_listener(ListenerConfig::tcp(&cfg.proxy.http_listen).l4_buffer(client_buffers()));
     if let Some(addr) = &cfg.proxy.https_listen {
-        let mut tls =
-            TlsSettings::with_callbacks(Box::new(service::tls::SniCapture)).map_err(|e| {
-                Error::Listener {
-                    addr: addr.clone(),
-                    reason: e.to_string(),
-                }
-            })?;
-        tls.set_cert_resolver(Arc::new(SniResolver::new(edge.certs.clone())));
-        tls.enable_h2();
-        svc.add_listener(
-            ListenerConfig::tcp(addr)
-                .tls(tls)
-                .l4_buffer(client_buffers()),
-        );
+        svc.add_listener(ListenerConfig::tcp(addr).l4_buffer(client_buffers()));
     }
+    svc.set_connection_filter(Arc::new(EarlyRefusal(limits)));
     server.add_service(svc);
     add_admin_only(server, cfg, edge, api);
     Ok(())

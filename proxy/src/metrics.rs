@@ -64,6 +64,10 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     /// Routes in the current table.
     pub routes: IntGauge,
+    /// Client connections: open now, and refused by a limit.
+    pub connections: crate::limits::connections::ConnectionMetrics,
+    /// TLS handshakes that failed, by reason (`timeout`, `error`).
+    pub tls_handshake_failures: [IntCounter; 2],
     /// Certificates in the store.
     pub certificates: IntGauge,
     /// Requests whose Host matched no route.
@@ -127,6 +131,34 @@ impl Metrics {
                 answers.push((a.name(), answers_vec.with_label_values(&[a.name()])));
             }
         }
+        let open = IntGauge::new(
+            "tenantgate_proxy_connections",
+            "Client connections open on the proxy listeners",
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "tenantgate_proxy_connections_refused_total",
+                "Client connections refused by max_connections (node) or max_connections_per_client (client)",
+            ),
+            &["reason"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let handshakes = IntCounterVec::new(
+            Opts::new(
+                "tenantgate_proxy_tls_handshake_failures_total",
+                "TLS handshakes that did not complete, by reason",
+            ),
+            &["reason"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let connections = crate::limits::connections::ConnectionMetrics {
+            open: open.clone(),
+            refused_node: refused.with_label_values(&["node"]),
+            refused_client: refused.with_label_values(&["client"]),
+        };
+        let tls_handshake_failures =
+            ["timeout", "error"].map(|r| handshakes.with_label_values(&[r]));
         let routes = IntGauge::new("tenantgate_proxy_routes", "Routes in the routing table")
             .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
         let certificates =
@@ -137,6 +169,9 @@ impl Metrics {
             Box::new(duration.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(answers_vec),
+            Box::new(open),
+            Box::new(refused),
+            Box::new(handshakes),
             Box::new(routes.clone()),
             Box::new(certificates.clone()),
         ] {
@@ -156,6 +191,8 @@ impl Metrics {
         Metrics {
             registry,
             answers,
+            connections,
+            tls_handshake_failures,
             requests,
             duration,
             upstream_errors,

@@ -148,6 +148,11 @@ impl EdgeProxy {
         &self.loop_mark
     }
 
+    /// The proxy's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// The metrics of requests for hosts no route serves.
     pub fn unknown_metrics(&self) -> &RouteMetrics {
         &self.metrics.unknown

@@ -50,6 +50,7 @@ use tokio::net::TcpStream;
 
 use self::pool::UpstreamPool;
 use super::EdgeProxy;
+use crate::limits::connections::ConnectionLimits;
 
 /// Most headers an upstream response head may have.
 const MAX_HEADERS: usize = 128;
@@ -60,14 +61,44 @@ const READ_CHUNK: usize = 16 * 1024;
 /// How long a client may stay idle between requests.
 const KEEPALIVE: Duration = Duration::from_secs(60);
 
-/// Serves HTTP/1 connections, handing what the fast path does not serve to `inner` (the
-/// Pingora proxy, wrapped in [`super::drain::Draining`]), which also serves HTTP/2.
+/// Every connection of the proxy listeners: admitted against the connection limits, its TLS
+/// handshake done (bounded in time), then served: HTTP/1 by the loop here, handing what the
+/// fast path does not serve to `inner` (the Pingora proxy, wrapped in
+/// [`super::drain::Draining`]), which also serves HTTP/2.
 pub struct Http1Service<A> {
     edge: EdgeProxy,
     enabled: bool,
     inner: Arc<A>,
     pool: UpstreamPool,
     window: Duration,
+    connections: Option<Arc<ConnectionLimits>>,
+    tls: Option<TlsListener>,
+}
+
+/// The TLS listener: its address (connections accepted there are TLS), the acceptor (SNI
+/// certificates, ALPN) and how long a handshake may take.
+pub struct TlsListener {
+    /// Where it listens (an unspecified IP: every address, on this port).
+    pub addr: std::net::SocketAddr,
+    /// The rustls acceptor built from the listener's settings.
+    pub acceptor: Arc<pingora::listeners::tls::Acceptor>,
+    /// The handshake's deadline.
+    pub timeout: Duration,
+}
+
+impl TlsListener {
+    /// Whether `stream` was accepted on this listener.
+    fn accepted(&self, stream: &Stream) -> bool {
+        let local = stream
+            .get_socket_digest()
+            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
+        local.is_some_and(|l| {
+            l.port() == self.addr.port()
+                && (self.addr.ip().is_unspecified()
+                    || tenantgate_config::net::canonical(l.ip())
+                        == tenantgate_config::net::canonical(self.addr.ip()))
+        })
+    }
 }
 
 impl<A> Http1Service<A> {
@@ -90,6 +121,41 @@ impl<A> Http1Service<A> {
             inner: Arc::new(inner),
             pool,
             window,
+            connections: None,
+            tls: None,
+        }
+    }
+
+    /// Admit connections against `limits`, and do the TLS handshake of those accepted on
+    /// `tls`'s listener.
+    pub fn with_listeners(
+        mut self,
+        limits: Arc<ConnectionLimits>,
+        tls: Option<TlsListener>,
+    ) -> Self {
+        self.connections = Some(limits);
+        self.tls = tls;
+        self
+    }
+
+    /// The TLS handshake of a connection of the TLS listener, within its deadline.
+    async fn handshake(&self, tls: &TlsListener, stream: Stream) -> Option<Stream> {
+        let l4 = stream
+            .into_any()
+            .downcast::<pingora::protocols::l4::stream::Stream>()
+            .ok()?;
+        let failures = &self.edge.metrics().tls_handshake_failures;
+        match pingora_timeout::timeout(tls.timeout, tls.acceptor.tls_handshake(*l4)).await {
+            Ok(Ok(s)) => Some(Box::new(s)),
+            Ok(Err(e)) => {
+                failures[1].inc();
+                tracing::debug!("TLS handshake failed: {e}");
+                None
+            }
+            Err(_) => {
+                failures[0].inc();
+                None
+            }
         }
     }
 }
@@ -104,6 +170,24 @@ where
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let peer = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        // Counted from here to the close, TLS handshake included.
+        let _admitted = match &self.connections {
+            Some(limits) => match limits.admit(peer) {
+                Ok(guard) => Some(guard),
+                Err(why) => {
+                    limits.refused(why, peer);
+                    return None;
+                }
+            },
+            None => None,
+        };
+        let stream = match &self.tls {
+            Some(tls) if tls.accepted(&stream) => self.handshake(tls, stream).await?,
+            _ => stream,
+        };
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return self.inner.process_new(stream, shutdown).await;
         }
