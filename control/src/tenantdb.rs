@@ -174,6 +174,20 @@ impl TenantDb {
         Ok(())
     }
 
+    /// Serialise tenant-database DDL across every control node: GRANT and REVOKE on the
+    /// shared database rewrite one catalog row, and two at once fail with "tuple concurrently
+    /// updated". Held until the transaction ends (`xact`) or the session closes.
+    async fn serialise(c: &impl tokio_postgres::GenericClient, xact: bool) -> Result<()> {
+        let f = if xact {
+            "pg_advisory_xact_lock"
+        } else {
+            "pg_advisory_lock"
+        };
+        c.batch_execute(&format!("SELECT {f}({DDL_LOCK})"))
+            .await
+            .map_err(db_err)
+    }
+
     async fn connect(&self) -> Result<tokio_postgres::Client> {
         let (client, conn) = self.config.connect(NoTls).await.map_err(db_err)?;
         tokio::spawn(async move {
@@ -190,6 +204,7 @@ impl TenantDb {
         let password = format!("{}{}", random_id("")?, random_id("")?);
         let mut client = self.connect().await?;
         let tx = client.transaction().await.map_err(db_err)?;
+        Self::serialise(&tx, true).await?;
         let role_sql = role_sql(&name, &password, role_exists(&tx, &name).await?);
         let db = self.dbname.replace('"', "\"\"");
         tx.batch_execute(&format!(
@@ -214,6 +229,8 @@ impl TenantDb {
         let name = ident(slug)?;
         let password = format!("{}{}", random_id("")?, random_id("")?);
         let client = self.connect().await?;
+        // The session's lock ends with this connection, when the function returns.
+        Self::serialise(&client, false).await?;
         client
             .batch_execute(&role_sql(
                 &name,
@@ -273,6 +290,7 @@ impl TenantDb {
             .await
             .map_err(db_err)?;
         let tx = client.transaction().await.map_err(db_err)?;
+        Self::serialise(&tx, true).await?;
         let db = self.dbname.replace('"', "\"\"");
         tx.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE;"))
             .await
@@ -287,6 +305,9 @@ impl TenantDb {
         tx.commit().await.map_err(db_err)
     }
 }
+
+/// The advisory-lock key of tenant-database DDL ("tgddl").
+const DDL_LOCK: i64 = 0x74_6764_646c;
 
 #[cfg(test)]
 mod tests {

@@ -65,15 +65,13 @@ pub fn server_conf(cfg: &Config) -> ServerConf {
     }
 }
 
-/// Buffers of each client connection's TCP stream. Both engines read into buffers of their
-/// own (the HTTP/1 loop's, rustls', h2's), so Pingora's default 64 KiB read buffer per
-/// connection would only copy bytes once more and hold 64 KiB of every idle connection; the
-/// small write buffer coalesces a response head with the first body bytes.
+/// Buffers of each client connection's TCP stream: none. Both engines read into buffers of
+/// their own (the HTTP/1 loop's, rustls', h2's) and write whole heads at once, so Pingora's
+/// default 64 KiB read and 1.4 KiB write buffers per connection would only copy bytes once
+/// more and stay allocated on every idle connection (an idle keep-alive connection costs
+/// ~16 KiB without them; benches/RESULTS.md).
 fn client_buffers() -> L4BufferSettings {
-    L4BufferSettings::new(
-        0,
-        pingora::protocols::l4::stream::DEFAULT_L4_WRITE_BUFFER_SIZE,
-    )
+    L4BufferSettings::unbuffered()
 }
 
 /// The shared pieces a running node is made of.

@@ -272,6 +272,7 @@ pub struct Rules {
 }
 
 /// Decide what happens to one request.
+#[inline]
 pub fn decide(
     rules: &Rules,
     table: &RouteIndex,

@@ -26,9 +26,11 @@ use crate::service::decide::{Answer, ConnectionFacts, Malformed, SniFact, Verdic
 use crate::service::tls::Sni;
 use crate::service::{pages, AccessRecord, Decided};
 
-/// Capacity a connection's read buffer keeps between requests: most request heads fit, and
-/// an idle connection holds no more.
+/// Capacity a connection's read buffer keeps between requests: most request heads fit.
 const IDLE_READ_BUFFER: usize = 2048;
+
+/// How long a connection keeps its read buffer while no request comes.
+const QUIET: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub(super) struct Conn<'a, A> {
     pub(super) app: &'a Arc<Http1Service<A>>,
@@ -47,6 +49,8 @@ pub(super) struct Conn<'a, A> {
     stopping: Pin<Box<dyn Future<Output = ()> + Send + Sync>>,
     /// When the last request finished (or the connection began): the idle timer's base.
     last: Instant,
+    /// The connection was quiet long enough to give its read buffer back.
+    rested: bool,
     pub(super) rbuf: BytesMut,
     pub(super) ubuf: BytesMut,
     pub(super) uhead: Vec<u8>,
@@ -87,6 +91,7 @@ where
                 let _ = watch.changed().await;
             }),
             last: now,
+            rested: false,
             app,
             client,
             shutdown: shutdown.clone(),
@@ -160,9 +165,7 @@ where
                 Prep::Proxy(plan) => {
                     let start = Instant::now();
                     self.rbuf.advance(plan.head_len);
-                    // Boxed: the idle state of the connection's future stays small (an idle
-                    // keep-alive connection holds only that), at one allocation per request.
-                    let served = Box::pin(self.proxy(&plan, start)).await;
+                    let served = self.proxy(&plan, start).await;
                     self.last = self.finish(&plan, &served, start);
                     if served.close || plan.close || self.draining || self.early() {
                         let _ = self.client.shutdown().await;
@@ -187,31 +190,73 @@ where
         !self.app.edge.settings().http1_pipelining && !self.rbuf.is_empty()
     }
 
-    /// Between requests: give back the buffers only a request needs, and keep a small read
-    /// buffer (unless pipelined bytes are waiting in it).
+    /// Between requests: a read buffer grown for a large head is not kept.
     fn rest(&mut self) {
-        self.ubuf = BytesMut::new();
-        self.uhead = Vec::new();
-        self.chead = Vec::new();
         if self.rbuf.is_empty() && self.rbuf.capacity() > IDLE_READ_BUFFER {
             self.rbuf = BytesMut::new();
         }
     }
 
-    /// Read at most `room` more request bytes. `Some(true)`: got some; `Some(false)`: EOF or
-    /// error; `None`: close now (idle timeout, or drained).
+    /// A connection quiet for [`QUIET`] gives back every buffer: the next request takes new
+    /// ones.
+    fn release(&mut self) {
+        self.rbuf = BytesMut::new();
+        self.ubuf = BytesMut::new();
+        self.uhead = Vec::new();
+        self.chead = Vec::new();
+        self.rested = true;
+    }
+
+    /// Read at most `room` more request bytes. `Some(true)`: got some (or go round again);
+    /// `Some(false)`: EOF or error; `None`: close now (idle timeout, or drained).
+    ///
+    /// Between requests the read buffer is held for [`QUIET`] only: a connection quiet for
+    /// longer gives it back and waits for its next byte in a one-byte array of its own
+    /// future, so idle keep-alive connections hold no buffer. Busy connections never get
+    /// there, and the idle timer serves both deadlines (re-armed once per quiet spell).
     async fn read_client(&mut self, room: usize) -> Option<bool> {
+        let idle = self.rbuf.is_empty();
+        if idle && !self.draining && self.rbuf.capacity() == 0 && self.rested {
+            self.idle.arm(self.last, KEEPALIVE);
+            let mut first = [0u8; 1];
+            let got = tokio::select! {
+                biased;
+                r = self.client.read(&mut first) => r,
+                _ = self.idle.expired() => return None,
+                _ = &mut self.stopping => {
+                    self.draining = true;
+                    fast_timeout(self.app.window, self.client.read(&mut first)).await.ok()?
+                }
+            };
+            self.rested = false;
+            return match got {
+                Ok(1) => {
+                    self.rbuf.reserve(IDLE_READ_BUFFER);
+                    self.rbuf.extend_from_slice(&first);
+                    Some(true)
+                }
+                _ => Some(false),
+            };
+        }
         if self.rbuf.capacity() - self.rbuf.len() == 0 {
             self.rbuf.reserve(IDLE_READ_BUFFER.min(room));
         }
-        let idle = self.rbuf.is_empty();
         let mut reader = (&mut self.client).take(room as u64);
         let read = if !self.draining {
-            self.idle.arm(self.last, KEEPALIVE);
+            // Idle between requests: first the quiet spell, holding the buffer.
+            let quiet = idle && !self.rested;
+            self.idle
+                .arm(self.last, if quiet { QUIET } else { KEEPALIVE });
             tokio::select! {
                 biased;
                 r = reader.read_buf(&mut self.rbuf) => r,
-                _ = self.idle.expired() => return None,
+                _ = self.idle.expired() => {
+                    if quiet {
+                        self.release();
+                        return Some(true);
+                    }
+                    return None;
+                }
                 _ = &mut self.stopping => {
                     self.draining = true;
                     if !idle {

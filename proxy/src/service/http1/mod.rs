@@ -30,6 +30,8 @@
 
 pub mod chunked;
 mod conn;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod handoff;
 pub mod pool;
 mod relay;
@@ -185,7 +187,9 @@ where
             None => None,
         };
         let stream = match &self.tls {
-            Some(tls) if tls.accepted(&stream) => self.handshake(tls, stream).await?,
+            // Boxed: the handshake's state (a whole rustls connection) is not kept inside
+            // every connection's future for its life.
+            Some(tls) if tls.accepted(&stream) => Box::pin(self.handshake(tls, stream)).await?,
             _ => stream,
         };
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {

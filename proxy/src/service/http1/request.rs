@@ -198,8 +198,10 @@ impl<A> Http1Service<A> {
             .split_once('?')
             .map_or(path_and_query, |(p, _)| p);
 
-        // One pass classifies every header and gathers the facts.
-        let mut classes = [Name::Other; MAX_HEADERS];
+        // One pass classifies every header, gathers the facts and writes the upstream head
+        // as the fast path would send it; a request that goes to Pingora instead has its
+        // head written again (the rare path).
+        let allow_underscores = settings.allow_underscores_in_headers;
         let (mut count, mut bytes) = (0usize, 0usize);
         let mut host_header: Option<&[u8]> = None;
         let mut hosts = 0;
@@ -213,15 +215,25 @@ impl<A> Http1Service<A> {
         let mut upgrade = false;
         let mut expect = false;
         s.request_id.clear();
-        for (h, class) in req.headers.iter().zip(classes.iter_mut()) {
+        out.clear();
+        out.extend_from_slice(method.as_bytes());
+        out.push(b' ');
+        let method_len = method.len();
+        out.extend_from_slice(path_and_query.as_bytes());
+        let target_end = out.len();
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        for h in req.headers.iter() {
             let (name, value) = (h.name.as_bytes(), h.value);
             count += 1;
             bytes += name.len() + value.len();
-            *class = Name::of(name);
-            match *class {
+            match Name::of(name) {
                 Name::Host => {
                     hosts += 1;
                     host_header = Some(value);
+                    if authority.is_some() {
+                        // Written once the authority is normalised.
+                        continue;
+                    }
                 }
                 // The first `Accept` and `X-Request-Id` count.
                 Name::Accept if !seen_accept => {
@@ -238,26 +250,42 @@ impl<A> Http1Service<A> {
                             named_other = true;
                         }
                     }
+                    continue;
                 }
-                Name::RequestId if !seen_id => {
-                    seen_id = true;
-                    if forward::valid_request_id(value) {
-                        s.request_id.extend_from_slice(value);
+                Name::RequestId => {
+                    if !seen_id {
+                        seen_id = true;
+                        if forward::valid_request_id(value) {
+                            s.request_id.extend_from_slice(value);
+                        }
                     }
+                    continue;
                 }
                 Name::Via => looped |= edge.loop_mark().marks(value),
-                Name::ContentLength => length = forward::content_length(length, value),
+                Name::ContentLength => {
+                    length = forward::content_length(length, value);
+                    continue;
+                }
                 Name::TransferEncoding => {
-                    coding = match (coding, tokens(value).collect::<Vec<_>>().as_slice()) {
-                        (Coding::None, [one]) if one.eq_ignore_ascii_case(b"chunked") => {
+                    let mut t = tokens(value);
+                    coding = match (coding, t.next(), t.next()) {
+                        (Coding::None, Some(c), None) if c.eq_ignore_ascii_case(b"chunked") => {
                             Coding::Chunked
                         }
                         _ => Coding::Invalid,
                     };
+                    continue;
                 }
-                Name::Upgrade => upgrade = true,
+                Name::Upgrade => {
+                    upgrade = true;
+                    continue;
+                }
                 Name::Expect => expect = true,
+                n if n.ours() || n.hop_by_hop() => continue,
                 _ => {}
+            }
+            if !forward::underscore_dropped(name, allow_underscores) {
+                push_header(out, name, value);
             }
         }
         if minor == 0 && coding != Coding::None {
@@ -297,34 +325,10 @@ impl<A> Http1Service<A> {
             && !upgrade
             && !expect
             && !named_other;
-        let allow_underscores = settings.allow_underscores_in_headers;
-        out.clear();
-        out.extend_from_slice(method.as_bytes());
-        out.push(b' ');
-        let method_len = method.len();
-        out.extend_from_slice(path_and_query.as_bytes());
-        let target_end = out.len();
-        out.extend_from_slice(if minor == 0 {
-            b" HTTP/1.0\r\n"
-        } else {
-            b" HTTP/1.1\r\n"
-        });
         match verdict {
             Verdict::Proxy { route, upstreams } if plain && self.enabled => {
-                for (h, class) in req.headers.iter().zip(classes) {
-                    let name = h.name.as_bytes();
-                    if class == Name::Connection
-                        || class.ours()
-                        || class.hop_by_hop()
-                        || forward::underscore_dropped(name, allow_underscores)
-                    {
-                        continue;
-                    }
-                    if class == Name::Host && authority.is_some() {
-                        push_header(out, b"host", host.as_bytes());
-                        continue;
-                    }
-                    push_header(out, name, h.value);
+                if authority.is_some() {
+                    push_header(out, b"host", host.as_bytes());
                 }
                 forward::push_forwarding_headers(out, client, host, conn.tls);
                 edge.loop_mark().push_header(out, "1.1");
@@ -347,8 +351,18 @@ impl<A> Http1Service<A> {
             verdict => {
                 // Pingora reads this head: the client's headers (it strips hop-by-hop ones
                 // itself and keeps an upgrade intact), canonical framing, the authority as Host.
-                for (h, class) in req.headers.iter().zip(classes) {
+                out.clear();
+                out.extend_from_slice(method.as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(path_and_query.as_bytes());
+                out.extend_from_slice(if minor == 0 {
+                    b" HTTP/1.0\r\n"
+                } else {
+                    b" HTTP/1.1\r\n"
+                });
+                for h in req.headers.iter() {
                     let name = h.name.as_bytes();
+                    let class = Name::of(name);
                     if class == Name::ContentLength
                         || forward::underscore_dropped(name, allow_underscores)
                     {
