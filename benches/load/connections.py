@@ -59,7 +59,7 @@ def open_idle(port, n, send):
 def settle(pid):
     """RSS once it stops moving (the proxy has read what the clients sent), and no sooner than
     3 s: tenantgate gives back the read buffer of a connection quiet for 2 s."""
-    time.sleep(3)
+    time.sleep(float(os.environ.get('SETTLE_S', '3')))
     last = tree_rss_kib(pid)
     for _ in range(20):
         time.sleep(0.25)

@@ -93,45 +93,59 @@ pub fn normalize_into<'a>(raw: &[u8], out: &'a mut HostBuf) -> Result<&'a str, H
     if host.len() > MAX_HOSTNAME_LEN {
         return Err(HostError::TooLong);
     }
-    let mut label_len = 0usize;
+    // One table lookup per byte (the hot path normalises every request's Host); label
+    // lengths are checked at each dot, not per byte.
+    let mut label_start = 0usize;
     let mut prev = b'.';
-    for (i, &b) in host.iter().enumerate() {
-        let lower = match b {
-            b'a'..=b'z' | b'0'..=b'9' => b,
-            b'A'..=b'Z' => b + 32,
-            b'-' => {
-                if prev == b'.' {
-                    return Err(HostError::BadHyphen);
-                }
-                b
-            }
+    let dst = &mut out.buf[..host.len()];
+    for i in 0..host.len() {
+        let c = HOST_BYTE[usize::from(host[i])];
+        match c {
+            0 => return Err(HostError::BadCharacter),
             b'.' => {
-                if label_len == 0 {
+                if i == label_start {
                     return Err(HostError::BadLabel);
                 }
                 if prev == b'-' {
                     return Err(HostError::BadHyphen);
                 }
-                label_len = 0;
-                out.buf[i] = b'.';
-                prev = b'.';
-                continue;
+                if i - label_start > 63 {
+                    return Err(HostError::BadLabel);
+                }
+                label_start = i + 1;
             }
-            _ => return Err(HostError::BadCharacter),
-        };
-        label_len += 1;
-        if label_len > 63 {
-            return Err(HostError::BadLabel);
+            b'-' if prev == b'.' => return Err(HostError::BadHyphen),
+            _ => {}
         }
-        out.buf[i] = lower;
-        prev = lower;
+        dst[i] = c;
+        prev = c;
     }
     if prev == b'-' {
         return Err(HostError::BadHyphen);
     }
+    if host.len() - label_start > 63 {
+        return Err(HostError::BadLabel);
+    }
     out.len = host.len();
     Ok(out.as_str())
 }
+
+/// Each byte of a hostname as it is written normalised: letters lowercased, digits, `-` and
+/// `.` as they are; 0 for every byte a hostname may not hold.
+static HOST_BYTE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = match c {
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' => c,
+            b'A'..=b'Z' => c + 32,
+            _ => 0,
+        };
+        b += 1;
+    }
+    t
+};
 
 /// Normalise into a new `String`; for configuration and control-plane input, not the hot path.
 pub fn normalize(raw: &str) -> Result<String, HostError> {
@@ -213,8 +227,17 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
     s
 }
 
+/// The last `:` of `s`. Hostnames hold none, so any `:` is the port's (or an error the
+/// port check reports); a plain loop from the end, as the port is short or absent.
 fn memrchr_colon(s: &[u8]) -> Option<usize> {
-    s.iter().rposition(|&b| b == b':')
+    let mut i = s.len();
+    while i > 0 {
+        i -= 1;
+        if s[i] == b':' {
+            return Some(i);
+        }
+    }
+    None
 }
 
 fn check_port(p: &[u8]) -> Result<(), HostError> {

@@ -84,7 +84,8 @@ pub struct EdgeProxy {
     rules: Rules,
     loop_mark: LoopMark,
     metrics: Arc<Metrics>,
-    id_prefix: u32,
+    /// This process's request-id prefix, as its 8 hex digits.
+    id_prefix_hex: [u8; 8],
     id_counter: Arc<AtomicU64>,
 }
 
@@ -113,7 +114,13 @@ impl EdgeProxy {
             rules,
             loop_mark: LoopMark::new(platform_domain),
             metrics,
-            id_prefix: seed,
+            id_prefix_hex: {
+                let mut hex = [0u8; 8];
+                for (i, h) in hex.iter_mut().enumerate() {
+                    *h = b"0123456789abcdef"[((seed >> (4 * (7 - i))) & 0xf) as usize];
+                }
+                hex
+            },
             id_counter: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -168,9 +175,11 @@ impl EdgeProxy {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
         let mut buf = [0u8; 24];
-        let v = (u128::from(self.id_prefix) << 64) | u128::from(n);
-        for (i, b) in buf.iter_mut().enumerate() {
-            *b = HEX[((v >> (4 * (23 - i))) & 0xf) as usize];
+        buf[..8].copy_from_slice(&self.id_prefix_hex);
+        for (i, pair) in buf[8..].chunks_exact_mut(2).enumerate() {
+            let byte = (n >> (8 * (7 - i))) as u8;
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 0xf)];
         }
         buf
     }

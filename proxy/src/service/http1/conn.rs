@@ -29,6 +29,21 @@ use crate::service::{pages, AccessRecord, Decided};
 /// Capacity a connection's read buffer keeps between requests: most request heads fit.
 const IDLE_READ_BUFFER: usize = 2048;
 
+/// The buffers one request needs beyond the read buffer: the upstream's bytes, the upstream
+/// head, the client's head.
+struct Buffers {
+    ubuf: BytesMut,
+    uhead: Vec<u8>,
+    chead: Vec<u8>,
+}
+
+/// Spare request buffers kept per worker thread.
+const SPARES: usize = 64;
+
+thread_local! {
+    static SPARE: std::cell::RefCell<Vec<Buffers>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// How long a connection keeps its read buffer while no request comes.
 const QUIET: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -118,6 +133,9 @@ where
         let limit = self.app.edge.settings().max_header_bytes;
         loop {
             let prep = loop {
+                if self.uhead.capacity() == 0 && !self.rbuf.is_empty() {
+                    self.take_buffers();
+                }
                 let sni = match &self.sni {
                     None => SniFact::Absent,
                     Some(Some(h)) => SniFact::Name(h.as_str()),
@@ -190,20 +208,48 @@ where
         !self.app.edge.settings().http1_pipelining && !self.rbuf.is_empty()
     }
 
-    /// Between requests: a read buffer grown for a large head is not kept.
+    /// A request begins: the buffers it needs come from this thread's spares.
+    fn take_buffers(&mut self) {
+        let b = SPARE
+            .with(|s| s.borrow_mut().pop())
+            .unwrap_or_else(|| Buffers {
+                ubuf: BytesMut::with_capacity(super::READ_CHUNK),
+                uhead: Vec::with_capacity(1024),
+                chead: Vec::with_capacity(1024),
+            });
+        self.ubuf = b.ubuf;
+        self.uhead = b.uhead;
+        self.chead = b.chead;
+    }
+
+    /// Between requests: the request's buffers go back to this thread's spares (an idle
+    /// connection keeps none: however many connections are open, only requests in flight
+    /// hold buffers), and a read buffer grown for a large head is not kept.
     fn rest(&mut self) {
+        let b = Buffers {
+            ubuf: std::mem::take(&mut self.ubuf),
+            uhead: std::mem::take(&mut self.uhead),
+            chead: std::mem::take(&mut self.chead),
+        };
+        let normal = b.ubuf.capacity() <= 4 * super::READ_CHUNK
+            && b.uhead.capacity() <= 16 * 1024
+            && b.chead.capacity() <= 16 * 1024;
+        if normal && b.uhead.capacity() > 0 {
+            SPARE.with(|s| {
+                let mut s = s.borrow_mut();
+                if s.len() < SPARES {
+                    s.push(b);
+                }
+            });
+        }
         if self.rbuf.is_empty() && self.rbuf.capacity() > IDLE_READ_BUFFER {
             self.rbuf = BytesMut::new();
         }
     }
 
-    /// A connection quiet for [`QUIET`] gives back every buffer: the next request takes new
-    /// ones.
+    /// A connection quiet for [`QUIET`] gives back its read buffer too.
     fn release(&mut self) {
         self.rbuf = BytesMut::new();
-        self.ubuf = BytesMut::new();
-        self.uhead = Vec::new();
-        self.chead = Vec::new();
         self.rested = true;
     }
 
