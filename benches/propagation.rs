@@ -32,6 +32,7 @@ async fn preload(store: &Store, n: usize) {
                     platform_hostname: format!("pre{i}.platform.test"),
                     upstreams: vec![std::net::SocketAddr::from(([127, 0, 0, 1], 9))],
                     blueprint: None,
+                    plan: None,
                 },
             )
             .await

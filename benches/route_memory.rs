@@ -35,6 +35,7 @@ fn snapshot(n: usize) -> Vec<u8> {
                 suspended: false,
                 paths: Default::default(),
                 hsts: None,
+                limits: None,
             })
             .collect(),
         certificates: vec![],

@@ -29,6 +29,7 @@ fn table(n: usize) -> RouteTable {
                 suspended: false,
                 paths: Default::default(),
                 hsts: None,
+                limits: None,
             })
             .collect(),
     }

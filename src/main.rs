@@ -621,6 +621,28 @@ fn serve(path: Option<&Path>, upgrade: bool, role: Role) -> anyhow::Result<()> {
         ));
         Some(Arc::new(move || health.problem()))
     };
+    // Every node reports itself to the store's registry; a proxy learns from it how many
+    // proxies share the fleet's limits.
+    let node = upkeep::this_node(match role {
+        Role::Single => "serve",
+        Role::Proxy(_) => "proxy",
+        Role::Control(_) => "control",
+    })?;
+    let share = (is_proxy && cfg.proxy.fleet_share).then(|| router.clone());
+    let served = is_proxy.then(|| state.clone());
+    server.add_service(background_service(
+        "node heartbeat",
+        BackgroundTask::new(upkeep::heartbeat_forever(
+            store.clone(),
+            node,
+            move || served.as_ref().map_or(0, |s| s.version()),
+            move |n| {
+                if let Some(r) = &share {
+                    r.set_fleet_nodes(n);
+                }
+            },
+        )),
+    ));
     let edge = Edge {
         router,
         certs: store_certs,

@@ -54,6 +54,9 @@ async fn every_v1_route_needs_the_token_and_errors_are_json() {
         ("patch", "/v1/tenants/{id}"),
         ("delete", "/v1/tenants/{id}"),
         ("put", "/v1/tenants/{id}/upstreams"),
+        ("get", "/v1/tenants/{id}/limits"),
+        ("put", "/v1/tenants/{id}/limits"),
+        ("get", "/v1/nodes"),
         ("post", "/v1/tenants/{id}/suspend"),
         ("post", "/v1/tenants/{id}/resume"),
         ("post", "/v1/tenants/{id}/redeploy"),
@@ -77,7 +80,7 @@ async fn every_v1_route_needs_the_token_and_errors_are_json() {
         );
     }
     assert_eq!(
-        operations, 23,
+        operations, 26,
         "the document lists operations the test does not know"
     );
     // The listing's filters are query parameters, as the server reads them.

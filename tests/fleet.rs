@@ -255,3 +255,57 @@ async fn a_damaged_snapshot_file_does_not_keep_a_proxy_down() {
         "the damaged file is reported"
     );
 }
+
+/// Every node registers itself (`GET /v1/nodes`), and with `fleet_share = true` each proxy
+/// enforces its share of a tenant's limits: the burst of 10 becomes 5 on each of two proxies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_register_and_share_a_tenants_limits() {
+    let shop = Backend::start("shop").await;
+    let pg = PgCluster::start().await;
+    let url = pg.database("share").await;
+    let control = Tenantgate::fleet_node("control", &url).start().await;
+    let proxy = || {
+        Tenantgate::fleet_node("proxy", &url)
+            .proxy("fleet_share = true")
+            .start()
+    };
+    let (a, _b) = (proxy().await, proxy().await);
+    let t = control.create_tenant("shop", &[shop.addr]).await;
+    let id = t["id"].as_str().expect("id");
+    let (s, _) = control
+        .api(
+            "PUT",
+            &format!("/v1/tenants/{id}/limits"),
+            Some(json!({"requests_per_second": 10, "burst": 10})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    wait_for("three live nodes", Duration::from_secs(20), || async {
+        let (_, nodes) = control.api("GET", "/v1/nodes", None).await;
+        let nodes = nodes.as_array()?.clone();
+        let live = |role: &str| {
+            nodes
+                .iter()
+                .filter(|n| n["role"] == role && n["live"] == true)
+                .count()
+        };
+        (live("proxy") == 2 && live("control") == 1).then_some(())
+    })
+    .await;
+    let host = "shop.platform.test";
+    a.wait_backend(host, "shop").await;
+    wait_for(
+        "proxy a to enforce its half",
+        Duration::from_secs(20),
+        || async {
+            // Let the bucket refill, then empty it at once.
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            let mut passed = 0;
+            for _ in 0..8 {
+                passed += usize::from(a.get(host, "/").await.status() == 200);
+            }
+            (passed == 5).then_some(())
+        },
+    )
+    .await;
+}

@@ -25,6 +25,7 @@ fn new_tenant(slug: &str, port: u16) -> NewTenant {
         platform_hostname: format!("{slug}.platform.test"),
         upstreams: vec![addr(port)],
         blueprint: None,
+        plan: None,
     }
 }
 

@@ -288,13 +288,27 @@ level = "warn"
 """
 
 
-def tenantgate_conf(d, port, backend, hosts, binary, extra=""):
+def tenantgate_conf(d, port, backend, hosts, binary, extra="", route_extra=None):
+    """`route_extra(i)`: extra TOML after route i (e.g. its `[routes.limits]`)."""
     conf = os.path.join(d, "tenantgate.toml")
     with open(conf, "w") as f:
         f.write(tenantgate_base(d, port, extra, "tg"))
         for i, h in enumerate(hosts):
             f.write(f'[[routes]]\nid = "t{i}"\nhostnames = ["{h}"]\nupstreams = ["127.0.0.1:{backend}"]\n')
+            if route_extra:
+                f.write(route_extra(i))
     return [binary, "serve", "--config", conf]
+
+
+# Every limit configured and checked on each request, none ever reached (the cost of limits).
+NEVER_REACHED_LIMITS = """[routes.limits]
+requests_per_second = 1000000
+burst = 1000000
+client_requests_per_second = 1000000
+client_burst = 1000000
+max_concurrent_requests = 100000
+max_body_bytes = 1048576
+"""
 
 
 def tenantgate_snapshot_conf(d, port, backend, hosts, binary, extra=""):

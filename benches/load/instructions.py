@@ -7,7 +7,11 @@ with `master_process off`, so its single process does the work). After a warm-up
 are sent over one keep-alive connection, and the dumped instruction total is divided by N.
 The figure covers user space only (the kernel is not instrumented).
 
-Usage: benches/load/instructions.py [--requests N] [--only nginx,pingora-baseline,tenantgate]
+`tenantgate-limits` is tenantgate with every limit of its route configured and none reached
+(rate, per-client rate, concurrency, body size): the cost of limits on the hot path.
+
+Usage: benches/load/instructions.py [--requests N]
+       [--only nginx,pingora-baseline,tenantgate,tenantgate-limits]
 """
 
 import argparse
@@ -81,6 +85,9 @@ def main():
                 "nginx": lambda: harness.nginx_conf(sub, port, backend_port, hosts, master=False),
                 "pingora-baseline": lambda: harness.baseline_conf(sub, port, backend_port, hosts, args.baseline),
                 "tenantgate": lambda: harness.tenantgate_conf(sub, port, backend_port, hosts, args.binary),
+                "tenantgate-limits": lambda: harness.tenantgate_conf(
+                    sub, port, backend_port, hosts, args.binary,
+                    route_extra=lambda i: harness.NEVER_REACHED_LIMITS),
             }[name]()
             vg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={sub}/cg.%p.out"]
             proc = harness.Proc(vg + argv, 0, os.path.join(sub, "proc.log"), cwd=sub)

@@ -8,6 +8,7 @@
 #![deny(clippy::unwrap_used)]
 
 pub mod host;
+pub mod limits;
 pub mod net;
 pub mod route;
 
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use host::{HostError, HostPattern};
+pub use limits::Limits;
 pub use net::{IpNet, Listener, UpstreamPolicy, UpstreamRule};
 pub use route::{
     CertificateChange, Challenge, ChallengeSet, Delta, PathRoute, Route, RouteChange, RouteTable,
@@ -95,6 +97,8 @@ pub struct Config {
     pub certificates: Vec<CertificateConfig>,
     /// Static routes.
     pub routes: Vec<RouteConfig>,
+    /// Named sets of limits that tenants reference (`"plan": "NAME"`).
+    pub plans: std::collections::BTreeMap<String, Limits>,
 }
 
 /// `[proxy]`
@@ -153,8 +157,12 @@ pub struct ProxyConfig {
     /// /64); 0: no limit. Clients in `trusted_proxies` are exempt.
     pub max_connections_per_client: usize,
     /// Networks (CIDR) of load balancers in front of the proxy: exempt from the per-client
-    /// connection limit.
+    /// connection limit, and vouching for the client address in `X-Forwarded-For` (the hop
+    /// they appended), which per-client request limits and our forwarding headers then use.
     pub trusted_proxies: Vec<String>,
+    /// Divide each tenant's rate, burst and concurrency limits among the live proxy nodes
+    /// the store knows (fleet mode); off: each node enforces the whole limit.
+    pub fleet_share: bool,
     /// How long a client has to complete its TLS handshake, milliseconds.
     pub tls_handshake_timeout_ms: u64,
     /// Routes beyond this many are aggregated under the metrics label `_other`.
@@ -187,6 +195,7 @@ impl Default for ProxyConfig {
             max_connections: 0,
             max_connections_per_client: 512,
             trusted_proxies: Vec::new(),
+            fleet_share: false,
             tls_handshake_timeout_ms: 10_000,
             max_route_metric_labels: 1_000,
         }
@@ -518,6 +527,9 @@ pub struct RouteConfig {
     /// `"max-age=31536000; includeSubDomains"`; unset: none.
     #[serde(default)]
     pub hsts: Option<String>,
+    /// Traffic limits of the route (`[routes.limits]`, the keys of `[plans.NAME]`).
+    #[serde(default)]
+    pub limits: Option<Limits>,
 }
 
 /// Environment variables that override file values, with the key each one sets.
@@ -954,6 +966,18 @@ impl Config {
             }
         }
 
+        for (name, l) in &self.plans {
+            if !valid_plan_name(name) {
+                p(
+                    format!("plans.{name}"),
+                    "a plan name is 1 to 63 of a-z, 0-9, '-' and '_'".into(),
+                );
+            }
+            for (field, reason) in l.problems() {
+                p(format!("plans.{name}.{field}"), reason);
+            }
+        }
+
         let policy = self.upstream_policy();
         let mut table = RouteTable::default();
         let mut owners: HashMap<HostPattern, usize> = HashMap::new();
@@ -978,6 +1002,9 @@ impl Config {
                         format!("{h:?} is not max-age=<seconds> optionally followed by ; includeSubDomains and ; preload"),
                     );
                 }
+            }
+            for (field, reason) in r.limits.iter().flat_map(Limits::problems) {
+                p(format!("routes[{i}].limits.{field}"), reason);
             }
             if r.https_redirect && self.proxy.https_listen.is_none() {
                 p(
@@ -1039,6 +1066,7 @@ impl Config {
                 suspended: false,
                 paths: Default::default(),
                 hsts: r.hsts.clone(),
+                limits: r.limits.filter(|l| !l.is_empty()),
             });
         }
         if problems.is_empty() {
@@ -1047,6 +1075,14 @@ impl Config {
             Err(Error::Invalid(problems))
         }
     }
+}
+
+/// Whether `name` may name a plan: what the API accepts in `"plan"`.
+pub fn valid_plan_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {

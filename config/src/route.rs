@@ -46,6 +46,9 @@ pub struct Route {
     /// [`valid_hsts`]); `None`: none is added.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hsts: Option<String>,
+    /// The tenant's traffic limits (resolved: its own over its plan's); `None`: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<crate::Limits>,
 }
 
 /// Whether `v` is a `Strict-Transport-Security` value this proxy sends: `max-age=<seconds>`
@@ -232,6 +235,7 @@ mod tests {
             suspended: false,
             paths: Default::default(),
             hsts: None,
+            limits: None,
         }
     }
 

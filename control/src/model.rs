@@ -87,6 +87,13 @@ pub struct Tenant {
     /// Why it failed, or why the last redeploy failed, human-readable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_reason: Option<String>,
+    /// The plan whose limits it has (a key of the config's `[plans]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+    /// Its own traffic limits (`PUT /v1/tenants/{id}/limits`), which win over the plan's
+    /// field by field.
+    #[serde(default, skip_serializing_if = "tenantgate_config::Limits::is_empty")]
+    pub limits: tenantgate_config::Limits,
     /// What provisioning did, oldest first (only when one tenant is read).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<TenantEvent>>,
@@ -292,4 +299,25 @@ pub(crate) fn rfc3339(ms: i64) -> String {
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+/// A node of the fleet, as it last reported itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NodeInfo {
+    /// Random per process start.
+    pub id: String,
+    /// `serve` (proxy and control in one), `proxy` or `control`.
+    pub role: String,
+    /// The host's name.
+    pub name: String,
+    /// tenantgate's version.
+    pub version: String,
+    /// The route-table version it serves (0 for `control`).
+    pub route_version: u64,
+    /// When it started, RFC 3339.
+    pub started_at: String,
+    /// Its last heartbeat, RFC 3339.
+    pub heartbeat_at: String,
+    /// Whether that heartbeat is recent enough to count it live.
+    pub live: bool,
 }

@@ -17,18 +17,16 @@ use crate::{Error, Result};
 /// Open the configured store (PostgreSQL when `store.url` is set, else the embedded file)
 /// and, when `migrate`, bring its schema up to date.
 pub async fn open_store(cfg: &Config, migrate: bool) -> Result<Store> {
-    match &cfg.store.url {
+    let store = match &cfg.store.url {
         Some(url) => {
             if migrate {
                 Postgres::migrate(url).await?;
             }
-            Ok(Store::new(Arc::new(Postgres::new(
-                url,
-                cfg.store.pool_size,
-            )?)))
+            Store::new(Arc::new(Postgres::new(url, cfg.store.pool_size)?))
         }
-        None => Ok(Store::new(Arc::new(Sqlite::open(&cfg.store.path)?))),
-    }
+        None => Store::new(Arc::new(Sqlite::open(&cfg.store.path)?)),
+    };
+    Ok(store.with_plans(cfg.plans.clone()))
 }
 
 /// The admin token: `admin.token` / `TENANTGATE_ADMIN_TOKEN`, else `admin.token_file`, else

@@ -1,6 +1,7 @@
-//! Background duties of a control-plane node (`serve`, `control`): keeping the change log
-//! bounded, and knowing whether the store answers (what `/readyz` of a `control` node
-//! reports). Both are safe to run on several nodes at once.
+//! Background duties of a node: keeping the change log bounded and knowing whether the store
+//! answers (what `/readyz` of a `control` node reports), on control-plane nodes; and on
+//! every node a heartbeat into the store's node registry, from which a proxy learns how many
+//! live proxies share the fleet (`fleet_share`). All are safe to run on several nodes at once.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -57,5 +58,57 @@ impl StoreHealth {
             *self.last.lock().unwrap_or_else(PoisonError::into_inner) = outcome;
             tokio::time::sleep(PING_EVERY).await;
         }
+    }
+}
+
+/// How often a node reports itself.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+
+/// A node whose last heartbeat is older than this is not counted live.
+pub const LIVE_WITHIN: Duration = Duration::from_secs(20);
+
+/// This process as the registry shows it: a new random id, its role and host name.
+pub fn this_node(role: &str) -> crate::Result<crate::model::NodeInfo> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    Ok(crate::model::NodeInfo {
+        id: crate::random_id("n_")?,
+        role: role.to_owned(),
+        name,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        route_version: 0,
+        started_at: String::new(),
+        heartbeat_at: String::new(),
+        live: true,
+    })
+}
+
+/// Report `node` every [`HEARTBEAT_EVERY`] with the route version `version()` gives; after
+/// each, hand `live_proxies` the number of live nodes that serve traffic (`serve` and
+/// `proxy`, this one included) when the store could tell.
+pub async fn heartbeat_forever(
+    store: Arc<Store>,
+    node: crate::model::NodeInfo,
+    version: impl Fn() -> u64 + Send,
+    live_proxies: impl Fn(usize) + Send,
+) {
+    let started = crate::now_ms();
+    let within = i64::try_from(LIVE_WITHIN.as_millis()).unwrap_or(i64::MAX);
+    loop {
+        match store.heartbeat(&node, started, version()).await {
+            Err(e) => tracing::warn!("cannot record this node's heartbeat: {e}"),
+            Ok(()) => match store.nodes(within).await {
+                Ok(nodes) => live_proxies(
+                    nodes
+                        .iter()
+                        .filter(|n| n.live && n.role != "control")
+                        .count()
+                        .max(1),
+                ),
+                Err(e) => tracing::warn!("cannot read the node registry: {e}"),
+            },
+        }
+        tokio::time::sleep(HEARTBEAT_EVERY).await;
     }
 }

@@ -167,6 +167,12 @@ pub fn add_services(
         pool_per_route: cfg.proxy.upstream_pool == tenantgate_config::UpstreamPool::Route,
         http1_pipelining: cfg.proxy.http1_pipelining,
         allow_underscores_in_headers: cfg.proxy.allow_underscores_in_headers,
+        trusted_proxies: cfg
+            .proxy
+            .trusted_proxies
+            .iter()
+            .filter_map(|n| n.parse().ok())
+            .collect(),
     };
     let proxy = EdgeProxy::new(
         edge.router.clone(),
@@ -182,11 +188,7 @@ pub fn add_services(
     let limits = Arc::new(ConnectionLimits::new(
         cfg.proxy.max_connections,
         cfg.proxy.max_connections_per_client,
-        cfg.proxy
-            .trusted_proxies
-            .iter()
-            .filter_map(|n| n.parse().ok())
-            .collect(),
+        proxy.settings().trusted_proxies.to_vec(),
         edge.metrics.connections.clone(),
     ));
     // TLS connections arrive on a plain listener and get their handshake from our own app:

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::limits::requests::Limit;
 use crate::service::decide::Answer;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
@@ -36,6 +37,12 @@ pub struct RouteMetrics {
     requests: [IntCounter; 5],
     duration: Histogram,
     upstream_errors: [IntCounter; 3],
+    /// The route's label, for children made when first needed.
+    label: Box<str>,
+    limited_vec: IntCounterVec,
+    /// Requests refused by a limit, per [`Limit`]; made on the first refusal, so routes
+    /// without limits add no series.
+    limited: [std::sync::OnceLock<IntCounter>; 4],
 }
 
 impl RouteMetrics {
@@ -52,6 +59,17 @@ impl RouteMetrics {
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
         self.upstream_errors[kind as usize].inc();
     }
+
+    /// Count one request refused by a limit.
+    pub fn limited(&self, limit: Limit) {
+        let i = Limit::ALL.iter().position(|l| *l == limit).unwrap_or(0);
+        self.limited[i]
+            .get_or_init(|| {
+                self.limited_vec
+                    .with_label_values(&[&*self.label, limit.as_str()])
+            })
+            .inc();
+    }
 }
 
 /// The proxy's registry and metric families.
@@ -62,6 +80,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     duration: HistogramVec,
     upstream_errors: IntCounterVec,
+    limited: IntCounterVec,
     /// Routes in the current table.
     pub routes: IntGauge,
     /// Client connections: open now, and refused by a limit.
@@ -117,6 +136,14 @@ impl Metrics {
             &["route", "kind"],
         )
         .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let limited = IntCounterVec::new(
+            Opts::new(
+                "tenantgate_proxy_limited_total",
+                "Requests refused by a tenant's limit (429, or 413 for the body size), by route and limit",
+            ),
+            &["route", "limit"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
         let answers_vec = IntCounterVec::new(
             Opts::new(
                 "tenantgate_proxy_answers_total",
@@ -168,6 +195,7 @@ impl Metrics {
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
             Box::new(upstream_errors.clone()),
+            Box::new(limited.clone()),
             Box::new(answers_vec),
             Box::new(open),
             Box::new(refused),
@@ -184,6 +212,9 @@ impl Metrics {
                 requests: CLASSES.map(|c| requests.with_label_values(&[label, c])),
                 duration: duration.with_label_values(&[label]),
                 upstream_errors: KINDS.map(|k| upstream_errors.with_label_values(&[label, k])),
+                label: label.into(),
+                limited_vec: limited.clone(),
+                limited: Default::default(),
             })
         };
         let unknown = children("_unknown");
@@ -196,6 +227,7 @@ impl Metrics {
             requests,
             duration,
             upstream_errors,
+            limited,
             routes,
             certificates,
             unknown,
@@ -225,6 +257,9 @@ impl Metrics {
             requests: CLASSES.map(|c| self.requests.with_label_values(&[id, c])),
             duration: self.duration.with_label_values(&[id]),
             upstream_errors: KINDS.map(|k| self.upstream_errors.with_label_values(&[id, k])),
+            label: id.into(),
+            limited_vec: self.limited.clone(),
+            limited: Default::default(),
         });
         labelled.insert(id.to_owned(), m.clone());
         m

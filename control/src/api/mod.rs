@@ -147,6 +147,7 @@ fn api_routes() -> OpenApiRouter<ApiState> {
             tenants::delete_tenant
         ))
         .routes(routes!(tenants::put_upstreams))
+        .routes(routes!(tenants::get_limits, tenants::put_limits))
         .routes(routes!(tenants::suspend_tenant))
         .routes(routes!(tenants::resume_tenant))
         .routes(routes!(tenants::redeploy_tenant))
@@ -167,6 +168,7 @@ fn api_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(certificates::delete_certificate))
         .routes(routes!(get_routes))
         .routes(routes!(list_audit))
+        .routes(routes!(list_nodes))
 }
 
 /// The OpenAPI document of the admin API.
@@ -235,6 +237,9 @@ pub struct RouteView {
     pub upstreams: Vec<String>,
     /// Answered with the 503 page.
     pub suspended: bool,
+    /// The limits every proxy enforces: the tenant's own over its plan's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<tenantgate_config::Limits>,
 }
 
 /// The stored route table, with its version.
@@ -252,9 +257,21 @@ async fn get_routes(State(s): State<ApiState>) -> Result<Json<RoutesView>, ApiEr
                 hostnames: r.hostnames.iter().map(|h| h.to_display()).collect(),
                 upstreams: r.upstreams.iter().map(|u| u.addr.to_string()).collect(),
                 suspended: r.suspended,
+                limits: r.limits,
             })
             .collect(),
     }))
+}
+
+/// The nodes of the fleet as they last reported themselves (every node heartbeats every
+/// 5 s; `live` when it did within 20 s; silent ones are forgotten after an hour).
+#[utoipa::path(get, path = "/v1/nodes", tag = "routes",
+    responses((status = 503, body = error::ErrorBody), (status = 200, body = Vec<crate::model::NodeInfo>), (status = 401, body = error::ErrorBody)))]
+async fn list_nodes(
+    State(s): State<ApiState>,
+) -> Result<Json<Vec<crate::model::NodeInfo>>, ApiError> {
+    let within = i64::try_from(crate::upkeep::LIVE_WITHIN.as_millis()).unwrap_or(i64::MAX);
+    Ok(Json(s.store.nodes(within).await?))
 }
 
 /// The newest audit events.

@@ -12,6 +12,7 @@ use super::error::{ApiError, ApiJson, ErrorBody};
 use super::{ApiState, ACTOR};
 use crate::model::{Page, Tenant, TenantStatus};
 use crate::store::{NewTenant, TenantFilter};
+use tenantgate_config::Limits;
 
 /// Body of `POST /v1/tenants`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -37,6 +38,9 @@ pub struct CreateTenant {
     /// Theme of the blueprint (default: the blueprint's default theme).
     #[schema(min_length = 1, max_length = 40)]
     pub theme: Option<String>,
+    /// Give the tenant this plan's limits (a key of the config's `[plans]`).
+    #[schema(min_length = 1, max_length = 63)]
+    pub plan: Option<String>,
 }
 
 /// Body of `POST /v1/tenants/{id}/scale`.
@@ -67,6 +71,35 @@ pub struct PatchTenant {
     /// New display name.
     #[schema(min_length = 1, max_length = 200)]
     pub name: Option<String>,
+    /// Switch to this plan (a key of the config's `[plans]`); `null`: no plan.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 63)]
+    pub plan: Option<Option<String>>,
+}
+
+/// A field that may be given as `null`: `Some(None)`, told apart from an absent one (`None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+/// The plan `name`, if the config has it.
+fn known_plan(s: &ApiState, name: &str) -> Result<String, ApiError> {
+    if s.store.plans().contains_key(name) {
+        return Ok(name.to_owned());
+    }
+    let known: Vec<&str> = s.store.plans().keys().map(String::as_str).collect();
+    Err(ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown_plan",
+        if known.is_empty() {
+            format!("plan {name:?} is not in the config (it defines no [plans])")
+        } else {
+            format!(
+                "plan {name:?} is not in the config; known: {}",
+                known.join(", ")
+            )
+        },
+    ))
 }
 
 /// Body of `PUT /v1/tenants/{id}/upstreams`.
@@ -116,6 +149,11 @@ pub async fn create_tenant(
         (Some(_), None) => return Err(invalid("theme goes with blueprint")),
         (None, None) => return Err(invalid("give upstreams, or a blueprint to provision from")),
     };
+    let plan = body
+        .plan
+        .as_deref()
+        .map(|p| known_plan(&s, p))
+        .transpose()?;
     let provision = blueprint.is_some();
     let tenant = s
         .store
@@ -127,6 +165,7 @@ pub async fn create_tenant(
                 platform_hostname,
                 upstreams,
                 blueprint,
+                plan,
             },
         )
         .await?;
@@ -185,7 +224,7 @@ pub async fn get_tenant(
     Ok(Json(s.store.get_tenant(&id).await?))
 }
 
-/// Change a tenant's display name.
+/// Change a tenant's display name or plan.
 #[utoipa::path(patch, path = "/v1/tenants/{id}", tag = "tenants", params(("id" = String, Path)), request_body = PatchTenant,
     responses((status = 503, body = ErrorBody), (status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 400, body = ErrorBody), (status = 200, body = Tenant), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn patch_tenant(
@@ -193,11 +232,52 @@ pub async fn patch_tenant(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<PatchTenant>,
 ) -> Result<Json<Tenant>, ApiError> {
-    let Some(name) = body.name else {
-        return Ok(Json(s.store.get_tenant(&id).await?));
+    let name = body.name.map(|n| s.rules.name(&n)).transpose()?;
+    let plan = match body.plan {
+        Some(Some(p)) => Some(Some(known_plan(&s, &p)?)),
+        other => other,
     };
-    let name = s.rules.name(&name)?;
-    Ok(Json(s.store.rename_tenant(ACTOR, &id, &name).await?))
+    let mut tenant = None;
+    if let Some(name) = name {
+        tenant = Some(s.store.rename_tenant(ACTOR, &id, &name).await?);
+    }
+    if let Some(plan) = plan {
+        tenant = Some(s.store.set_plan(ACTOR, &id, plan.as_deref()).await?);
+    }
+    match tenant {
+        Some(t) => Ok(Json(t)),
+        None => Ok(Json(s.store.get_tenant(&id).await?)),
+    }
+}
+
+/// A tenant's own traffic limits (those it has beyond its plan's): what `PUT` set.
+#[utoipa::path(get, path = "/v1/tenants/{id}/limits", tag = "tenants", params(("id" = String, Path)),
+    responses((status = 503, body = ErrorBody), (status = 200, body = Limits), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_limits(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Limits>, ApiError> {
+    Ok(Json(s.store.get_tenant(&id).await?.limits))
+}
+
+/// Replace a tenant's own traffic limits (every field optional; `{}` removes them). They win
+/// over its plan's field by field, hold per proxy node, and apply on every proxy as soon as
+/// the change reaches it, without a reload.
+#[utoipa::path(put, path = "/v1/tenants/{id}/limits", tag = "tenants", params(("id" = String, Path)), request_body = Limits,
+    responses((status = 503, body = ErrorBody), (status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 400, body = ErrorBody), (status = 200, body = Limits), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn put_limits(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<Limits>,
+) -> Result<Json<Limits>, ApiError> {
+    if let Some((field, reason)) = body.problems().into_iter().next() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_limits",
+            format!("{field}: {reason}"),
+        ));
+    }
+    Ok(Json(s.store.set_limits(ACTOR, &id, &body).await?.limits))
 }
 
 /// 409 for redeploying or scaling a tenant that has upstreams of its own.

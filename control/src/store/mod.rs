@@ -25,11 +25,11 @@ use async_trait::async_trait;
 pub use domains::{DomainFilter, DomainNote, DomainRecord};
 pub use provisioning::Deployment;
 use tenantgate_config::{
-    CertificateChange, Delta, HostPattern, Route, RouteChange, Snapshot, StoredCertificate,
+    CertificateChange, Delta, HostPattern, Limits, Route, RouteChange, Snapshot, StoredCertificate,
     Upstream,
 };
 
-use crate::model::{rfc3339, AuditEvent, CertificateInfo, Page, Tenant, TenantStatus};
+use crate::model::{rfc3339, AuditEvent, CertificateInfo, NodeInfo, Page, Tenant, TenantStatus};
 use crate::{now_ms, random_id, Error, Result};
 
 /// A value bound to, or read from, a statement.
@@ -77,7 +77,15 @@ pub type Committed = tokio::sync::watch::Receiver<u64>;
 pub struct Store {
     backend: Arc<dyn Backend>,
     committed: tokio::sync::watch::Sender<u64>,
+    /// The config's `[plans]`, which routes resolve tenants' `plan` against.
+    plans: Arc<Plans>,
 }
+
+/// Nodes silent this long are removed from the registry (an hour).
+pub const FORGET_NODES_MS: i64 = 3_600_000;
+
+/// Named limits from the config (`[plans.NAME]`).
+pub type Plans = BTreeMap<String, Limits>;
 
 /// What a new tenant is made of, already validated.
 #[derive(Debug, Clone)]
@@ -93,6 +101,8 @@ pub struct NewTenant {
     /// `(blueprint, theme)` of a tenant to provision: it starts as `provisioning`, without
     /// upstreams, and is not routed until its containers are healthy.
     pub blueprint: Option<(String, String)>,
+    /// The plan whose limits it has (a key of `[plans]`).
+    pub plan: Option<String>,
 }
 
 /// A certificate to store, already parsed and checked, its key sealed.
@@ -236,7 +246,23 @@ impl Store {
     /// A store over `backend` (already migrated).
     pub fn new(backend: Arc<dyn Backend>) -> Self {
         let (committed, _) = tokio::sync::watch::channel(0);
-        Store { backend, committed }
+        Store {
+            backend,
+            committed,
+            plans: Arc::default(),
+        }
+    }
+
+    /// The same store resolving tenants' plans against `plans` (the config's `[plans]`;
+    /// every node of a fleet should have the same ones).
+    pub fn with_plans(mut self, plans: Plans) -> Self {
+        self.plans = Arc::new(plans);
+        self
+    }
+
+    /// The plans tenants may reference.
+    pub fn plans(&self) -> &Plans {
+        &self.plans
     }
 
     /// Versions committed through this `Store` value, as they commit.
@@ -338,8 +364,8 @@ impl Store {
             None => ("active", Value::Null, Value::Null),
         };
         tx.query(
-            "INSERT INTO tenants (id, slug, name, status, created_at, updated_at, blueprint, theme) \
-             VALUES ($1, $2, $3, $4, $5, $5, $6, $7)",
+            "INSERT INTO tenants (id, slug, name, status, created_at, updated_at, blueprint, theme, plan) \
+             VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8)",
             &[
                 t(&id),
                 t(&new.slug),
@@ -348,6 +374,7 @@ impl Store {
                 now.clone(),
                 blueprint,
                 theme,
+                new.plan.as_deref().map_or(Value::Null, t),
             ],
         )
         .await?;
@@ -364,7 +391,7 @@ impl Store {
             actor,
             "tenant.create",
             &id,
-            serde_json::json!({"slug": new.slug, "name": new.name, "blueprint": new.blueprint}),
+            serde_json::json!({"slug": new.slug, "name": new.name, "blueprint": new.blueprint, "plan": new.plan}),
         )
         .await?;
         Ok(tenant)
@@ -481,6 +508,57 @@ impl Store {
             "tenant.upstreams",
             id,
             serde_json::json!({"upstreams": list}),
+        )
+        .await?;
+        Ok(tenant)
+    }
+
+    /// Replace a tenant's own limits (they win over its plan's, field by field); applied by
+    /// every proxy as the change reaches it.
+    pub async fn set_limits(&self, actor: &str, id: &str, limits: &Limits) -> Result<Tenant> {
+        let (mut tx, version) = self.begin_write("tenant", id).await?;
+        live_tenant(&mut *tx, id).await?;
+        let stored = if limits.is_empty() {
+            Value::Null
+        } else {
+            t(&serde_json::to_string(limits).map_err(|e| Error::Internal(e.to_string()))?)
+        };
+        tx.query(
+            "UPDATE tenants SET limits = $1, updated_at = $2 WHERE id = $3",
+            &[stored, Value::Int(now_ms()), t(id)],
+        )
+        .await?;
+        let tenant = load_tenant(&mut *tx, id).await?;
+        self.finish(
+            tx,
+            version,
+            actor,
+            "tenant.limits",
+            id,
+            serde_json::json!({ "limits": limits }),
+        )
+        .await?;
+        Ok(tenant)
+    }
+
+    /// Set or clear (`None`) a tenant's plan. The caller checks the name against
+    /// [`Store::plans`].
+    pub async fn set_plan(&self, actor: &str, id: &str, plan: Option<&str>) -> Result<Tenant> {
+        let (mut tx, version) = self.begin_write("tenant", id).await?;
+        live_tenant(&mut *tx, id).await?;
+        tx.query(
+            "UPDATE tenants SET plan = $1, updated_at = $2 WHERE id = $3",
+            &[plan.map_or(Value::Null, t), Value::Int(now_ms()), t(id)],
+        )
+        .await?;
+        let tenant = load_tenant(&mut *tx, id).await?;
+        self.finish(
+            tx,
+            version,
+            actor,
+            "tenant.plan",
+            id,
+            serde_json::json!({ "plan": plan }),
         )
         .await?;
         Ok(tenant)
@@ -656,11 +734,74 @@ impl Store {
             .collect()
     }
 
+    /// Record this node's heartbeat (insert or refresh its row), and forget nodes silent for
+    /// longer than [`FORGET_NODES_MS`].
+    pub async fn heartbeat(
+        &self,
+        node: &NodeInfo,
+        started_at_ms: i64,
+        route_version: u64,
+    ) -> Result<()> {
+        let now = now_ms();
+        let mut tx = self.backend.begin(true).await?;
+        tx.query(
+            "INSERT INTO nodes (id, role, name, version, route_version, started_at, heartbeat_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO UPDATE SET \
+             route_version = excluded.route_version, heartbeat_at = excluded.heartbeat_at",
+            &[
+                t(&node.id),
+                t(&node.role),
+                t(&node.name),
+                t(&node.version),
+                Value::Int(i64::try_from(route_version).unwrap_or(i64::MAX)),
+                Value::Int(started_at_ms),
+                Value::Int(now),
+            ],
+        )
+        .await?;
+        tx.query(
+            "DELETE FROM nodes WHERE heartbeat_at < $1",
+            &[Value::Int(now - FORGET_NODES_MS)],
+        )
+        .await?;
+        tx.commit().await
+    }
+
+    /// Every node known, newest first; `live` when its heartbeat is younger than
+    /// `live_within_ms`.
+    pub async fn nodes(&self, live_within_ms: i64) -> Result<Vec<NodeInfo>> {
+        let mut tx = self.backend.begin(false).await?;
+        let rows = tx
+            .query(
+                "SELECT id, role, name, version, route_version, started_at, heartbeat_at FROM nodes \
+                 ORDER BY role, started_at DESC, id",
+                &[],
+            )
+            .await?;
+        tx.commit().await?;
+        let now = now_ms();
+        rows.iter()
+            .map(|r| {
+                let beat = int(r, 6)?;
+                Ok(NodeInfo {
+                    id: text(r, 0)?,
+                    role: text(r, 1)?,
+                    name: text(r, 2)?,
+                    version: text(r, 3)?,
+                    route_version: version_of(int(r, 4)?),
+                    started_at: rfc3339(int(r, 5)?),
+                    heartbeat_at: rfc3339(beat),
+                    live: now - beat <= live_within_ms,
+                })
+            })
+            .collect()
+    }
+
     /// Everything proxies serve from the store, at one version.
     pub async fn snapshot(&self) -> Result<Snapshot> {
         let mut tx = self.backend.begin(false).await?;
         let version = current_version(&mut *tx).await?;
-        let routes = load_routes(&mut *tx, None).await?;
+        let routes = load_routes(&mut *tx, &self.plans, None).await?;
         let certificates = load_stored_certificates(&mut *tx, None).await?;
         let challenges = domains::load_challenges(&mut *tx, None).await?;
         tx.commit().await?;
@@ -716,7 +857,7 @@ impl Store {
             }
         }
         let ids: Vec<String> = tenants.into_iter().collect();
-        let routes = load_routes(&mut *tx, Some(&ids)).await?;
+        let routes = load_routes(&mut *tx, &self.plans, Some(&ids)).await?;
         let mut by_id: HashMap<&str, &Route> = routes.iter().map(|r| (r.id.as_str(), r)).collect();
         let route_changes = ids
             .iter()
@@ -830,7 +971,7 @@ async fn load_tenants(tx: &mut dyn Tx, ids: &[String]) -> Result<Vec<Tenant>> {
     let inlist = placeholders(1, ids.len());
     let rows = tx
         .query(
-            &format!("SELECT id, slug, name, status, created_at, updated_at, blueprint, theme, generation, status_reason \
+            &format!("SELECT id, slug, name, status, created_at, updated_at, blueprint, theme, generation, status_reason, plan, limits \
                       FROM tenants WHERE id IN ({inlist}) ORDER BY id"),
             &params,
         )
@@ -885,6 +1026,12 @@ async fn load_tenants(tx: &mut dyn Tx, ids: &[String]) -> Result<Vec<Tenant>> {
                     None => None,
                 },
                 status_reason: opt_text(r, 9)?,
+                plan: opt_text(r, 10)?,
+                limits: match opt_text(r, 11)? {
+                    Some(j) => serde_json::from_str(&j)
+                        .map_err(|e| Error::Internal(format!("stored limits: {e}")))?,
+                    None => Limits::default(),
+                },
                 events: None,
                 created_at: rfc3339(int(r, 4)?),
                 updated_at: rfc3339(int(r, 5)?),
@@ -896,13 +1043,13 @@ async fn load_tenants(tx: &mut dyn Tx, ids: &[String]) -> Result<Vec<Tenant>> {
 
 /// Routes of routed tenants, active or suspended (all, or those among `ids`). A tenant id
 /// in `ids` without a route in the result is not routed: provisioning, failed, deleted.
-async fn load_routes(tx: &mut dyn Tx, ids: Option<&[String]>) -> Result<Vec<Route>> {
+async fn load_routes(tx: &mut dyn Tx, plans: &Plans, ids: Option<&[String]>) -> Result<Vec<Route>> {
     let Some((filter, params)) = id_filter(" AND t.id", ids) else {
         return Ok(Vec::new());
     };
     let tenants = tx
         .query(
-            &format!("SELECT t.id, t.status FROM tenants t WHERE t.status IN ('active', 'suspended'){filter} ORDER BY t.id"),
+            &format!("SELECT t.id, t.status, t.plan, t.limits FROM tenants t WHERE t.status IN ('active', 'suspended'){filter} ORDER BY t.id"),
             &params,
         )
         .await?;
@@ -927,6 +1074,7 @@ async fn load_routes(tx: &mut dyn Tx, ids: Option<&[String]>) -> Result<Vec<Rout
     let mut routes: BTreeMap<String, Route> = BTreeMap::new();
     for r in &tenants {
         let id = text(r, 0)?;
+        let limits = effective_limits(plans, &id, opt_text(r, 2)?, opt_text(r, 3)?);
         routes.insert(
             id.clone(),
             Route {
@@ -937,6 +1085,7 @@ async fn load_routes(tx: &mut dyn Tx, ids: Option<&[String]>) -> Result<Vec<Rout
                 suspended: text(r, 1)? == "suspended",
                 paths: Box::default(),
                 hsts: None,
+                limits,
             },
         );
     }
@@ -982,6 +1131,32 @@ async fn load_routes(tx: &mut dyn Tx, ids: Option<&[String]>) -> Result<Vec<Rout
         }
     }
     Ok(routes.into_values().collect())
+}
+
+/// A tenant's limits as its route carries them: its own over its plan's (`None`: none). A
+/// plan missing from the config (removed since) counts as no plan, and says so.
+fn effective_limits(
+    plans: &Plans,
+    tenant: &str,
+    plan: Option<String>,
+    own: Option<String>,
+) -> Option<Limits> {
+    let base = match plan {
+        None => Limits::default(),
+        Some(p) => plans.get(&p).copied().unwrap_or_else(|| {
+            tracing::error!(tenant, plan = %p, "tenant's plan is not in the config: its limits are its own only");
+            Limits::default()
+        }),
+    };
+    let own = match own.as_deref().map(serde_json::from_str::<Limits>) {
+        None => Limits::default(),
+        Some(Ok(l)) => l,
+        Some(Err(e)) => {
+            tracing::error!(tenant, "stored limits not used: {e}");
+            Limits::default()
+        }
+    };
+    Some(own.over(base)).filter(|l| !l.is_empty())
 }
 
 async fn load_certificates(tx: &mut dyn Tx, id: Option<&str>) -> Result<Vec<CertificateInfo>> {

@@ -44,13 +44,13 @@ impl Refused {
 
 /// A client as the per-client limit counts it: an IPv4 address, or an IPv6 /64.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum ClientKey {
+pub(crate) enum ClientKey {
     V4(u32),
     V6(u64),
 }
 
 impl ClientKey {
-    fn of(ip: IpAddr) -> ClientKey {
+    pub(crate) fn of(ip: IpAddr) -> ClientKey {
         match tenantgate_config::net::canonical(ip) {
             IpAddr::V4(v4) => ClientKey::V4(u32::from(v4)),
             IpAddr::V6(v6) => ClientKey::V6((u128::from(v6) >> 64) as u64),

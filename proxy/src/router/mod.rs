@@ -19,7 +19,7 @@
 
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,7 @@ use tenantgate_config::host::wildcard_suffix;
 use tenantgate_config::net::{is_local_address, Refusal};
 use tenantgate_config::{RouteChange, RouteTable, UpstreamPolicy, UpstreamRule};
 
+use crate::limits::requests::TenantLimits;
 use crate::metrics::{Metrics, RouteMetrics};
 
 mod packed;
@@ -261,6 +262,8 @@ pub struct RouteEntry {
     /// An upstream breaks this node's upstream policy: the route is not served (our 502),
     /// never forwarded.
     pub refused: Option<UpstreamRule>,
+    /// The tenant's traffic limits (`None`: none, and nothing to pay).
+    pub limits: Option<Box<TenantLimits>>,
     has_paths: bool,
     has_upstreams: bool,
 }
@@ -276,6 +279,18 @@ impl RouteEntry {
     #[inline]
     pub fn hsts(&self) -> Option<&str> {
         self.route.hsts()
+    }
+
+    /// Upstream connect and read timeouts: the tenant's own, else the node's.
+    #[inline]
+    pub fn timeouts(&self, connect: Duration, read: Duration) -> (Duration, Duration) {
+        match &self.limits {
+            None => (connect, read),
+            Some(l) => (
+                l.connect_timeout.unwrap_or(connect),
+                l.read_timeout.unwrap_or(read),
+            ),
+        }
     }
 
     /// The route this entry serves.
@@ -398,6 +413,9 @@ pub struct Router {
     own_ports: Box<[u16]>,
     /// Each route's entry, for the writers (never read on the hot path).
     routes: Mutex<RouteRegistry>,
+    /// Proxy nodes that share each tenant's limits (`fleet_share`; 1: this node enforces
+    /// them whole).
+    fleet_nodes: AtomicUsize,
 }
 
 impl Router {
@@ -417,9 +435,43 @@ impl Router {
             policy,
             own_ports,
             routes: Mutex::new(RouteRegistry::default()),
+            fleet_nodes: AtomicUsize::new(1),
         };
         r.replace(table);
         r
+    }
+
+    /// The number of proxy nodes each tenant's limits are divided among.
+    fn share(&self) -> usize {
+        self.fleet_nodes.load(Ordering::Relaxed).max(1)
+    }
+
+    /// Divide every tenant's rate, burst and concurrency limits among `nodes` live proxy
+    /// nodes (`fleet_share`): routes with limits are rebuilt when the count changes, keeping
+    /// their buckets and requests in flight.
+    pub fn set_fleet_nodes(&self, nodes: usize) {
+        let nodes = nodes.max(1);
+        if self.fleet_nodes.swap(nodes, Ordering::Relaxed) == nodes {
+            return;
+        }
+        let limited: Vec<Change> = {
+            let routes = self.lock();
+            routes
+                .set
+                .iter()
+                .filter(|e| e.0.route.limits().is_some())
+                .map(|e| Change::Upsert(e.0.route.clone()))
+                .collect()
+        };
+        if !limited.is_empty() {
+            tracing::info!(
+                nodes,
+                routes = limited.len(),
+                "limits shared among the fleet's proxies"
+            );
+            let version = self.load().version;
+            self.apply(limited, version);
+        }
     }
 
     /// Whether connecting to `addr` now would reach one of this node's own listeners (an
@@ -478,6 +530,13 @@ impl Router {
             https_redirect: route.https_redirect(),
             suspended: route.suspended(),
             refused: self.refusal(&route),
+            // The buckets and the count in flight carry over to the route's new version.
+            limits: route.limits().map(|l| {
+                let state = previous
+                    .and_then(|p| p.limits.as_ref())
+                    .map(|p| p.state().clone());
+                Box::new(TenantLimits::new(&l.share(self.share()), state))
+            }),
             has_paths: route.has_paths(),
             has_upstreams: total > 0,
             down_first: if total > 0 {
@@ -681,6 +740,7 @@ mod tests {
                     suspended: false,
                     paths: Default::default(),
                     hsts: None,
+                    limits: None,
                 },
                 Route {
                     id: "w".into(),
@@ -693,6 +753,7 @@ mod tests {
                     suspended: false,
                     paths: Default::default(),
                     hsts: None,
+                    limits: None,
                 },
             ],
         }
@@ -764,6 +825,7 @@ mod tests {
                     suspended: false,
                     paths: Default::default(),
                     hsts: None,
+                    limits: None,
                 }),
                 RouteChange::Upsert(Route {
                     id: "w".into(),
@@ -776,6 +838,7 @@ mod tests {
                     suspended: true,
                     paths: Default::default(),
                     hsts: None,
+                    limits: None,
                 }),
             ]
             .iter()

@@ -6,13 +6,15 @@
 //!
 //! ```text
 //! [0]     flags: 1 = https_redirect, 2 = suspended, 4 = has paths, 8 = from the config file,
-//!         16 = has an HSTS value
+//!         16 = has an HSTS value, 32 = has limits
 //! [1..5]  offset of the upstream section
 //! [5..9]  offset of the id
 //! [9..]   hostnames: count, then per name: kind (0 exact, 1 wildcard suffix), len, bytes
 //!         upstreams: count, addresses; path count, per path: len, prefix, count, addresses
 //!         id: len, bytes
 //!         hsts (flag 16 only): len, bytes
+//!         limits (flag 32 only): a byte with one bit per field set (in `Limits`' order),
+//!         then each set field as a varint
 //! ```
 //!
 //! An address is a tag byte (4 or 6), the IP, the port (LE u16), and for IPv6 the flow info
@@ -24,13 +26,14 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::ops::Range;
 
 use tenantgate_config::route::prefix_matches;
-use tenantgate_config::{HostPattern, PathRoute, Route, Upstream};
+use tenantgate_config::{HostPattern, Limits, PathRoute, Route, Upstream};
 
 const REDIRECT: u8 = 1;
 const SUSPENDED: u8 = 2;
 const PATHS: u8 = 4;
 const CONFIGURED: u8 = 8;
 const HSTS: u8 = 16;
+const LIMITS: u8 = 32;
 const HEADER: usize = 9;
 
 /// A route packed into one immutable allocation.
@@ -76,6 +79,7 @@ impl PackedRoute {
             | if r.suspended { SUSPENDED } else { 0 }
             | if r.paths.is_empty() { 0 } else { PATHS }
             | if r.hsts.is_some() { HSTS } else { 0 }
+            | if r.limits.is_some() { LIMITS } else { 0 }
             | origin;
         b.push(flags);
         b.extend_from_slice(&[0; 8]);
@@ -100,6 +104,17 @@ impl PackedRoute {
         if let Some(h) = &r.hsts {
             put_str(&mut b, h);
         }
+        if let Some(l) = &r.limits {
+            let fields = limit_fields(l);
+            let mask = fields
+                .iter()
+                .enumerate()
+                .fold(0u8, |m, (i, f)| m | (u8::from(f.is_some()) << i));
+            b.push(mask);
+            for v in fields.into_iter().flatten() {
+                put_u64(&mut b, v);
+            }
+        }
         b[1..5].copy_from_slice(&upstreams);
         b[5..9].copy_from_slice(&id);
         // Copied into an allocation of the exact size (the vector over-reserved).
@@ -120,6 +135,37 @@ impl PackedRoute {
         let mut pos = self.header(5);
         self.bytes_at(&mut pos);
         Some(as_str(self.bytes_at(&mut pos)))
+    }
+
+    /// The route's traffic limits, if it has any.
+    pub fn limits(&self) -> Option<Limits> {
+        if self.flags() & LIMITS == 0 {
+            return None;
+        }
+        let mut pos = self.header(5);
+        self.bytes_at(&mut pos);
+        if self.flags() & HSTS != 0 {
+            self.bytes_at(&mut pos);
+        }
+        let mask = self.0.get(pos).copied().unwrap_or(0);
+        pos += 1;
+        let mut fields = [None; 8];
+        for (i, f) in fields.iter_mut().enumerate() {
+            if mask & (1 << i) != 0 {
+                *f = Some(self.varint64(&mut pos));
+            }
+        }
+        let small = |v: Option<u64>| v.map(|v| u32::try_from(v).unwrap_or(u32::MAX));
+        Some(Limits {
+            requests_per_second: small(fields[0]),
+            burst: small(fields[1]),
+            client_requests_per_second: small(fields[2]),
+            client_burst: small(fields[3]),
+            max_concurrent_requests: small(fields[4]),
+            max_body_bytes: fields[5],
+            upstream_connect_timeout_ms: small(fields[6]),
+            upstream_read_timeout_ms: small(fields[7]),
+        })
     }
 
     /// Answer plain HTTP with a 308 to https.
@@ -261,6 +307,7 @@ impl PackedRoute {
             suspended: self.suspended(),
             paths,
             hsts: self.hsts().map(str::to_owned),
+            limits: self.limits(),
         }
     }
 
@@ -319,6 +366,21 @@ impl PackedRoute {
             .map_or(usize::MAX, |b| u32::from_le_bytes(b) as usize)
     }
 
+    /// A varint of up to 64 bits at `pos` (limits), moving `pos` past it.
+    fn varint64(&self, pos: &mut usize) -> u64 {
+        let mut v = 0u64;
+        let mut shift = 0;
+        while let Some(&byte) = self.0.get(*pos) {
+            *pos += 1;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 || shift >= 63 {
+                return v;
+            }
+            shift += 7;
+        }
+        0
+    }
+
     #[inline]
     fn varint(&self, pos: &mut usize) -> usize {
         let mut v = 0usize;
@@ -364,7 +426,11 @@ impl serde::Serialize for PackedRoute {
         use serde::ser::SerializeStruct;
         let has_paths = self.has_paths();
         let hsts = self.hsts();
-        let fields = 5 + usize::from(has_paths) + usize::from(hsts.is_some());
+        let limits = self.limits();
+        let fields = 5
+            + usize::from(has_paths)
+            + usize::from(hsts.is_some())
+            + usize::from(limits.is_some());
         let mut st = s.serialize_struct("Route", fields)?;
         st.serialize_field("id", self.id())?;
         st.serialize_field("hostnames", &Names(self))?;
@@ -381,6 +447,10 @@ impl serde::Serialize for PackedRoute {
         match hsts {
             Some(h) => st.serialize_field("hsts", h)?,
             None => st.skip_field("hsts")?,
+        }
+        match &limits {
+            Some(l) => st.serialize_field("limits", l)?,
+            None => st.skip_field("limits")?,
         }
         st.end()
     }
@@ -467,6 +537,33 @@ fn put_len(b: &mut Vec<u8>, mut n: usize) {
         }
         b.push(byte | 0x80);
     }
+}
+
+fn put_u64(b: &mut Vec<u8>, mut n: u64) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            b.push(byte);
+            return;
+        }
+        b.push(byte | 0x80);
+    }
+}
+
+/// The fields of `l` in the packed order.
+fn limit_fields(l: &Limits) -> [Option<u64>; 8] {
+    let w = |v: Option<u32>| v.map(u64::from);
+    [
+        w(l.requests_per_second),
+        w(l.burst),
+        w(l.client_requests_per_second),
+        w(l.client_burst),
+        w(l.max_concurrent_requests),
+        l.max_body_bytes,
+        w(l.upstream_connect_timeout_ms),
+        w(l.upstream_read_timeout_ms),
+    ]
 }
 
 fn put_str(b: &mut Vec<u8>, s: &str) {
@@ -570,6 +667,13 @@ mod tests {
             ]
             .into(),
             hsts: Some("max-age=31536000; includeSubDomains".into()),
+            limits: Some(Limits {
+                requests_per_second: Some(50),
+                burst: Some(100),
+                max_body_bytes: Some(5_000_000_000),
+                upstream_read_timeout_ms: Some(300),
+                ..Limits::default()
+            }),
         }
     }
 
@@ -614,9 +718,17 @@ mod tests {
         let plain = PackedRoute::new(&Route {
             paths: Box::default(),
             hsts: None,
+            limits: None,
             ..route()
         });
         assert_eq!(plain.upstream_range("/store"), 0..2);
+        assert_eq!(plain.limits(), None);
+        let no_hsts = Route {
+            hsts: None,
+            limits: None,
+            ..route()
+        };
+        assert_eq!(PackedRoute::new(&no_hsts).to_route(), no_hsts);
         // A long id and an empty route still round-trip (multi-byte lengths, no sections).
         let empty = Route {
             id: "x".repeat(300),
@@ -626,6 +738,7 @@ mod tests {
             suspended: true,
             paths: Default::default(),
             hsts: None,
+            limits: None,
         };
         let p = PackedRoute::new(&empty);
         assert_eq!(p.to_route(), empty);
@@ -660,6 +773,7 @@ mod tests {
             suspended: false,
             paths: Default::default(),
             hsts: None,
+            limits: None,
         };
         let len = PackedRoute::new(&r).0.len();
         assert!(len <= 64, "{len}");

@@ -8,6 +8,7 @@ use tenantgate_config::host::HostBuf;
 
 use super::decide::{Answer, Verdict};
 use super::forward::Length;
+use crate::limits::requests::Permit;
 use crate::router::RouteEntry;
 
 /// What the proxy knows about one request.
@@ -38,6 +39,14 @@ pub struct RequestContext {
     pub answer: Option<Answer>,
     /// The verdict the HTTP/1 loop already reached for this request, if it handed it over.
     pub handed: Option<Verdict>,
+    /// The client's address (the peer, or the hop trusted proxies vouch for).
+    pub client: Option<std::net::IpAddr>,
+    /// Its place among the tenant's requests in flight, released when the context drops.
+    pub permit: Option<Permit>,
+    /// Request body bytes seen so far (against the tenant's `max_body_bytes`).
+    pub body_bytes: u64,
+    /// The body grew beyond the tenant's `max_body_bytes` as it streamed.
+    pub body_too_large: bool,
 }
 
 impl Default for RequestContext {
@@ -56,6 +65,10 @@ impl Default for RequestContext {
             outcome: "proxied",
             answer: None,
             handed: None,
+            client: None,
+            permit: None,
+            body_bytes: 0,
+            body_too_large: false,
         }
     }
 }

@@ -10,17 +10,24 @@
 //! Order of the rules (the first that applies wins): header limits (431), request target
 //! form, `Host`, framing (400), our own `Via` mark (508), challenge paths (the challenge or
 //! 404), the route (404), SNI against `Host` (421), suspended (503), upstream policy (502),
-//! HTTPS redirect (308), proxy.
+//! HTTPS redirect (308), the tenant's limits (413, then 429: the client's rate, the
+//! tenant's rate, requests in flight), proxy.
 //!
-//! Invariants: nothing here awaits or allocates on the proxy verdict; the same facts give the
-//! same verdict (no engine-specific branch).
+//! Invariants: nothing here awaits or allocates on the proxy verdict; the same facts (and
+//! the same limiter state) give the same verdict (no engine-specific branch). A request the
+//! limits admit holds its place among the tenant's requests in flight through the verdict's
+//! [`Permit`] until the engine drops it at the end of the response.
 
+use std::net::IpAddr;
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tenantgate_certs::ChallengeStore;
+use tenantgate_config::IpNet;
 
 use super::forward::Length;
+use crate::limits::requests::{Limit, Permit};
 use crate::router::{RouteEntry, RouteIndex};
 
 /// The SNI name of a TLS connection.
@@ -41,6 +48,8 @@ pub struct ConnectionFacts<'a> {
     pub tls: bool,
     /// The SNI name, on TLS.
     pub sni: SniFact<'a>,
+    /// The socket's peer address (`None`: not an IP socket).
+    pub peer: Option<IpAddr>,
 }
 
 /// The request's host, as `Host` (HTTP/1), the absolute-form target or `:authority` (HTTP/2)
@@ -106,6 +115,12 @@ pub struct RequestFacts<'a> {
     pub length: Length,
     /// The `Transfer-Encoding` headers.
     pub coding: Coding,
+    /// The last `X-Forwarded-For` header's value, as sent (read only when the peer is one of
+    /// `trusted_proxies`).
+    pub forwarded_for: Option<&'a [u8]>,
+    /// When the head was read (the clock of the rate limits; `None`: read the clock when a
+    /// limit needs it).
+    pub at: Option<Instant>,
 }
 
 /// Why a request is malformed (400).
@@ -142,6 +157,11 @@ pub enum Answer {
     ForbiddenUpstream,
     /// 508: the request already went through one of our proxies.
     Loop,
+    /// 413: the body is larger than the tenant's `max_body_bytes`.
+    BodyTooLarge,
+    /// 429: beyond one of the tenant's request rate or concurrency limits (`Limited(BodySize)`
+    /// is [`Answer::BodyTooLarge`] under another name, never made by [`decide`]).
+    Limited(Limit),
     /// 502: no upstream could be reached or it answered garbage.
     BadGateway,
     /// 504: the upstream did not answer in time.
@@ -161,6 +181,9 @@ impl Answer {
             Answer::Suspended => 503,
             Answer::ForbiddenUpstream | Answer::BadGateway => 502,
             Answer::Loop => 508,
+            Answer::BodyTooLarge => 413,
+            Answer::Limited(Limit::BodySize) => 413,
+            Answer::Limited(_) => 429,
             Answer::GatewayTimeout => 504,
             Answer::Internal => 500,
         }
@@ -180,6 +203,11 @@ impl Answer {
             Answer::Suspended => "suspended",
             Answer::ForbiddenUpstream => "forbidden_upstream",
             Answer::Loop => "loop",
+            Answer::BodyTooLarge => "body_too_large",
+            Answer::Limited(Limit::Rate) => "limited_rate",
+            Answer::Limited(Limit::ClientRate) => "limited_client_rate",
+            Answer::Limited(Limit::Concurrency) => "limited_concurrency",
+            Answer::Limited(Limit::BodySize) => "body_too_large",
             Answer::BadGateway => "bad_gateway",
             Answer::GatewayTimeout => "gateway_timeout",
             Answer::Internal => "internal",
@@ -187,16 +215,30 @@ impl Answer {
     }
 
     /// Whether the connection must close after this answer: a malformed request may leave
-    /// the stream in an unknown state; a loop should not be kept open either.
+    /// the stream in an unknown state; a loop should not be kept open either; a body too
+    /// large is not read.
     pub fn closes(self) -> bool {
         matches!(
             self,
-            Answer::BadRequest(_) | Answer::HeadersTooLarge | Answer::Loop
+            Answer::BadRequest(_)
+                | Answer::HeadersTooLarge
+                | Answer::Loop
+                | Answer::BodyTooLarge
+                | Answer::Limited(Limit::BodySize)
         )
     }
 
+    /// The limit behind the answer, if a tenant's limit gave it.
+    pub fn limit(self) -> Option<Limit> {
+        match self {
+            Answer::BodyTooLarge => Some(Limit::BodySize),
+            Answer::Limited(l) => Some(l),
+            _ => None,
+        }
+    }
+
     /// Every answer, for tests and metrics registration.
-    pub const ALL: [Answer; 14] = [
+    pub const ALL: [Answer; 18] = [
         Answer::BadRequest(Malformed::Head),
         Answer::BadRequest(Malformed::Target),
         Answer::BadRequest(Malformed::Host),
@@ -208,6 +250,10 @@ impl Answer {
         Answer::Suspended,
         Answer::ForbiddenUpstream,
         Answer::Loop,
+        Answer::BodyTooLarge,
+        Answer::Limited(Limit::Rate),
+        Answer::Limited(Limit::ClientRate),
+        Answer::Limited(Limit::Concurrency),
         Answer::BadGateway,
         Answer::GatewayTimeout,
         Answer::Internal,
@@ -215,7 +261,7 @@ impl Answer {
 }
 
 /// What happens to a request.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Verdict {
     /// Forward it to one of `upstreams` (a range of the route's one list).
     Proxy {
@@ -223,6 +269,10 @@ pub enum Verdict {
         route: Arc<RouteEntry>,
         /// The upstreams serving its path.
         upstreams: Range<usize>,
+        /// The client's address: the peer, or the hop `trusted_proxies` vouch for.
+        client: Option<IpAddr>,
+        /// Its place among the tenant's requests in flight, held until the response ends.
+        permit: Option<Permit>,
     },
     /// Answer a live challenge with this body.
     Challenge(Arc<str>),
@@ -232,6 +282,8 @@ pub enum Verdict {
         answer: Answer,
         /// The route the host belongs to, when it is one of ours.
         route: Option<Arc<RouteEntry>>,
+        /// Seconds for `Retry-After` (0: none).
+        retry_after: u32,
     },
     /// `308` to this location.
     Redirect {
@@ -247,6 +299,7 @@ impl Verdict {
         Verdict::Answer {
             answer,
             route: None,
+            retry_after: 0,
         }
     }
 
@@ -269,6 +322,54 @@ pub struct Rules {
     pub max_header_bytes: usize,
     /// The TLS listener's port, for redirects (`None`: no TLS, no redirects).
     pub https_port: Option<u16>,
+    /// Networks of load balancers whose `X-Forwarded-For` hop names the client.
+    pub trusted: Arc<[IpNet]>,
+}
+
+impl Rules {
+    /// The client's address: the socket's peer, or, when the peer is a trusted proxy, the
+    /// rightmost `X-Forwarded-For` entry that is not one (the hop the trusted chain vouches
+    /// for). An entry that is not an address ends the walk at the last address trusted so
+    /// far; a spoofed header from an untrusted peer is never read.
+    #[inline]
+    pub fn client(&self, peer: Option<IpAddr>, forwarded_for: Option<&[u8]>) -> Option<IpAddr> {
+        let peer = peer?;
+        if self.trusted.is_empty() || !self.trusted(peer) {
+            return Some(peer);
+        }
+        let Some(xff) = forwarded_for else {
+            return Some(peer);
+        };
+        let mut last = peer;
+        for hop in xff.rsplit(|&b| b == b',') {
+            let Some(ip) = std::str::from_utf8(hop)
+                .ok()
+                .and_then(|h| parse_hop(h.trim_matches(|c| c == ' ' || c == '\t')))
+            else {
+                return Some(last);
+            };
+            if !self.trusted(ip) {
+                return Some(ip);
+            }
+            last = ip;
+        }
+        Some(last)
+    }
+
+    fn trusted(&self, ip: IpAddr) -> bool {
+        let ip = tenantgate_config::net::canonical(ip);
+        self.trusted.iter().any(|n| n.contains(ip))
+    }
+}
+
+/// One `X-Forwarded-For` entry: an address, with a port or IPv6 brackets tolerated.
+fn parse_hop(h: &str) -> Option<IpAddr> {
+    if let Ok(ip) = h.parse::<IpAddr>() {
+        return Some(tenantgate_config::net::canonical(ip));
+    }
+    h.parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|a| tenantgate_config::net::canonical(a.ip()))
 }
 
 /// Decide what happens to one request.
@@ -321,6 +422,7 @@ pub fn decide(
     let with_route = |answer| Verdict::Answer {
         answer,
         route: Some(route.clone()),
+        retry_after: 0,
     };
     if route.suspended {
         return with_route(Answer::Suspended);
@@ -346,9 +448,35 @@ pub fn decide(
             };
         }
     }
+    let client = rules.client(conn.peer, req.forwarded_for);
+    let permit = match &route.limits {
+        None => None,
+        Some(limits) => {
+            let length = match req.length {
+                Length::Exact(n) => Some(n),
+                _ => None,
+            };
+            match limits.admit(client, length, req.at.unwrap_or_else(Instant::now)) {
+                Ok(permit) => permit,
+                Err(refusal) => {
+                    let answer = match refusal.limit {
+                        Limit::BodySize => Answer::BodyTooLarge,
+                        l => Answer::Limited(l),
+                    };
+                    return Verdict::Answer {
+                        answer,
+                        route: Some(route.clone()),
+                        retry_after: refusal.retry_after,
+                    };
+                }
+            }
+        }
+    };
     Verdict::Proxy {
         upstreams: route.upstreams_for(req.path),
         route: route.clone(),
+        client,
+        permit,
     }
 }
 
@@ -371,7 +499,146 @@ mod tests {
             suspended: false,
             paths: Default::default(),
             hsts: None,
+            limits: None,
         }
+    }
+
+    fn limited(id: &str, host: &str, f: impl FnOnce(&mut tenantgate_config::Limits)) -> Route {
+        let mut l = tenantgate_config::Limits::default();
+        f(&mut l);
+        Route {
+            limits: Some(l),
+            ..route(id, HostPattern::Exact(host.into()), 6)
+        }
+    }
+
+    #[test]
+    fn limits_come_last_and_hold_their_place() {
+        let r = Router::new(
+            &RouteTable {
+                version: 1,
+                routes: vec![
+                    limited("l", "l.test", |l| {
+                        l.requests_per_second = Some(1);
+                        l.burst = Some(2);
+                        l.max_body_bytes = Some(100);
+                    }),
+                    limited("c", "c.test", |l| l.max_concurrent_requests = Some(1)),
+                    limited("k", "k.test", |l| {
+                        l.client_requests_per_second = Some(1);
+                        l.client_burst = Some(1);
+                    }),
+                ],
+            },
+            Arc::new(Metrics::new(10)),
+        );
+        let idx = r.load();
+        let challenges = ChallengeStore::new();
+        let rules = Rules {
+            max_headers: 10,
+            max_header_bytes: 1000,
+            https_port: None,
+            trusted: Arc::from(["10.0.0.0/8".parse::<IpNet>().expect("net")]),
+        };
+        let peer = |ip: &str| ConnectionFacts {
+            tls: false,
+            sni: SniFact::Absent,
+            peer: Some(ip.parse().expect("ip")),
+        };
+        let at = Instant::now();
+        let req = |host: &'static str| RequestFacts {
+            at: Some(at),
+            ..facts(HostFact::Name(host), "/")
+        };
+        let run = |req: &RequestFacts<'_>, conn: &ConnectionFacts<'_>| {
+            decide(&rules, &idx, &challenges, req, conn)
+        };
+        let c = peer("192.0.2.1");
+        // A body too large is refused before it costs a token.
+        let big = RequestFacts {
+            length: Length::Exact(101),
+            ..req("l.test")
+        };
+        assert_eq!(outcome(&run(&big, &c)), "413 body_too_large (l)");
+        assert_eq!(outcome(&run(&req("l.test"), &c)), "proxy l");
+        assert_eq!(outcome(&run(&req("l.test"), &c)), "proxy l");
+        let v = run(&req("l.test"), &c);
+        assert_eq!(outcome(&v), "429 limited_rate (l)");
+        assert!(matches!(v, Verdict::Answer { retry_after: 1, .. }));
+        // The earlier rules still win over a limit.
+        let looped = RequestFacts {
+            looped: true,
+            ..req("l.test")
+        };
+        assert_eq!(outcome(&run(&looped, &c)), "508 loop");
+        // One in flight: the second waits for the first's permit.
+        let first = run(&req("c.test"), &c);
+        assert_eq!(
+            outcome(&run(&req("c.test"), &c)),
+            "429 limited_concurrency (c)"
+        );
+        drop(first);
+        assert_eq!(outcome(&run(&req("c.test"), &c)), "proxy c");
+        // Per client: behind a trusted balancer, the forwarded hop is the client.
+        let via_lb = |xff: &'static [u8]| RequestFacts {
+            forwarded_for: Some(xff),
+            ..req("k.test")
+        };
+        let lb = peer("10.1.1.1");
+        assert_eq!(outcome(&run(&via_lb(b"198.51.100.7"), &lb)), "proxy k");
+        assert_eq!(
+            outcome(&run(&via_lb(b"198.51.100.7"), &lb)),
+            "429 limited_client_rate (k)"
+        );
+        assert_eq!(
+            outcome(&run(&via_lb(b"198.51.100.8, 10.2.2.2"), &lb)),
+            "proxy k"
+        );
+        // From an untrusted peer the header is ignored: the peer is the client.
+        let spoof = peer("203.0.113.5");
+        assert_eq!(outcome(&run(&via_lb(b"198.51.100.9"), &spoof)), "proxy k");
+        assert_eq!(
+            outcome(&run(&via_lb(b"198.51.100.10"), &spoof)),
+            "429 limited_client_rate (k)"
+        );
+    }
+
+    #[test]
+    fn the_client_is_the_hop_the_trusted_chain_vouches_for() {
+        let rules = Rules {
+            max_headers: 1,
+            max_header_bytes: 1,
+            https_port: None,
+            trusted: Arc::from([
+                "10.0.0.0/8".parse::<IpNet>().expect("net"),
+                "2001:db8::/32".parse::<IpNet>().expect("net"),
+            ]),
+        };
+        let ip = |s: &str| Some(s.parse::<IpAddr>().expect("ip"));
+        let cases: &[(&str, Option<&[u8]>, &str)] = &[
+            ("192.0.2.1", Some(b"1.1.1.1"), "192.0.2.1"),
+            ("10.0.0.1", None, "10.0.0.1"),
+            ("10.0.0.1", Some(b"1.1.1.1"), "1.1.1.1"),
+            ("10.0.0.1", Some(b"6.6.6.6, 1.1.1.1"), "1.1.1.1"),
+            ("10.0.0.1", Some(b"6.6.6.6, 1.1.1.1, 10.9.9.9"), "1.1.1.1"),
+            ("10.0.0.1", Some(b"10.3.3.3,10.4.4.4"), "10.3.3.3"),
+            ("10.0.0.1", Some(b"6.6.6.6, garbage"), "10.0.0.1"),
+            ("10.0.0.1", Some(b"[2001:db9::1]:443"), "2001:db9::1"),
+            ("::ffff:10.0.0.1", Some(b"1.1.1.1:5000"), "1.1.1.1"),
+            ("2001:db8::1", Some(b"::ffff:8.8.8.8"), "8.8.8.8"),
+        ];
+        for (peer, xff, want) in cases {
+            assert_eq!(rules.client(ip(peer), *xff), ip(want), "{peer} {xff:?}");
+        }
+        let none = Rules {
+            trusted: Arc::from([]),
+            ..rules
+        };
+        assert_eq!(
+            none.client(ip("10.0.0.1"), Some(b"1.1.1.1")),
+            ip("10.0.0.1")
+        );
+        assert_eq!(none.client(None, Some(b"1.1.1.1")), None);
     }
 
     fn router() -> Router {
@@ -412,6 +679,8 @@ mod tests {
             looped: false,
             length: Length::Absent,
             coding: Coding::None,
+            forwarded_for: None,
+            at: Some(Instant::now()),
         }
     }
 
@@ -420,7 +689,7 @@ mod tests {
         match v {
             Verdict::Proxy { route, .. } => format!("proxy {}", route.id()),
             Verdict::Challenge(b) => format!("challenge {b}"),
-            Verdict::Answer { answer, route } => format!(
+            Verdict::Answer { answer, route, .. } => format!(
                 "{} {}{}",
                 answer.status(),
                 answer.name(),
@@ -450,12 +719,18 @@ mod tests {
             max_headers: 10,
             max_header_bytes: 1000,
             https_port: Some(8443),
+            trusted: Arc::from([]),
         };
         let plain = ConnectionFacts {
             tls: false,
             sni: SniFact::Absent,
+            peer: None,
         };
-        let tls = |sni| ConnectionFacts { tls: true, sni };
+        let tls = |sni| ConnectionFacts {
+            tls: true,
+            sni,
+            peer: None,
+        };
         let name = HostFact::Name;
         let cases: Vec<(RequestFacts<'static>, ConnectionFacts<'static>, &str)> = vec![
             (facts(name("a.test"), "/"), plain, "proxy a"),
@@ -616,6 +891,6 @@ mod tests {
         let mut names: Vec<&str> = Answer::ALL.iter().map(|a| a.name()).collect();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), 14, "one name per answer");
+        assert_eq!(names.len(), Answer::ALL.len(), "one name per answer");
     }
 }

@@ -32,7 +32,7 @@ use http::HeaderValue;
 use tenantgate_certs::ChallengeStore;
 
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::router::Router;
+use crate::router::{RouteEntry, Router};
 pub use context::RequestContext;
 use decide::{Answer, ConnectionFacts, RequestFacts, Rules, Verdict};
 use forward::LoopMark;
@@ -65,6 +65,9 @@ pub struct ProxySettings {
     pub http1_pipelining: bool,
     /// Forward request headers whose names contain `_`.
     pub allow_underscores_in_headers: bool,
+    /// Load balancers in front (`trusted_proxies`): their `X-Forwarded-For` hop is the
+    /// client, for per-client limits and our forwarding headers.
+    pub trusted_proxies: Arc<[tenantgate_config::IpNet]>,
 }
 
 /// The verdict the HTTP/1 loop reached for a request it hands to the Pingora engine, carried
@@ -106,6 +109,7 @@ impl EdgeProxy {
             max_headers: settings.max_headers,
             max_header_bytes: settings.max_header_bytes,
             https_port: settings.https_port,
+            trusted: settings.trusted_proxies.clone(),
         };
         EdgeProxy {
             router,
@@ -165,9 +169,17 @@ impl EdgeProxy {
         &self.metrics.unknown
     }
 
-    /// Count one answer of our own.
-    pub fn count_answer(&self, a: Answer) {
+    /// Count one answer of our own (for `route`, when a tenant's limit gave it).
+    pub fn count_answer(&self, a: Answer, route: Option<&RouteEntry>) {
         self.metrics.answer(a);
+        if let (Some(limit), Some(route)) = (a.limit(), route) {
+            route.metrics.limited(limit);
+        }
+    }
+
+    /// The rules of the admission step (the client address behind trusted proxies).
+    pub fn rules(&self) -> &Rules {
+        &self.rules
     }
 
     /// A new request id: 24 hex digits, this process's prefix and a counter.

@@ -57,6 +57,26 @@ const PAGES: &[(u16, &str, &str, &str)] = &[
         "421 Misdirected Request: this connection was opened for another hostname\n",
     ),
     (
+        413,
+        "Content Too Large",
+        page!(
+            "413",
+            "Request too large",
+            "The request's body is larger than this store accepts."
+        ),
+        "413 Content Too Large: the request body is larger than this store accepts\n",
+    ),
+    (
+        429,
+        "Too Many Requests",
+        page!(
+            "429",
+            "Too many requests",
+            "This store is receiving more requests than it can take right now. Please wait a moment and try again."
+        ),
+        "429 Too Many Requests: retry after the time in Retry-After\n",
+    ),
+    (
         431,
         "Request Header Fields Too Large",
         page!(

@@ -35,6 +35,15 @@ use super::tls::Sni;
 use super::{pages, AccessRecord, Decided, EdgeProxy, RequestContext};
 use crate::metrics::UpstreamErrorKind;
 
+/// The header our own answer carries beside the usual ones.
+enum Added {
+    None,
+    /// A redirect's `Location` (and no body).
+    Location(String),
+    /// `Retry-After`, in seconds.
+    RetryAfter(u32),
+}
+
 impl EdgeProxy {
     /// Answer the request ourselves with one of our pages (or a redirect); `close` ends the
     /// connection after it.
@@ -43,19 +52,19 @@ impl EdgeProxy {
         session: &mut Session,
         ctx: &mut RequestContext,
         status: u16,
-        location: Option<String>,
+        added: Added,
         close: bool,
     ) -> Result<bool> {
         let req = session.req_header();
         let html = pages::wants_html(req.headers.get(header::ACCEPT).map(HeaderValue::as_bytes));
-        let (content_type, body) = match location {
-            Some(_) => ("text/plain; charset=utf-8", Bytes::new()),
-            None => pages::body(status, html),
+        let (content_type, body) = match added {
+            Added::Location(_) => ("text/plain; charset=utf-8", Bytes::new()),
+            _ => pages::body(status, html),
         };
         if close {
             session.set_keepalive(None);
         }
-        self.respond(session, ctx, status, content_type, body, location)
+        self.respond(session, ctx, status, content_type, body, added)
             .await
     }
 
@@ -67,7 +76,7 @@ impl EdgeProxy {
         body: &str,
     ) -> Result<bool> {
         let body = Bytes::copy_from_slice(body.as_bytes());
-        self.respond(session, ctx, 200, "text/plain", body, None)
+        self.respond(session, ctx, 200, "text/plain", body, Added::None)
             .await
     }
 
@@ -79,15 +88,17 @@ impl EdgeProxy {
         status: u16,
         content_type: &'static str,
         body: Bytes,
-        location: Option<String>,
+        added: Added,
     ) -> Result<bool> {
         let head = session.req_header().method == http::Method::HEAD;
         let mut resp = ResponseHeader::build(status, Some(7))?;
         resp.insert_header(header::CONTENT_TYPE, content_type)?;
         resp.insert_header(header::CONTENT_LENGTH, body.len())?;
         resp.insert_header(header::CACHE_CONTROL, "no-store")?;
-        if let Some(l) = location {
-            resp.insert_header(header::LOCATION, l)?;
+        match added {
+            Added::None => {}
+            Added::Location(l) => resp.insert_header(header::LOCATION, l)?,
+            Added::RetryAfter(s) => resp.insert_header(header::RETRY_AFTER, s)?,
         }
         if let Some(id) = &ctx.request_id {
             resp.insert_header("x-request-id", id.clone())?;
@@ -161,6 +172,7 @@ impl ProxyHttp for EdgeProxy {
         }
         let (mut count, mut bytes, mut hosts) = (0usize, 0usize, 0usize);
         let (mut looped, mut length, mut coding) = (false, Length::Absent, Coding::None);
+        let mut forwarded_for = None;
         for (k, v) in &req.headers {
             count += 1;
             bytes += k.as_str().len() + v.len();
@@ -178,6 +190,7 @@ impl ProxyHttp for EdgeProxy {
                     };
                 }
                 Name::Upgrade => ctx.upgrade = true,
+                Name::XForwardedFor => forwarded_for = Some(v.as_bytes()),
                 _ => {}
             }
         }
@@ -226,32 +239,62 @@ impl ProxyHttp for EdgeProxy {
                     looped,
                     length,
                     coding,
+                    forwarded_for,
+                    at: Some(ctx.start),
                 };
-                self.decide(&facts, &ConnectionFacts { tls: ctx.tls, sni })
+                let peer = session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip());
+                self.decide(
+                    &facts,
+                    &ConnectionFacts {
+                        tls: ctx.tls,
+                        sni,
+                        peer,
+                    },
+                )
             }
         };
         match verdict {
-            Verdict::Proxy { route, upstreams } => {
+            Verdict::Proxy {
+                route,
+                upstreams,
+                client,
+                permit,
+            } => {
                 ctx.route = Some(route);
                 ctx.upstreams = upstreams;
+                ctx.client = client;
+                ctx.permit = permit;
                 Ok(false)
             }
             Verdict::Challenge(body) => {
                 ctx.outcome = "challenge";
                 self.challenge(session, ctx, &body).await
             }
-            Verdict::Answer { answer, route } => {
+            Verdict::Answer {
+                answer,
+                route,
+                retry_after,
+            } => {
+                self.count_answer(answer, route.as_deref());
                 ctx.route = route;
                 ctx.answer = Some(answer);
                 ctx.outcome = answer.name();
-                self.count_answer(answer);
-                self.answer(session, ctx, answer.status(), None, answer.closes())
-                    .await
+                let (status, close) = (answer.status(), answer.closes());
+                let added = if retry_after > 0 {
+                    Added::RetryAfter(retry_after)
+                } else {
+                    Added::None
+                };
+                self.answer(session, ctx, status, added, close).await
             }
             Verdict::Redirect { route, location } => {
                 ctx.route = Some(route);
                 ctx.outcome = "redirect";
-                self.answer(session, ctx, 308, Some(location), false).await
+                self.answer(session, ctx, 308, Added::Location(location), false)
+                    .await
             }
         }
     }
@@ -297,10 +340,11 @@ impl ProxyHttp for EdgeProxy {
         if settings.pool_per_route {
             peer.group_key = route.group_key;
         }
+        let (connect, read) = route.timeouts(settings.connect_timeout, settings.read_timeout);
         let o = &mut peer.options;
-        o.connection_timeout = Some(settings.connect_timeout);
-        o.total_connection_timeout = Some(settings.connect_timeout);
-        o.read_timeout = Some(settings.read_timeout);
+        o.connection_timeout = Some(connect);
+        o.total_connection_timeout = Some(connect);
+        o.read_timeout = Some(read);
         o.write_timeout = Some(settings.write_timeout);
         o.idle_timeout = Some(settings.idle_timeout);
         Ok(Box::new(peer))
@@ -332,11 +376,7 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         // `insert_header` replaces every value a client may have sent under the same name, so
         // client copies never survive. The three values share one buffer: one allocation.
-        let client = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        let values = ForwardedValues::new(client, ctx.host.as_str(), ctx.tls);
+        let values = ForwardedValues::new(ctx.client, ctx.host.as_str(), ctx.tls);
         match values.client() {
             Some(ip) => upstream_request.insert_header("x-forwarded-for", ip)?,
             None => {
@@ -385,6 +425,35 @@ impl ProxyHttp for EdgeProxy {
         Ok(())
     }
 
+    /// The tenant's `max_body_bytes` for bodies whose size the head did not give (chunked,
+    /// HTTP/2 without `content-length`): counted as they stream, 413 once beyond. The
+    /// upstream then never gets the body's end, and its connection is not reused.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestContext,
+    ) -> Result<()> {
+        let max = ctx
+            .route
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .and_then(|l| l.max_body);
+        if let (Some(max), Some(b)) = (max, body.as_ref()) {
+            ctx.body_bytes += b.len() as u64;
+            if ctx.body_bytes > max {
+                ctx.body_too_large = true;
+                *body = None;
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body beyond the tenant's max_body_bytes",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     async fn response_filter(
         &self,
         session: &mut Session,
@@ -414,6 +483,7 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestContext,
     ) -> FailToProxy {
         let answer = match e.etype() {
+            _ if ctx.body_too_large => Some(Answer::BodyTooLarge),
             ErrorType::HTTPStatus(400) => Some(Answer::BadRequest(Malformed::Head)),
             ErrorType::HTTPStatus(_) => None,
             etype => match e.esource() {
@@ -438,8 +508,11 @@ impl ProxyHttp for EdgeProxy {
             (None, _) => 0,
         };
         ctx.outcome = answer.map_or("client_gone", Answer::name);
+        if let Some(a) = answer.filter(|a| a.limit().is_some()) {
+            self.count_answer(a, ctx.route.as_deref());
+        }
         if code > 0 && session.response_written().is_none() {
-            if let Err(err) = self.answer(session, ctx, code, None, true).await {
+            if let Err(err) = self.answer(session, ctx, code, Added::None, true).await {
                 tracing::debug!("cannot send error page: {err}");
             }
         }

@@ -655,6 +655,7 @@ mod tests {
             suspended: false,
             paths: Default::default(),
             hsts: None,
+            limits: None,
         }
     }
 

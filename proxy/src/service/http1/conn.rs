@@ -141,15 +141,15 @@ where
                     Some(Some(h)) => SniFact::Name(h.as_str()),
                     Some(None) => SniFact::Invalid,
                 };
-                let facts = ConnectionFacts { tls: self.tls, sni };
-                let client = self.client_ip();
-                match self.app.prepare(
-                    &self.rbuf,
-                    &facts,
-                    client,
-                    &mut self.scratch,
-                    &mut self.uhead,
-                ) {
+                let facts = ConnectionFacts {
+                    tls: self.tls,
+                    sni,
+                    peer: self.client_ip(),
+                };
+                match self
+                    .app
+                    .prepare(&self.rbuf, &facts, &mut self.scratch, &mut self.uhead)
+                {
                     Prep::Partial => {}
                     prep => break prep,
                 }
@@ -349,7 +349,7 @@ where
         let elapsed = start.elapsed();
         edge.unknown_metrics()
             .observe(answer.status(), elapsed.as_secs_f64());
-        edge.count_answer(answer);
+        edge.count_answer(answer, None);
         edge.access_log(&AccessRecord {
             client: self.peer.as_ref(),
             method: "",

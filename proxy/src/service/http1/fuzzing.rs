@@ -33,6 +33,7 @@ impl Default for HeadFuzzer {
             suspended: false,
             paths: Default::default(),
             hsts: None,
+            limits: None,
         };
         let table = RouteTable {
             version: 1,
@@ -56,6 +57,7 @@ impl Default for HeadFuzzer {
             pool_per_route: true,
             http1_pipelining: true,
             allow_underscores_in_headers: false,
+            trusted_proxies: std::sync::Arc::from([]),
         };
         let edge = EdgeProxy::new(
             router,
@@ -80,15 +82,14 @@ impl HeadFuzzer {
         let conn = ConnectionFacts {
             tls: false,
             sni: SniFact::Absent,
+            peer: None,
         };
         let mut scratch = Scratch {
             host: Default::default(),
             request_id: Vec::new(),
         };
         let mut out = Vec::new();
-        let prep = self
-            .service
-            .prepare(buf, &conn, None, &mut scratch, &mut out);
+        let prep = self.service.prepare(buf, &conn, &mut scratch, &mut out);
         let upstream = match prep {
             Prep::Partial | Prep::Refuse { .. } => return,
             Prep::Proxy(p) => {

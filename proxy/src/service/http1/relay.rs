@@ -20,6 +20,7 @@ use super::{
     push_chunk, read_before, write_all, Failure, Framing, Served, MAX_RESPONSE_HEAD, READ_CHUNK,
 };
 use crate::metrics::UpstreamErrorKind;
+use crate::router::RouteEntry;
 use crate::service::{pages, AccessRecord};
 
 impl<A> Conn<'_, A>
@@ -54,7 +55,7 @@ where
                 let reused = pooled.is_some();
                 let conn = match pooled.take() {
                     Some(c) => c,
-                    None => match self.connect(addr).await {
+                    None => match self.connect(addr, route).await {
                         Ok(c) => c,
                         Err(f) => {
                             route.mark_down(
@@ -85,7 +86,7 @@ where
         self.error_page(plan, failure, upstream).await
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<TcpStream, Failure> {
+    async fn connect(&self, addr: SocketAddr, route: &RouteEntry) -> Result<TcpStream, Failure> {
         if let Some(r) = self.app.edge.router().reaches_own_listener(addr) {
             tracing::warn!(
                 rule = r.rule.as_str(),
@@ -94,12 +95,9 @@ where
             );
             return Err(Failure::Forbidden);
         }
-        match fast_timeout(
-            self.app.edge.settings().connect_timeout,
-            TcpStream::connect(addr),
-        )
-        .await
-        {
+        let settings = self.app.edge.settings();
+        let (connect, _) = route.timeouts(settings.connect_timeout, settings.read_timeout);
+        match fast_timeout(connect, TcpStream::connect(addr)).await {
             Err(_) => Err(Failure::ConnectTimeout),
             Ok(Err(_)) => Err(Failure::ConnectRefused),
             Ok(Ok(s)) => {
@@ -121,6 +119,9 @@ where
         start: Instant,
     ) -> Result<Served, Failure> {
         let settings = self.app.edge.settings();
+        let (_, read_timeout) = plan
+            .route
+            .timeouts(settings.connect_timeout, settings.read_timeout);
         // A request head fits an idle socket's send buffer: written at once, no timer needed.
         let sent = match conn.try_write(&self.uhead) {
             Ok(n) => n,
@@ -182,7 +183,7 @@ where
             } else {
                 Instant::now()
             };
-            self.upstream_wait.arm(at, settings.read_timeout);
+            self.upstream_wait.arm(at, read_timeout);
             match read_before(&mut conn, &mut self.ubuf, &mut self.upstream_wait).await {
                 None => return Err(Failure::ReadTimeout),
                 Some(Ok(0) | Err(_)) if reused && self.ubuf.is_empty() => {
@@ -270,8 +271,7 @@ where
             }
             self.ubuf.clear();
             self.ubuf.reserve(READ_CHUNK);
-            self.upstream_wait
-                .arm(Instant::now(), settings.read_timeout);
+            self.upstream_wait.arm(Instant::now(), read_timeout);
             match read_before(&mut conn, &mut self.ubuf, &mut self.upstream_wait).await {
                 Some(Ok(0)) if framing == Framing::CloseAsChunked => {
                     // The upstream's close ends the body: the client gets the last chunk.

@@ -48,6 +48,8 @@ pub(super) struct Plan {
     /// Bytes of `uhead` that are the method and the target (for the access log).
     pub method_len: usize,
     pub target_end: usize,
+    /// Its place among the tenant's requests in flight, held until the response ends.
+    pub _permit: Option<crate::limits::requests::Permit>,
 }
 
 /// A request the Pingora engine serves, with the verdict already reached; its canonical head
@@ -160,7 +162,6 @@ impl<A> Http1Service<A> {
         &self,
         buf: &[u8],
         conn: &ConnectionFacts<'_>,
-        client: Option<std::net::IpAddr>,
         s: &mut Scratch,
         out: &mut Vec<u8>,
     ) -> Prep {
@@ -214,6 +215,7 @@ impl<A> Http1Service<A> {
         let mut coding = Coding::None;
         let mut upgrade = false;
         let mut expect = false;
+        let mut forwarded_for = None;
         s.request_id.clear();
         out.clear();
         out.extend_from_slice(method.as_bytes());
@@ -281,6 +283,10 @@ impl<A> Http1Service<A> {
                     continue;
                 }
                 Name::Expect => expect = true,
+                Name::XForwardedFor => {
+                    forwarded_for = Some(value);
+                    continue;
+                }
                 n if n.ours() || n.hop_by_hop() => continue,
                 _ => {}
             }
@@ -311,6 +317,8 @@ impl<A> Http1Service<A> {
             looped,
             length,
             coding,
+            forwarded_for,
+            at: None,
         };
         let verdict = edge.decide(&facts, conn);
         let host = match host {
@@ -326,7 +334,12 @@ impl<A> Http1Service<A> {
             && !expect
             && !named_other;
         match verdict {
-            Verdict::Proxy { route, upstreams } if plain && self.enabled => {
+            Verdict::Proxy {
+                route,
+                upstreams,
+                client,
+                permit,
+            } if plain && self.enabled => {
                 if authority.is_some() {
                     push_header(out, b"host", host.as_bytes());
                 }
@@ -346,6 +359,7 @@ impl<A> Http1Service<A> {
                     html,
                     method_len,
                     target_end,
+                    _permit: permit,
                 })
             }
             verdict => {
