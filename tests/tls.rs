@@ -216,3 +216,35 @@ async fn host_of_another_route_than_the_sni_gets_421(engine) {
     assert_eq!(b.hits(), 0);
 }
 }
+
+engine_tests! {
+/// An HTTP/2 header block beyond `max_request_header_bytes` is refused (by the h2 layer's
+/// header-list limit, or by the admission step's 431) and never reaches the upstream.
+async fn http2_header_blocks_are_bounded(engine) {
+    let ca = TestCa::new();
+    let a = Backend::start("a").await;
+    let (c, k) = ca.issue(&["a.test"]);
+    let tg = Tenantgate::new().engine(engine)
+        .cert(c, k, true)
+        .proxy("max_request_header_bytes = 8192")
+        .route(&["a.test"], &[a.addr])
+        .start()
+        .await;
+    let port = tg.https.unwrap().port();
+    let client = tg.https_client(&ca, &["a.test"]);
+    let mut req = client.get(format!("https://a.test:{port}/big"));
+    for i in 0..40 {
+        req = req.header(format!("x-big-{i}"), "v".repeat(1000));
+    }
+    match req.send().await {
+        Ok(r) => {
+            assert_eq!(r.version(), reqwest::Version::HTTP_2);
+            assert_eq!(r.status(), 431);
+        }
+        Err(e) => assert!(e.is_request() || e.is_connect() || e.to_string().contains("h2"), "{e}"),
+    }
+    assert_eq!(a.hits(), 0);
+    let r = client.get(format!("https://a.test:{port}/small")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the limit leaves ordinary requests alone");
+}
+}

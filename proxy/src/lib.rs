@@ -183,6 +183,15 @@ pub fn add_services(
     );
     let mut app = pingora::proxy::HttpProxy::new(proxy.clone(), server.configuration.clone());
     app.handle_init_modules();
+    // HTTP/2 header blocks are bounded like HTTP/1 heads (RFC 9113 counts 32 bytes per field
+    // beside its name and value), so a client cannot make us decode more than the admission
+    // step would accept.
+    let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+    h2.max_header_list_size(
+        u32::try_from(cfg.proxy.max_request_header_bytes + 32 * cfg.proxy.max_request_headers)
+            .unwrap_or(u32::MAX),
+    );
+    app.h2_options = Some(h2);
     let window = drain_window(cfg.proxy.grace_period_seconds);
     let app = Draining::new(app, window);
     let limits = Arc::new(ConnectionLimits::new(
