@@ -86,7 +86,17 @@ async fn the_request_rate_allows_a_burst_then_refills(engine) {
     })
     .await;
     let logs = tg.logs();
-    assert!(logs.contains("\"outcome\":\"limited_rate\""), "{logs}");
+    let refusals: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("\"outcome\":\"limited_rate\""))
+        .collect();
+    assert_eq!(refusals.len(), 3, "{logs}");
+    // On the fast path its own loop writes the 429 (a refusal costs less than a request).
+    let by = if engine == Engine::FastPath { "http1" } else { "pingora" };
+    for l in refusals {
+        assert!(l.contains(&format!("\"engine\":\"{by}\"")), "{l}");
+        assert!(l.contains("\"route\":\"a.test\""), "{l}");
+    }
 }
 }
 

@@ -9,9 +9,11 @@ The figure covers user space only (the kernel is not instrumented).
 
 `tenantgate-limits` is tenantgate with every limit of its route configured and none reached
 (rate, per-client rate, concurrency, body size): the cost of limits on the hot path.
+`tenantgate-refused` has a rate of 1 per second: every measured request is answered 429 by
+us (the cost of a refusal).
 
 Usage: benches/load/instructions.py [--requests N]
-       [--only nginx,pingora-baseline,tenantgate,tenantgate-limits]
+       [--only nginx,pingora-baseline,tenantgate,tenantgate-limits,tenantgate-refused]
 """
 
 import argparse
@@ -29,13 +31,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 
 
-def send(port, host, n):
+def send(port, host, n, want=(200,)):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     for _ in range(n):
         conn.request("GET", "/", headers={"Host": host})
         r = conn.getresponse()
         r.read()
-        if r.status != 200:
+        if r.status not in want:
             raise RuntimeError(f"status {r.status}")
     conn.close()
 
@@ -88,15 +90,19 @@ def main():
                 "tenantgate-limits": lambda: harness.tenantgate_conf(
                     sub, port, backend_port, hosts, args.binary,
                     route_extra=lambda i: harness.NEVER_REACHED_LIMITS),
+                "tenantgate-refused": lambda: harness.tenantgate_conf(
+                    sub, port, backend_port, hosts, args.binary,
+                    route_extra=lambda i: "[routes.limits]\nrequests_per_second = 1\nburst = 1\n"),
             }[name]()
             vg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={sub}/cg.%p.out"]
             proc = harness.Proc(vg + argv, 0, os.path.join(sub, "proc.log"), cwd=sub)
             try:
                 harness.wait_port(port, timeout=180, proc=proc.p)
-                send(port, hosts[0], 200)
+                want = (200, 429) if name == "tenantgate-refused" else (200,)
+                send(port, hosts[0], 200, want)
                 pid = str(proc.p.pid)
                 ctl(["--zero", pid])
-                send(port, hosts[0], args.requests)
+                send(port, hosts[0], args.requests, want)
                 ctl(["--dump=measured", pid])
                 time.sleep(1.0)
                 ir = measured_instructions(sub)

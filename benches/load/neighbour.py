@@ -8,7 +8,9 @@ twice: with A idle, then while a flooder sends A `--flood` requests per second (
 limit by default), every one beyond the limit answered 429 by us. Both clients are asyncio
 processes on core 1. Reported:
 
-- B's p50/p99 with A idle and with A flooded (goal: flooded p99 within 10% of idle);
+- B's p50/p99 with A idle and with A flooded (goal: flooded p99 within 10% of idle), and
+  with the same flood sent straight to the backend instead (the clients' own share of the
+  effect: the machine has two cores);
 - the proxy's CPU per request refused with 429 against its CPU per proxied request (goal:
   below), from its user+system time over a phase of each (B's probe subtracted).
 
@@ -113,14 +115,14 @@ def main():
         harness.wait_port(bport)
         harness.wait_port(port, proc=tg.p)
 
-        def phase(name, flood_host, flood_rate, probe=True):
+        def phase(name, flood_host, flood_rate, probe=True, flood_port=None):
             files = {k: os.path.join(d, f"{name}-{k}.json") for k in ("b", "a")}
             cpu0 = sum(harness.tree_cpu_split(tg.p.pid))
             procs = []
             if probe:
                 procs.append(("b", client(port, hosts[1], args.rate, args.seconds, 8, files["b"])))
             if flood_host:
-                procs.append(("a", client(port, flood_host, flood_rate, args.seconds, 16, files["a"])))
+                procs.append(("a", client(flood_port or port, flood_host, flood_rate, args.seconds, 16, files["a"])))
             for _, p in procs:
                 p.wait()
             cpu = sum(harness.tree_cpu_split(tg.p.pid)) - cpu0
@@ -134,14 +136,19 @@ def main():
         time.sleep(1)
         flooded, cpu_flood = phase("flood", hosts[0], args.flood)
         time.sleep(1)
+        # The same flood sent straight to the backend, beside the probe: what the clients'
+        # own load does to B's latency on this machine, with tenantgate doing nothing for A.
+        direct, _ = phase("direct", hosts[0], args.flood, flood_port=bport)
+        time.sleep(1)
         # The same rate of proxied requests (B unlimited), without the probe: CPU per proxied.
         proxied, cpu_proxied = phase("proxied", hosts[1], args.flood, probe=False)
-        bi, bf = idle["b"]["lat"], flooded["b"]["lat"]
+        bi, bf, bd = idle["b"]["lat"], flooded["b"]["lat"], direct["b"]["lat"]
         a = flooded["a"]["statuses"]
         refused = a.get("429", 0)
         out = {
             "b_p50_idle": pct(bi, 50), "b_p99_idle": pct(bi, 99),
             "b_p50_flood": pct(bf, 50), "b_p99_flood": pct(bf, 99),
+            "b_p50_direct": pct(bd, 50), "b_p99_direct": pct(bd, 99),
             "a_statuses": a, "b_statuses_flood": flooded["b"]["statuses"],
             "cpu_per_refused_us": (cpu_flood - cpu_probe) / max(refused, 1) * 1e6,
             "cpu_per_proxied_us": cpu_proxied / max(sum(proxied["a"]["statuses"].values()), 1) * 1e6,
@@ -151,11 +158,11 @@ def main():
         backend.stop()
     print(f"\nB at {args.rate}/s for {args.seconds:.0f} s; A flooded at {args.flood}/s "
           f"against requests_per_second = {args.limit}\n")
-    print("| B's latency | A idle | A flooded | flooded / idle |")
-    print("|---|---:|---:|---:|")
+    print("| B's latency | A idle | A flooded | flooded / idle | flood sent to the backend instead |")
+    print("|---|---:|---:|---:|---:|")
     for p in ("p50", "p99"):
-        i, f = out[f"b_{p}_idle"], out[f"b_{p}_flood"]
-        print(f"| {p} | {i:.3f} ms | {f:.3f} ms | {f / i:.2f} |")
+        i, f, x = out[f"b_{p}_idle"], out[f"b_{p}_flood"], out[f"b_{p}_direct"]
+        print(f"| {p} | {i:.3f} ms | {f:.3f} ms | {f / i:.2f} | {x:.3f} ms ({x / i:.2f}) |")
     print(f"\nA's answers: {out['a_statuses']}; B's during the flood: {out['b_statuses_flood']}")
     print(f"CPU per refused request: {out['cpu_per_refused_us']:.1f} µs; "
           f"per proxied request: {out['cpu_per_proxied_us']:.1f} µs")

@@ -1,9 +1,10 @@
 //! The one admission step: what happens to a request, decided once, for both engines.
 //!
 //! An engine turns bytes into facts ([`RequestFacts`], [`ConnectionFacts`]) and a
-//! [`Verdict`] into bytes; every rule lives here. The HTTP/1.1 fast path serves only
-//! [`Verdict::Proxy`] and hands every other verdict, with the request, to the Pingora engine,
-//! so each answer of our own has one implementation. [`Answer`] is the one table from an
+//! [`Verdict`] into bytes; every rule lives here. The HTTP/1.1 fast path serves
+//! [`Verdict::Proxy`] and the 429 of a limit (a refusal must cost less than a request) and
+//! hands every other verdict, with the request, to the Pingora engine, so the other answers
+//! of our own have one writer; both engines write our pages from `pages.rs`. [`Answer`] is the one table from an
 //! outcome to its status, its name in the access log and metrics, and whether the connection
 //! may be reused after it.
 //!

@@ -173,6 +173,19 @@ pub fn write_h1(
     request_id: &[u8],
     extra: &[(&str, &str)],
 ) -> usize {
+    write_h1_response(out, status, html, head_only, request_id, extra, true)
+}
+
+/// [`write_h1`], leaving the connection open unless `close`.
+pub fn write_h1_response(
+    out: &mut Vec<u8>,
+    status: u16,
+    html: bool,
+    head_only: bool,
+    request_id: &[u8],
+    extra: &[(&str, &str)],
+    close: bool,
+) -> usize {
     let (content_type, body) = self::body(status, html);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.to_string().as_bytes());
@@ -190,7 +203,11 @@ pub fn write_h1(
         out.extend_from_slice(b": ");
         out.extend_from_slice(v.as_bytes());
     }
-    out.extend_from_slice(b"\r\nconnection: close\r\n\r\n");
+    out.extend_from_slice(if close {
+        b"\r\nconnection: close\r\n\r\n".as_slice()
+    } else {
+        b"\r\n\r\n".as_slice()
+    });
     if head_only {
         0
     } else {

@@ -191,6 +191,15 @@ where
                     }
                     self.rest();
                 }
+                Prep::Limited(l) => {
+                    self.rbuf.advance(l.head_len);
+                    let ok = Box::pin(self.limited(&l)).await;
+                    if !ok || l.close || self.draining || self.early() {
+                        let _ = self.client.shutdown().await;
+                        return None;
+                    }
+                    self.rest();
+                }
                 Prep::Handoff(h) => {
                     self = Box::pin(self.handoff(h, limit)).await?;
                     if self.draining || self.early() {
@@ -320,6 +329,66 @@ where
                 .ok()?
         };
         Some(matches!(read, Ok(n) if n > 0))
+    }
+
+    /// Answer a plain request a tenant's limit refused (429, `Retry-After`, our page), as
+    /// Pingora's engine answers it, keeping the connection; `false` when the client is gone.
+    async fn limited(&mut self, l: &super::request::Limited) -> bool {
+        let start = Instant::now();
+        let edge = &self.app.edge;
+        if self.scratch.request_id.is_empty() {
+            self.scratch
+                .request_id
+                .extend_from_slice(&edge.request_id_bytes());
+        }
+        let retry = l.retry_after.to_string();
+        let hsts = if self.tls { l.route.hsts() } else { None };
+        let mut extra: [(&str, &str); 2] = [("retry-after", &retry), ("", "")];
+        let n = match hsts {
+            Some(v) => {
+                extra[1] = ("strict-transport-security", v);
+                2
+            }
+            None => 1,
+        };
+        let status = l.answer.status();
+        self.chead.clear();
+        let sent = pages::write_h1_response(
+            &mut self.chead,
+            status,
+            l.html,
+            l.head_only,
+            &self.scratch.request_id,
+            &extra[..n],
+            l.close || self.draining,
+        );
+        let ok = write_all(&mut self.client, &self.chead).await.is_ok();
+        let elapsed = start.elapsed();
+        l.route.metrics.observe(status, elapsed.as_secs_f64());
+        edge.count_answer(l.answer, Some(&l.route));
+        let head = &self.uhead;
+        let method = std::str::from_utf8(&head[..l.method_len]).unwrap_or("");
+        let target = std::str::from_utf8(&head[l.method_len + 1..l.target_end]).unwrap_or("");
+        let path = target.split_once('?').map_or(target, |(p, _)| p);
+        edge.access_log(&AccessRecord {
+            client: self.peer.as_ref(),
+            method,
+            host: self.scratch.host.as_str(),
+            path,
+            version: "HTTP/1.1",
+            tls: self.tls,
+            status,
+            elapsed,
+            bytes_sent: if ok { sent } else { 0 },
+            route: l.route.id(),
+            upstream: None,
+            request_id: std::str::from_utf8(&self.scratch.request_id).unwrap_or(""),
+            error: "",
+            outcome: l.answer.name(),
+            engine: "http1",
+        });
+        self.last = Instant::now();
+        ok
     }
 
     /// Answer a head nobody can serve (it does not parse, or never ends within the limit)

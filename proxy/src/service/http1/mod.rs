@@ -17,9 +17,11 @@
 //!   `max_request_header_bytes` of it (431 and close beyond); the admission step decides each
 //!   request once ([`crate::service::decide`]).
 //! - A request is proxied here only when its head parsed completely and strictly, it has no
-//!   body and its verdict is "proxy"; everything else (bodies, `Upgrade`, `Expect`, HTTP/1.0,
-//!   every answer of our own) is handed to the Pingora engine, one request at a time, with the
-//!   verdict ([`handoff`]). So each answer of our own keeps exactly one implementation.
+//!   body and its verdict is "proxy"; such a request refused by a tenant's limit gets its 429
+//!   here too (`Conn::limited`: refusing a flood must cost less than serving it). Everything
+//!   else (bodies, `Upgrade`, `Expect`, HTTP/1.0, every other answer of our own) is handed to
+//!   the Pingora engine, one request at a time, with the verdict ([`handoff`]). The engine
+//!   matrix in `tests/` checks the two 429 writers give the same answer.
 //! - A response is relayed only when its end is known exactly (no body, `Content-Length`, or
 //!   chunked, tracked byte by byte); an upstream connection is reused only when the response
 //!   ended exactly at the end of what was read and the upstream did not ask to close.

@@ -52,6 +52,20 @@ pub(super) struct Plan {
     pub _permit: Option<crate::limits::requests::Permit>,
 }
 
+/// A plain request refused by a tenant's limit.
+pub(super) struct Limited {
+    pub head_len: usize,
+    pub answer: Answer,
+    pub route: std::sync::Arc<crate::router::RouteEntry>,
+    pub retry_after: u32,
+    pub head_only: bool,
+    pub close: bool,
+    pub html: bool,
+    /// The method and target, for the access log (in `uhead`).
+    pub method_len: usize,
+    pub target_end: usize,
+}
+
 /// A request the Pingora engine serves, with the verdict already reached; its canonical head
 /// is in `Conn::uhead`.
 pub(super) struct Handoff {
@@ -73,6 +87,9 @@ pub(super) enum Prep {
     },
     /// The fast path serves it.
     Proxy(Plan),
+    /// A limit's 429 for a plain request, written by the fast path: a refusal must cost
+    /// less than what it refuses (the verdict is the admission step's all the same).
+    Limited(Limited),
     /// Pingora serves it.
     Handoff(Handoff),
 }
@@ -362,6 +379,21 @@ impl<A> Http1Service<A> {
                     _permit: permit,
                 })
             }
+            Verdict::Answer {
+                answer: answer @ Answer::Limited(_),
+                route: Some(route),
+                retry_after,
+            } if plain && self.enabled => Prep::Limited(Limited {
+                head_len,
+                answer,
+                route,
+                retry_after,
+                head_only,
+                close,
+                html,
+                method_len,
+                target_end,
+            }),
             verdict => {
                 // Pingora reads this head: the client's headers (it strips hop-by-hop ones
                 // itself and keeps an upgrade intact), canonical framing, the authority as Host.
