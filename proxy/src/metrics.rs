@@ -72,15 +72,35 @@ impl RouteMetrics {
     }
 }
 
+/// The metric families with a `route` label, from which each route's children are made.
+#[derive(Clone)]
+struct RouteFamilies {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    upstream_errors: IntCounterVec,
+    limited: IntCounterVec,
+}
+
+impl RouteFamilies {
+    /// The children labelled `label` (those of `limited` are made on first use).
+    fn children(&self, label: &str) -> Arc<RouteMetrics> {
+        Arc::new(RouteMetrics {
+            requests: CLASSES.map(|c| self.requests.with_label_values(&[label, c])),
+            duration: self.duration.with_label_values(&[label]),
+            upstream_errors: KINDS.map(|k| self.upstream_errors.with_label_values(&[label, k])),
+            label: label.into(),
+            limited_vec: self.limited.clone(),
+            limited: Default::default(),
+        })
+    }
+}
+
 /// The proxy's registry and metric families.
 pub struct Metrics {
     registry: Registry,
     /// Our own answers by reason ([`Answer::name`]), children resolved once.
     answers: Vec<(&'static str, IntCounter)>,
-    requests: IntCounterVec,
-    duration: HistogramVec,
-    upstream_errors: IntCounterVec,
-    limited: IntCounterVec,
+    families: RouteFamilies,
     /// Routes in the current table.
     pub routes: IntGauge,
     /// Client connections: open now, and refused by a limit.
@@ -207,27 +227,20 @@ impl Metrics {
                 .register(c)
                 .unwrap_or_else(|e| unreachable!("metric names are unique: {e}"));
         }
-        let children = |label: &str| {
-            Arc::new(RouteMetrics {
-                requests: CLASSES.map(|c| requests.with_label_values(&[label, c])),
-                duration: duration.with_label_values(&[label]),
-                upstream_errors: KINDS.map(|k| upstream_errors.with_label_values(&[label, k])),
-                label: label.into(),
-                limited_vec: limited.clone(),
-                limited: Default::default(),
-            })
+        let families = RouteFamilies {
+            requests,
+            duration,
+            upstream_errors,
+            limited,
         };
-        let unknown = children("_unknown");
-        let other = children("_other");
+        let unknown = families.children("_unknown");
+        let other = families.children("_other");
         Metrics {
             registry,
             answers,
             connections,
             tls_handshake_failures,
-            requests,
-            duration,
-            upstream_errors,
-            limited,
+            families,
             routes,
             certificates,
             unknown,
@@ -253,14 +266,7 @@ impl Metrics {
         if labelled.len() >= self.budget {
             return self.other.clone();
         }
-        let m = Arc::new(RouteMetrics {
-            requests: CLASSES.map(|c| self.requests.with_label_values(&[id, c])),
-            duration: self.duration.with_label_values(&[id]),
-            upstream_errors: KINDS.map(|k| self.upstream_errors.with_label_values(&[id, k])),
-            label: id.into(),
-            limited_vec: self.limited.clone(),
-            limited: Default::default(),
-        });
+        let m = self.families.children(id);
         labelled.insert(id.to_owned(), m.clone());
         m
     }

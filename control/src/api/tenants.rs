@@ -237,17 +237,15 @@ pub async fn patch_tenant(
         Some(Some(p)) => Some(Some(known_plan(&s, &p)?)),
         other => other,
     };
-    let mut tenant = None;
-    if let Some(name) = name {
-        tenant = Some(s.store.rename_tenant(ACTOR, &id, &name).await?);
+    if name.is_none() && plan.is_none() {
+        return Ok(Json(s.store.get_tenant(&id).await?));
     }
-    if let Some(plan) = plan {
-        tenant = Some(s.store.set_plan(ACTOR, &id, plan.as_deref()).await?);
-    }
-    match tenant {
-        Some(t) => Ok(Json(t)),
-        None => Ok(Json(s.store.get_tenant(&id).await?)),
-    }
+    let plan = plan.as_ref().map(|p| p.as_deref());
+    Ok(Json(
+        s.store
+            .patch_tenant(ACTOR, &id, name.as_deref(), plan)
+            .await?,
+    ))
 }
 
 /// A tenant's own traffic limits (those it has beyond its plan's): what `PUT` set.

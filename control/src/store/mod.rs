@@ -451,23 +451,67 @@ impl Store {
 
     /// Change a tenant's display name.
     pub async fn rename_tenant(&self, actor: &str, id: &str, name: &str) -> Result<Tenant> {
+        self.patch_tenant(actor, id, Some(name), None).await
+    }
+
+    /// Change a tenant's display name and/or set or clear (`Some(None)`) its plan, in one
+    /// write. The caller checks the plan's name against [`Store::plans`].
+    pub async fn patch_tenant(
+        &self,
+        actor: &str,
+        id: &str,
+        name: Option<&str>,
+        plan: Option<Option<&str>>,
+    ) -> Result<Tenant> {
+        let mut sets = Vec::new();
+        if let Some(n) = name {
+            sets.push(("name", t(n)));
+        }
+        if let Some(p) = plan {
+            sets.push(("plan", p.map_or(Value::Null, t)));
+        }
+        let action = match (name, plan) {
+            (Some(_), None) => "tenant.rename",
+            (None, Some(_)) => "tenant.plan",
+            _ => "tenant.update",
+        };
+        let mut detail = serde_json::json!({});
+        if let Some(n) = name {
+            detail["name"] = n.into();
+        }
+        if let Some(p) = plan {
+            detail["plan"] = p.into();
+        }
+        self.update_tenant(actor, id, sets, action, detail).await
+    }
+
+    /// Set columns of a live tenant's row (and `updated_at`), audited as `action`.
+    async fn update_tenant(
+        &self,
+        actor: &str,
+        id: &str,
+        sets: Vec<(&'static str, Value)>,
+        action: &str,
+        detail: serde_json::Value,
+    ) -> Result<Tenant> {
         let (mut tx, version) = self.begin_write("tenant", id).await?;
         live_tenant(&mut *tx, id).await?;
-        tx.query(
-            "UPDATE tenants SET name = $1, updated_at = $2 WHERE id = $3",
-            &[t(name), Value::Int(now_ms()), t(id)],
-        )
-        .await?;
+        let mut sql = String::from("UPDATE tenants SET ");
+        let mut params = Vec::with_capacity(sets.len() + 2);
+        for (column, value) in sets {
+            params.push(value);
+            sql += &format!("{column} = ${}, ", params.len());
+        }
+        params.push(Value::Int(now_ms()));
+        params.push(t(id));
+        sql += &format!(
+            "updated_at = ${} WHERE id = ${}",
+            params.len() - 1,
+            params.len()
+        );
+        tx.query(&sql, &params).await?;
         let tenant = load_tenant(&mut *tx, id).await?;
-        self.finish(
-            tx,
-            version,
-            actor,
-            "tenant.rename",
-            id,
-            serde_json::json!({"name": name}),
-        )
-        .await?;
+        self.finish(tx, version, actor, action, id, detail).await?;
         Ok(tenant)
     }
 
@@ -516,52 +560,14 @@ impl Store {
     /// Replace a tenant's own limits (they win over its plan's, field by field); applied by
     /// every proxy as the change reaches it.
     pub async fn set_limits(&self, actor: &str, id: &str, limits: &Limits) -> Result<Tenant> {
-        let (mut tx, version) = self.begin_write("tenant", id).await?;
-        live_tenant(&mut *tx, id).await?;
         let stored = if limits.is_empty() {
             Value::Null
         } else {
             t(&serde_json::to_string(limits).map_err(|e| Error::Internal(e.to_string()))?)
         };
-        tx.query(
-            "UPDATE tenants SET limits = $1, updated_at = $2 WHERE id = $3",
-            &[stored, Value::Int(now_ms()), t(id)],
-        )
-        .await?;
-        let tenant = load_tenant(&mut *tx, id).await?;
-        self.finish(
-            tx,
-            version,
-            actor,
-            "tenant.limits",
-            id,
-            serde_json::json!({ "limits": limits }),
-        )
-        .await?;
-        Ok(tenant)
-    }
-
-    /// Set or clear (`None`) a tenant's plan. The caller checks the name against
-    /// [`Store::plans`].
-    pub async fn set_plan(&self, actor: &str, id: &str, plan: Option<&str>) -> Result<Tenant> {
-        let (mut tx, version) = self.begin_write("tenant", id).await?;
-        live_tenant(&mut *tx, id).await?;
-        tx.query(
-            "UPDATE tenants SET plan = $1, updated_at = $2 WHERE id = $3",
-            &[plan.map_or(Value::Null, t), Value::Int(now_ms()), t(id)],
-        )
-        .await?;
-        let tenant = load_tenant(&mut *tx, id).await?;
-        self.finish(
-            tx,
-            version,
-            actor,
-            "tenant.plan",
-            id,
-            serde_json::json!({ "plan": plan }),
-        )
-        .await?;
-        Ok(tenant)
+        let detail = serde_json::json!({ "limits": limits });
+        self.update_tenant(actor, id, vec![("limits", stored)], "tenant.limits", detail)
+            .await
     }
 
     /// Suspend (`Suspended`) or resume (`Active`) a tenant.

@@ -459,7 +459,7 @@ impl Router {
             routes
                 .set
                 .iter()
-                .filter(|e| e.0.route.limits().is_some())
+                .filter(|e| e.0.limits.is_some())
                 .map(|e| Change::Upsert(e.0.route.clone()))
                 .collect()
         };

@@ -366,7 +366,8 @@ impl PackedRoute {
             .map_or(usize::MAX, |b| u32::from_le_bytes(b) as usize)
     }
 
-    /// A varint of up to 64 bits at `pos` (limits), moving `pos` past it.
+    /// A varint of up to 64 bits at `pos`, moving `pos` past it.
+    #[inline]
     fn varint64(&self, pos: &mut usize) -> u64 {
         let mut v = 0u64;
         let mut shift = 0;
@@ -383,17 +384,7 @@ impl PackedRoute {
 
     #[inline]
     fn varint(&self, pos: &mut usize) -> usize {
-        let mut v = 0usize;
-        let mut shift = 0;
-        while let Some(&byte) = self.0.get(*pos) {
-            *pos += 1;
-            v |= usize::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 || shift >= 28 {
-                return v;
-            }
-            shift += 7;
-        }
-        0
+        usize::try_from(self.varint64(pos)).unwrap_or(usize::MAX)
     }
 
     /// A length-prefixed byte string at `pos`, moving `pos` past it.
@@ -527,16 +518,8 @@ fn offset(n: usize) -> [u8; 4] {
     u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes()
 }
 
-fn put_len(b: &mut Vec<u8>, mut n: usize) {
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            b.push(byte);
-            return;
-        }
-        b.push(byte | 0x80);
-    }
+fn put_len(b: &mut Vec<u8>, n: usize) {
+    put_u64(b, n as u64);
 }
 
 fn put_u64(b: &mut Vec<u8>, mut n: u64) {

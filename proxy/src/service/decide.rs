@@ -158,10 +158,8 @@ pub enum Answer {
     ForbiddenUpstream,
     /// 508: the request already went through one of our proxies.
     Loop,
-    /// 413: the body is larger than the tenant's `max_body_bytes`.
-    BodyTooLarge,
-    /// 429: beyond one of the tenant's request rate or concurrency limits (`Limited(BodySize)`
-    /// is [`Answer::BodyTooLarge`] under another name, never made by [`decide`]).
+    /// Beyond one of the tenant's limits: 413 for the body size (`max_body_bytes`), 429 for
+    /// the rates and requests in flight.
     Limited(Limit),
     /// 502: no upstream could be reached or it answered garbage.
     BadGateway,
@@ -182,7 +180,6 @@ impl Answer {
             Answer::Suspended => 503,
             Answer::ForbiddenUpstream | Answer::BadGateway => 502,
             Answer::Loop => 508,
-            Answer::BodyTooLarge => 413,
             Answer::Limited(Limit::BodySize) => 413,
             Answer::Limited(_) => 429,
             Answer::GatewayTimeout => 504,
@@ -204,7 +201,6 @@ impl Answer {
             Answer::Suspended => "suspended",
             Answer::ForbiddenUpstream => "forbidden_upstream",
             Answer::Loop => "loop",
-            Answer::BodyTooLarge => "body_too_large",
             Answer::Limited(Limit::Rate) => "limited_rate",
             Answer::Limited(Limit::ClientRate) => "limited_client_rate",
             Answer::Limited(Limit::Concurrency) => "limited_concurrency",
@@ -224,7 +220,6 @@ impl Answer {
             Answer::BadRequest(_)
                 | Answer::HeadersTooLarge
                 | Answer::Loop
-                | Answer::BodyTooLarge
                 | Answer::Limited(Limit::BodySize)
         )
     }
@@ -232,7 +227,6 @@ impl Answer {
     /// The limit behind the answer, if a tenant's limit gave it.
     pub fn limit(self) -> Option<Limit> {
         match self {
-            Answer::BodyTooLarge => Some(Limit::BodySize),
             Answer::Limited(l) => Some(l),
             _ => None,
         }
@@ -251,7 +245,7 @@ impl Answer {
         Answer::Suspended,
         Answer::ForbiddenUpstream,
         Answer::Loop,
-        Answer::BodyTooLarge,
+        Answer::Limited(Limit::BodySize),
         Answer::Limited(Limit::Rate),
         Answer::Limited(Limit::ClientRate),
         Answer::Limited(Limit::Concurrency),
@@ -460,12 +454,8 @@ pub fn decide(
             match limits.admit(client, length, req.at.unwrap_or_else(Instant::now)) {
                 Ok(permit) => permit,
                 Err(refusal) => {
-                    let answer = match refusal.limit {
-                        Limit::BodySize => Answer::BodyTooLarge,
-                        l => Answer::Limited(l),
-                    };
                     return Verdict::Answer {
-                        answer,
+                        answer: Answer::Limited(refusal.limit),
                         route: Some(route.clone()),
                         retry_after: refusal.retry_after,
                     };

@@ -163,21 +163,9 @@ pub fn reason(status: u16) -> &'static str {
 }
 
 /// Write a complete HTTP/1.1 response of ours into `out`: status line, content type and
-/// length, `cache-control: no-store`, the request id, `extra` headers, `connection: close`,
-/// and the page (not for HEAD). Returns the body bytes written.
+/// length, `cache-control: no-store`, the request id, `extra` headers, `connection: close`
+/// when `close`, and the page (not for HEAD). Returns the body bytes written.
 pub fn write_h1(
-    out: &mut Vec<u8>,
-    status: u16,
-    html: bool,
-    head_only: bool,
-    request_id: &[u8],
-    extra: &[(&str, &str)],
-) -> usize {
-    write_h1_response(out, status, html, head_only, request_id, extra, true)
-}
-
-/// [`write_h1`], leaving the connection open unless `close`.
-pub fn write_h1_response(
     out: &mut Vec<u8>,
     status: u16,
     html: bool,
@@ -239,7 +227,7 @@ mod tests {
         assert!(ct.starts_with("text/plain"));
         assert!(b.starts_with(b"502 Bad Gateway"));
         let mut out = Vec::new();
-        let n = write_h1(&mut out, 508, false, false, b"rid", &[("x-a", "1")]);
+        let n = write_h1(&mut out, 508, false, false, b"rid", &[("x-a", "1")], true);
         let text = String::from_utf8(out).expect("utf8");
         assert!(
             text.starts_with("HTTP/1.1 508 Loop Detected\r\ncontent-type: text/plain"),

@@ -33,6 +33,7 @@ use super::decide::{
 use super::forward::{self, tokens, ForwardedValues, Length, Name};
 use super::tls::Sni;
 use super::{pages, AccessRecord, Decided, EdgeProxy, RequestContext};
+use crate::limits::requests::Limit;
 use crate::metrics::UpstreamErrorKind;
 
 /// The header our own answer carries beside the usual ones.
@@ -483,7 +484,7 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestContext,
     ) -> FailToProxy {
         let answer = match e.etype() {
-            _ if ctx.body_too_large => Some(Answer::BodyTooLarge),
+            _ if ctx.body_too_large => Some(Answer::Limited(Limit::BodySize)),
             ErrorType::HTTPStatus(400) => Some(Answer::BadRequest(Malformed::Head)),
             ErrorType::HTTPStatus(_) => None,
             etype => match e.esource() {

@@ -20,11 +20,26 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::chunked::ChunkedTracker;
 use super::handoff::OneRequest;
-use super::request::{Body, Handoff, Prep, Scratch};
+use super::request::{Body, Handoff, Line, Prep, Scratch};
 use super::{write_all, Deadline, Http1Service, KEEPALIVE};
+use crate::router::RouteEntry;
 use crate::service::decide::{Answer, ConnectionFacts, Malformed, SniFact, Verdict};
 use crate::service::tls::Sni;
 use crate::service::{pages, AccessRecord, Decided};
+
+/// An answer of ours the connection writes itself.
+struct Own<'r> {
+    answer: Answer,
+    html: bool,
+    head_only: bool,
+    close: bool,
+    /// Seconds for `Retry-After` (0: none).
+    retry_after: u32,
+    /// Whose answer it is (metrics, HSTS, the log's route); `None`: no route.
+    route: Option<&'r RouteEntry>,
+    /// The head's method and target in `uhead`, when it parsed.
+    line: Option<Line>,
+}
 
 /// Capacity a connection's read buffer keeps between requests: most request heads fit.
 const IDLE_READ_BUFFER: usize = 2048;
@@ -193,7 +208,18 @@ where
                 }
                 Prep::Limited(l) => {
                     self.rbuf.advance(l.head_len);
-                    let ok = Box::pin(self.limited(&l)).await;
+                    // A plain request a tenant's limit refused: its 429 is written here, as
+                    // Pingora's engine writes it, keeping the connection.
+                    let ok = Box::pin(self.write_own(Own {
+                        answer: l.answer,
+                        html: l.html,
+                        head_only: l.head_only,
+                        close: l.close || self.draining,
+                        retry_after: l.retry_after,
+                        route: Some(&l.route),
+                        line: Some(l.line),
+                    }))
+                    .await;
                     if !ok || l.close || self.draining || self.early() {
                         let _ = self.client.shutdown().await;
                         return None;
@@ -331,9 +357,8 @@ where
         Some(matches!(read, Ok(n) if n > 0))
     }
 
-    /// Answer a plain request a tenant's limit refused (429, `Retry-After`, our page), as
-    /// Pingora's engine answers it, keeping the connection; `false` when the client is gone.
-    async fn limited(&mut self, l: &super::request::Limited) -> bool {
+    /// Write one answer of ours (`Own`), count and log it; `false` when the client is gone.
+    async fn write_own(&mut self, o: Own<'_>) -> bool {
         let start = Instant::now();
         let edge = &self.app.edge;
         if self.scratch.request_id.is_empty() {
@@ -341,50 +366,56 @@ where
                 .request_id
                 .extend_from_slice(&edge.request_id_bytes());
         }
-        let retry = l.retry_after.to_string();
-        let hsts = if self.tls { l.route.hsts() } else { None };
-        let mut extra: [(&str, &str); 2] = [("retry-after", &retry), ("", "")];
-        let n = match hsts {
-            Some(v) => {
-                extra[1] = ("strict-transport-security", v);
-                2
+        let retry = (o.retry_after > 0).then(|| o.retry_after.to_string());
+        let hsts = o.route.filter(|_| self.tls).and_then(|r| r.hsts());
+        let mut extra = [("", ""); 2];
+        let mut n = 0;
+        for (name, value) in [
+            ("retry-after", retry.as_deref()),
+            ("strict-transport-security", hsts),
+        ] {
+            if let Some(v) = value {
+                extra[n] = (name, v);
+                n += 1;
             }
-            None => 1,
-        };
-        let status = l.answer.status();
+        }
+        let status = o.answer.status();
         self.chead.clear();
-        let sent = pages::write_h1_response(
+        let sent = pages::write_h1(
             &mut self.chead,
             status,
-            l.html,
-            l.head_only,
+            o.html,
+            o.head_only,
             &self.scratch.request_id,
             &extra[..n],
-            l.close || self.draining,
+            o.close,
         );
         let ok = write_all(&mut self.client, &self.chead).await.is_ok();
         let elapsed = start.elapsed();
-        l.route.metrics.observe(status, elapsed.as_secs_f64());
-        edge.count_answer(l.answer, Some(&l.route));
-        let head = &self.uhead;
-        let method = std::str::from_utf8(&head[..l.method_len]).unwrap_or("");
-        let target = std::str::from_utf8(&head[l.method_len + 1..l.target_end]).unwrap_or("");
-        let path = target.split_once('?').map_or(target, |(p, _)| p);
+        o.route
+            .map_or(edge.unknown_metrics(), |r| &r.metrics)
+            .observe(status, elapsed.as_secs_f64());
+        edge.count_answer(o.answer, o.route);
+        let (method, path) = o.line.map_or(("", ""), |l| l.method_and_path(&self.uhead));
         edge.access_log(&AccessRecord {
             client: self.peer.as_ref(),
             method,
-            host: self.scratch.host.as_str(),
+            host: if o.line.is_some() {
+                self.scratch.host.as_str()
+            } else {
+                ""
+            },
             path,
             version: "HTTP/1.1",
             tls: self.tls,
             status,
             elapsed,
             bytes_sent: if ok { sent } else { 0 },
-            route: l.route.id(),
+            route: o.route.map_or("", |r| r.id()),
             upstream: None,
             request_id: std::str::from_utf8(&self.scratch.request_id).unwrap_or(""),
             error: "",
-            outcome: l.answer.name(),
+            outcome: o.answer.name(),
             engine: "http1",
         });
         self.last = Instant::now();
@@ -392,50 +423,19 @@ where
     }
 
     /// Answer a head nobody can serve (it does not parse, or never ends within the limit)
-    /// with our page, log it, and leave the connection to close.
+    /// with our page, log it, and close.
     async fn refuse(&mut self, answer: Answer, html: bool) {
-        let start = Instant::now();
-        let edge = &self.app.edge;
-        if self.scratch.request_id.is_empty() {
-            self.scratch
-                .request_id
-                .extend_from_slice(&edge.request_id_bytes());
-        }
-        self.chead.clear();
-        let sent = pages::write_h1(
-            &mut self.chead,
-            answer.status(),
+        self.write_own(Own {
+            answer,
             html,
-            false,
-            &self.scratch.request_id,
-            &[],
-        );
-        let sent = match write_all(&mut self.client, &self.chead).await {
-            Ok(()) => sent,
-            Err(_) => 0,
-        };
+            head_only: false,
+            close: true,
+            retry_after: 0,
+            route: None,
+            line: None,
+        })
+        .await;
         let _ = self.client.shutdown().await;
-        let elapsed = start.elapsed();
-        edge.unknown_metrics()
-            .observe(answer.status(), elapsed.as_secs_f64());
-        edge.count_answer(answer, None);
-        edge.access_log(&AccessRecord {
-            client: self.peer.as_ref(),
-            method: "",
-            host: "",
-            path: "",
-            version: "HTTP/1.1",
-            tls: self.tls,
-            status: answer.status(),
-            elapsed,
-            bytes_sent: sent,
-            route: "",
-            upstream: None,
-            request_id: std::str::from_utf8(&self.scratch.request_id).unwrap_or(""),
-            error: "",
-            outcome: answer.name(),
-            engine: "http1",
-        });
     }
 
     /// Hand one request to the Pingora engine with its verdict, and take the connection back

@@ -333,6 +333,7 @@ where
             plan.head_only,
             &self.scratch.request_id,
             extra,
+            true,
         ) as u64;
         if write_all(&mut self.client, &self.chead).await.is_err() {
             served.bytes_sent = 0;
@@ -361,16 +362,12 @@ where
             _ => {}
         }
         if edge.settings().access_log {
-            let line = &self.uhead;
+            let (method, path) = plan.line.method_and_path(&self.uhead);
             edge.access_log(&AccessRecord {
                 client: self.peer.as_ref(),
-                method: std::str::from_utf8(&line[..plan.method_len]).unwrap_or(""),
+                method,
                 host: self.scratch.host.as_str(),
-                path: std::str::from_utf8(&line[plan.method_len + 1..plan.target_end])
-                    .unwrap_or("")
-                    .split('?')
-                    .next()
-                    .unwrap_or(""),
+                path,
                 version: "HTTP/1.1",
                 tls: self.tls,
                 status: served.status,

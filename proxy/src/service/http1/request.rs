@@ -45,9 +45,8 @@ pub(super) struct Plan {
     pub close: bool,
     /// The client prefers HTML (for our own error pages).
     pub html: bool,
-    /// Bytes of `uhead` that are the method and the target (for the access log).
-    pub method_len: usize,
-    pub target_end: usize,
+    /// Where its method and target are in `uhead`.
+    pub line: Line,
     /// Its place among the tenant's requests in flight, held until the response ends.
     pub _permit: Option<crate::limits::requests::Permit>,
 }
@@ -61,9 +60,31 @@ pub(super) struct Limited {
     pub head_only: bool,
     pub close: bool,
     pub html: bool,
-    /// The method and target, for the access log (in `uhead`).
-    pub method_len: usize,
-    pub target_end: usize,
+    /// Where its method and target are in `uhead`.
+    pub line: Line,
+}
+
+/// Where a head's method and target are in `Conn::uhead` (the head as rebuilt), for the
+/// access log.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Line {
+    method_len: usize,
+    target_end: usize,
+}
+
+impl Line {
+    /// The method and the path (without the query).
+    pub fn method_and_path(self, uhead: &[u8]) -> (&str, &str) {
+        let text = |r: std::ops::Range<usize>| {
+            uhead
+                .get(r)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .unwrap_or("")
+        };
+        let target = text(self.method_len + 1..self.target_end);
+        let path = target.split_once('?').map_or(target, |(p, _)| p);
+        (text(0..self.method_len), path)
+    }
 }
 
 /// A request the Pingora engine serves, with the verdict already reached; its canonical head
@@ -239,7 +260,10 @@ impl<A> Http1Service<A> {
         out.push(b' ');
         let method_len = method.len();
         out.extend_from_slice(path_and_query.as_bytes());
-        let target_end = out.len();
+        let line = Line {
+            method_len,
+            target_end: out.len(),
+        };
         out.extend_from_slice(b" HTTP/1.1\r\n");
         for h in req.headers.iter() {
             let (name, value) = (h.name.as_bytes(), h.value);
@@ -374,8 +398,7 @@ impl<A> Http1Service<A> {
                     head_only,
                     close,
                     html,
-                    method_len,
-                    target_end,
+                    line,
                     _permit: permit,
                 })
             }
@@ -391,8 +414,7 @@ impl<A> Http1Service<A> {
                 head_only,
                 close,
                 html,
-                method_len,
-                target_end,
+                line,
             }),
             verdict => {
                 // Pingora reads this head: the client's headers (it strips hop-by-hop ones
