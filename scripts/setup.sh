@@ -15,6 +15,9 @@ command -v runuser >/dev/null || need+=(util-linux)   # run postgres as its own 
 { command -v pebble >/dev/null && command -v pebble-challtestsrv >/dev/null; } || need+=(pebble)
 # The Docker Engine: the container-runtime tests run tenant images on it.
 command -v docker >/dev/null || need+=(docker.io)
+# A real browser for the dashboard tests: Chromium driven over WebDriver.
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if [ "${1:-}" = "bench" ]; then
   command -v nginx >/dev/null || need+=(nginx-light)
   command -v haproxy >/dev/null || need+=(haproxy)

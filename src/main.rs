@@ -79,6 +79,15 @@ enum Command {
         #[arg(default_value = "deploy/blueprints")]
         dir: PathBuf,
     },
+    /// Manage the operators who sign in to the dashboard (directly in the store named by the
+    /// config: the embedded file or PostgreSQL).
+    Operators {
+        /// Configuration file (TOML): the store comes from it.
+        #[arg(short, long, env = "TENANTGATE_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: OperatorsAction,
+    },
     /// Manage tenants through the admin API of a running node.
     Tenants {
         /// Configuration file (TOML): the admin address and token come from it.
@@ -86,6 +95,23 @@ enum Command {
         config: Option<PathBuf>,
         #[command(subcommand)]
         action: TenantsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum OperatorsAction {
+    /// Add an operator; the password (12-1024 characters) is read from the first line of
+    /// standard input.
+    Add {
+        /// Sign-in name: 1-64 of a-z, 0-9, '.', '_', '-'.
+        name: String,
+    },
+    /// List operators as JSON lines (name, created_at, last_sign_in).
+    List,
+    /// Remove an operator; their dashboard sessions end at once.
+    Remove {
+        /// Sign-in name.
+        name: String,
     },
 }
 
@@ -233,6 +259,7 @@ fn main() -> ExitCode {
             exit(serve(config.as_deref(), false, Role::Control(store_url)))
         }
         Command::Tenants { config, action } => exit(tenants(config.as_deref(), action)),
+        Command::Operators { config, action } => exit(operators(config.as_deref(), action)),
     }
 }
 
@@ -257,6 +284,38 @@ enum Role {
 }
 
 /// `tenantgate tenants ...`: the admin API over loopback.
+fn operators(path: Option<&Path>, action: OperatorsAction) -> anyhow::Result<()> {
+    use tenantgate_control::dashboard::operators;
+    let cfg = match path {
+        Some(p) => Config::load(p)?,
+        None => Config::from_env_only()?,
+    };
+    block_on(async {
+        let store = setup::open_store(&cfg, true).await?;
+        match action {
+            OperatorsAction::Add { name } => {
+                let mut password = String::new();
+                std::io::stdin()
+                    .read_line(&mut password)
+                    .context("reading the password from standard input")?;
+                let password = password.trim_end_matches(['\r', '\n']);
+                operators::add(&store, &name, password).await?;
+                eprintln!("operator {name:?} added");
+            }
+            OperatorsAction::List => {
+                for o in operators::list(&store).await? {
+                    println!("{}", serde_json::to_string(&o)?);
+                }
+            }
+            OperatorsAction::Remove { name } => {
+                operators::remove(&store, &name).await?;
+                eprintln!("operator {name:?} removed");
+            }
+        }
+        anyhow::Ok(())
+    })?
+}
+
 fn tenants(path: Option<&Path>, action: TenantsAction) -> anyhow::Result<()> {
     let cfg = match path {
         Some(p) => Config::load(p)?,
@@ -566,18 +625,22 @@ fn serve(path: Option<&Path>, upgrade: bool, role: Role) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("tenant provisioning: {e}"))?,
         ),
     };
+    let dashboard_settings = tenantgate_control::dashboard::Settings::from_config(&cfg);
     let api_router = match (&domains, &lifecycle) {
         (Some(domains), Some(lifecycle)) => {
             let (token, from) = setup::admin_token(&cfg)?;
             tracing::info!(token_from = %from, "admin API enabled on {}", cfg.admin.listen);
-            Some(api::router(api::ApiState::new(
-                store.clone(),
-                setup::input_rules(&cfg),
-                sealing,
-                domains.clone(),
-                lifecycle.clone(),
-                &token,
-            )))
+            Some(api::router(
+                api::ApiState::new(
+                    store.clone(),
+                    setup::input_rules(&cfg),
+                    sealing,
+                    domains.clone(),
+                    lifecycle.clone(),
+                    &token,
+                )
+                .with_dashboard(dashboard_settings.clone()),
+            ))
         }
         _ => None,
     };
@@ -595,6 +658,7 @@ fn serve(path: Option<&Path>, upgrade: bool, role: Role) -> anyhow::Result<()> {
             BackgroundTask::new(upkeep::prune_forever(
                 store.clone(),
                 cfg.store.change_log_keep,
+                dashboard_settings.sessions,
             )),
         ));
     }
@@ -628,6 +692,19 @@ fn serve(path: Option<&Path>, upgrade: bool, role: Role) -> anyhow::Result<()> {
         Role::Proxy(_) => "proxy",
         Role::Control(_) => "control",
     })?;
+    // Every proxy node reports its per-tenant traffic for the dashboard.
+    if is_proxy {
+        let counted = router.clone();
+        server.add_service(background_service(
+            "traffic reports",
+            BackgroundTask::new(upkeep::report_traffic_forever(
+                store.clone(),
+                node.id.clone(),
+                std::time::Duration::from_secs(cfg.admin.traffic_report_seconds),
+                move || counted.take_traffic(),
+            )),
+        ));
+    }
     let share = (is_proxy && cfg.proxy.fleet_share).then(|| router.clone());
     let served = is_proxy.then(|| state.clone());
     server.add_service(background_service(

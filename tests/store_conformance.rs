@@ -116,6 +116,7 @@ async fn conformance(store: &Store) {
     loop {
         let page = store
             .list_tenants(&TenantFilter {
+                search: None,
                 after: after.clone(),
                 limit: 3,
                 ..TenantFilter::default()
@@ -135,6 +136,7 @@ async fn conformance(store: &Store) {
     assert_eq!(seen, sorted, "pages come in id order");
     let suspended = store
         .list_tenants(&TenantFilter {
+            search: None,
             status: Some(TenantStatus::Suspended),
             limit: 50,
             ..TenantFilter::default()
@@ -145,6 +147,7 @@ async fn conformance(store: &Store) {
     assert_eq!(suspended.items[0].id, b.id);
     let by_host = store
         .list_tenants(&TenantFilter {
+            search: None,
             hostname: Some("alpha.platform.test".into()),
             limit: 50,
             ..TenantFilter::default()
@@ -867,4 +870,114 @@ async fn provisioned_tenants_on_both_stores() {
     provisioning(&sqlite_store(&dir)).await;
     let pg = PgCluster::start().await;
     provisioning(&postgres_store(&pg, "provisioning").await).await;
+}
+
+/// Dashboard operators and their sessions: hashed passwords only, sessions that end when
+/// idle, when too old, on sign-out and with their operator, and no version taken.
+async fn operators(store: &Store) {
+    use tenantgate_control::store::operators::SessionLimits;
+    let long = SessionLimits {
+        idle_ms: 60_000,
+        absolute_ms: 3_600_000,
+    };
+    let version = store.ping().await.expect("ping");
+    store
+        .add_operator("cli", "alice", "$argon2id$hash-a")
+        .await
+        .expect("add alice");
+    assert!(matches!(
+        store.add_operator("cli", "alice", "$argon2id$other").await,
+        Err(Error::Conflict(_))
+    ));
+    assert_eq!(
+        store
+            .operator_password("alice")
+            .await
+            .expect("read")
+            .as_deref(),
+        Some("$argon2id$hash-a")
+    );
+    assert_eq!(store.operator_password("bob").await.expect("read"), None);
+
+    store
+        .create_session("alice", "hash-one", "csrf-one")
+        .await
+        .expect("session");
+    let s = store.session("hash-one", long).await.expect("read");
+    assert_eq!(
+        s.map(|s| (s.operator, s.csrf)),
+        Some(("alice".to_owned(), "csrf-one".to_owned()))
+    );
+    assert_eq!(
+        store.session("hash-unknown", long).await.expect("read"),
+        None
+    );
+    let listed = store.operators().await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].last_sign_in.is_some(), "{listed:?}");
+
+    // Idle and absolute limits end a session (and remove it).
+    store
+        .create_session("alice", "hash-two", "csrf-two")
+        .await
+        .expect("session");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let short_idle = SessionLimits {
+        idle_ms: 100,
+        absolute_ms: 3_600_000,
+    };
+    assert_eq!(
+        store.session("hash-two", short_idle).await.expect("read"),
+        None
+    );
+    assert_eq!(
+        store.session("hash-two", long).await.expect("read"),
+        None,
+        "removed"
+    );
+    let short_life = SessionLimits {
+        idle_ms: 60_000,
+        absolute_ms: 100,
+    };
+    assert_eq!(
+        store.session("hash-one", short_life).await.expect("read"),
+        None
+    );
+
+    // Sign-out, and removing the operator, end sessions.
+    store
+        .create_session("alice", "hash-three", "csrf-three")
+        .await
+        .expect("session");
+    store.end_session("hash-three").await.expect("end");
+    assert_eq!(store.session("hash-three", long).await.expect("read"), None);
+    store
+        .create_session("alice", "hash-four", "csrf-four")
+        .await
+        .expect("session");
+    store.remove_operator("cli", "alice").await.expect("remove");
+    assert_eq!(store.session("hash-four", long).await.expect("read"), None);
+    assert!(matches!(
+        store.remove_operator("cli", "alice").await,
+        Err(Error::NotFound(_))
+    ));
+    assert_eq!(
+        store.ping().await.expect("ping"),
+        version,
+        "proxies see nothing of this"
+    );
+    let audit = store
+        .audit_by(Some("cli"), Some("alice"), 10)
+        .await
+        .expect("audit");
+    let actions: Vec<_> = audit.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["operator.remove", "operator.add"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_and_sessions_on_both_stores() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    operators(&sqlite_store(&dir)).await;
+    let pg = PgCluster::start().await;
+    operators(&postgres_store(&pg, "operators").await).await;
 }

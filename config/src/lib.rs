@@ -11,6 +11,7 @@ pub mod host;
 pub mod limits;
 pub mod net;
 pub mod route;
+pub mod traffic;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -230,6 +231,14 @@ pub struct AdminConfig {
     /// own listeners and the special-purpose ranges of [`net::UpstreamPolicy`] (cloud
     /// metadata, tunnels); an entry inside one of those ranges opens exactly that entry.
     pub upstream_networks: Vec<String>,
+    /// A dashboard session without a request for this long ends (minutes).
+    pub session_idle_minutes: u64,
+    /// A dashboard session ends this long after sign-in, however active (hours).
+    pub session_max_hours: u64,
+    /// How often each proxy node reports its per-tenant traffic into the store (seconds):
+    /// the resolution of the dashboard's charts; each report writes one row per tenant that
+    /// had traffic.
+    pub traffic_report_seconds: u64,
 }
 
 impl Default for AdminConfig {
@@ -239,6 +248,9 @@ impl Default for AdminConfig {
             token: None,
             token_file: None,
             upstream_networks: Vec::new(),
+            session_idle_minutes: 30,
+            session_max_hours: 12,
+            traffic_report_seconds: 10,
         }
     }
 }
@@ -902,6 +914,24 @@ impl Config {
             if let Err(e) = n.parse::<IpNet>() {
                 p(format!("admin.upstream_networks[{i}]"), e);
             }
+        }
+        if !(1..=24 * 60).contains(&self.admin.session_idle_minutes) {
+            p(
+                "admin.session_idle_minutes".into(),
+                "must be between 1 and 1440".into(),
+            );
+        }
+        if !(1..=24 * 30).contains(&self.admin.session_max_hours) {
+            p(
+                "admin.session_max_hours".into(),
+                "must be between 1 and 720".into(),
+            );
+        }
+        if !(1..=60).contains(&self.admin.traffic_report_seconds) {
+            p(
+                "admin.traffic_report_seconds".into(),
+                "must be between 1 and 60".into(),
+            );
         }
         if let Some(t) = &self.admin.token {
             if t.len() < 16 {

@@ -12,6 +12,7 @@
 pub mod api;
 pub mod blueprint;
 pub mod client;
+pub mod dashboard;
 pub mod domains;
 pub mod lifecycle;
 pub mod model;

@@ -15,12 +15,19 @@ pub const PRUNE_EVERY: Duration = Duration::from_secs(600);
 pub const PING_EVERY: Duration = Duration::from_secs(1);
 
 /// Prune the change log to its newest `keep` versions now and every [`PRUNE_EVERY`].
-pub async fn prune_forever(store: Arc<Store>, keep: u64) {
+pub async fn prune_forever(
+    store: Arc<Store>,
+    keep: u64,
+    sessions: crate::store::operators::SessionLimits,
+) {
     loop {
         match store.prune_changes(keep).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(entries = n, keep, "pruned the change log"),
             Err(e) => tracing::warn!("cannot prune the change log: {e}"),
+        }
+        if let Err(e) = store.prune_sessions(sessions).await {
+            tracing::warn!("cannot prune ended dashboard sessions: {e}");
         }
         tokio::time::sleep(PRUNE_EVERY).await;
     }
@@ -110,5 +117,50 @@ pub async fn heartbeat_forever(
             },
         }
         tokio::time::sleep(HEARTBEAT_EVERY).await;
+    }
+}
+
+/// Report this proxy node's traffic into the store every `every`: for each period, the
+/// platform's total and each tenant with traffic (what `take` hands over: the counts since
+/// its last call). Points older than two hours are pruned every ten minutes. A period the
+/// store does not take is dropped with a warning: the dashboard shows a gap, nothing grows.
+pub async fn report_traffic_forever(
+    store: Arc<Store>,
+    node: String,
+    every: Duration,
+    take: impl Fn() -> Vec<(String, tenantgate_config::traffic::TrafficCounts)> + Send,
+) {
+    use crate::store::traffic::{KEEP_MS, PLATFORM};
+    let every_ms = i64::try_from(every.as_millis())
+        .unwrap_or(10_000)
+        .max(1_000);
+    let mut pruned_at = 0;
+    loop {
+        // Wake at the period's end, so every node's points share their start times.
+        let now = crate::now_ms();
+        let next = (now / every_ms + 1) * every_ms;
+        tokio::time::sleep(Duration::from_millis(
+            u64::try_from(next - now).unwrap_or(0),
+        ))
+        .await;
+        let at = next - every_ms;
+        let mut rows = take();
+        let mut total = tenantgate_config::traffic::TrafficCounts::default();
+        for (_, c) in &rows {
+            total.add(c);
+        }
+        rows.push((PLATFORM.to_owned(), total));
+        if let Err(e) = store.record_traffic(&node, at, &rows).await {
+            tracing::warn!(
+                tenants = rows.len() - 1,
+                "traffic of this period not recorded: {e}"
+            );
+        }
+        if next - pruned_at >= PRUNE_EVERY.as_millis() as i64 {
+            pruned_at = next;
+            if let Err(e) = store.prune_traffic(next - KEEP_MS).await {
+                tracing::warn!("cannot prune old traffic points: {e}");
+            }
+        }
     }
 }

@@ -3,8 +3,14 @@
 //! so this crate never depends on control).
 //!
 //! It runs as its own Pingora service on `[admin] listen`, never on the proxy's ports, so it
-//! takes part in graceful upgrades like the proxy listeners. Requests are bridged into axum:
-//! the body is read whole (at most [`MAX_BODY`] bytes; 413 beyond), the answer collected.
+//! takes part in graceful upgrades like the proxy listeners (the listening socket is handed
+//! over with theirs). Requests are bridged into axum: the request body is read whole (at most
+//! [`MAX_BODY`] bytes; 413 beyond); the answer is streamed frame by frame as axum produces it
+//! (a body of known length with `Content-Length`, any other chunked), so Server-Sent Events
+//! (the dashboard's live parts) reach the browser as they happen. Pingora's `ServeHttp` would
+//! collect the whole answer first, so this app implements `HttpServerApp` itself. A stream
+//! still open when the node begins to stop (graceful stop or upgrade) is ended at once; the
+//! browser's `EventSource` reconnects, to the new process after an upgrade.
 //!
 //! A request that carries this platform's `Via` mark was forwarded by one of our proxies (a
 //! tenant upstream that leads here, whatever the upstream policy missed): it is refused with
@@ -18,10 +24,13 @@ use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Json;
-use http::{header, Response, StatusCode};
+use bytes::Bytes;
+use http::{header, StatusCode};
 use http_body_util::BodyExt;
-use pingora::apps::http_app::ServeHttp;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
 use tenantgate_certs::CertificateStore;
 use tower::ServiceExt;
 
@@ -145,9 +154,9 @@ async fn readyz(State(s): State<AdminState>) -> axum::response::Response {
     Json(body).into_response()
 }
 
-#[async_trait]
-impl ServeHttp for AdminApp {
-    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+impl AdminApp {
+    /// The answer to the request read into `session`.
+    async fn answer(&self, session: &mut ServerSession) -> axum::response::Response {
         let head = session.req_header();
         if head
             .headers
@@ -156,12 +165,11 @@ impl ServeHttp for AdminApp {
             .any(|v| self.mark.marks(v.as_bytes()))
         {
             session.set_keepalive(None);
-            return finish(error(
+            return error(
                 StatusCode::FORBIDDEN,
                 "forwarded_request",
                 "the admin listener does not serve requests forwarded by the platform's proxy",
-            ))
-            .await;
+            );
         }
         let mut req = http::Request::builder()
             .method(head.method.clone())
@@ -169,62 +177,114 @@ impl ServeHttp for AdminApp {
         for (k, v) in &head.headers {
             req = req.header(k, v);
         }
+        // The client's address, where axum handlers expect it (the dashboard slows failed
+        // sign-ins per client address).
+        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
+            req = req.extension(axum::extract::ConnectInfo(*addr));
+        }
         let mut body = Vec::new();
         loop {
             match session.read_request_body().await {
                 Ok(Some(chunk)) => {
                     if body.len() + chunk.len() > MAX_BODY {
                         session.set_keepalive(None);
-                        return finish(error(
+                        return error(
                             StatusCode::PAYLOAD_TOO_LARGE,
                             "payload_too_large",
                             &format!("request bodies are limited to {MAX_BODY} bytes"),
-                        ))
-                        .await;
+                        );
                     }
                     body.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
                 Err(e) => {
                     session.set_keepalive(None);
-                    return finish(error(
+                    return error(
                         StatusCode::BAD_REQUEST,
                         "bad_request",
                         &format!("cannot read the request body: {e}"),
-                    ))
-                    .await;
+                    );
                 }
             }
         }
-        let resp = match req.body(Body::from(body)) {
+        match req.body(Body::from(body)) {
             Ok(req) => match self.app.clone().oneshot(req).await {
                 Ok(r) => r,
                 Err(never) => match never {},
             },
             Err(e) => error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
-        };
-        finish(resp).await
+        }
     }
 }
 
-async fn finish(resp: axum::response::Response) -> Response<Vec<u8>> {
-    let (mut parts, body) = resp.into_parts();
-    let bytes = match body.collect().await {
-        Ok(b) => b.to_bytes().to_vec(),
-        Err(e) => {
-            parts.status = StatusCode::INTERNAL_SERVER_ERROR;
-            parts.headers.insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("application/json"),
-            );
-            serde_json::json!({"error": {"code": "internal", "message": e.to_string()}})
-                .to_string()
-                .into_bytes()
+#[async_trait]
+impl HttpServerApp for AdminApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match session.read_request().await {
+            Ok(true) => {}
+            Ok(false) | Err(_) => return None,
         }
+        session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        let resp = self.answer(&mut session).await;
+        let complete = write(&mut session, resp, shutdown.clone()).await;
+        if !complete {
+            return None;
+        }
+        let settings = HttpPersistentSettings::for_session(&session);
+        match session.finish().await {
+            Ok(c) => c.map(|s| ReusedHttpStream::from_reusable_stream(s, settings)),
+            Err(_) => None,
+        }
+    }
+}
+
+/// Write `resp` to the client, streaming its body; `false` when the answer could not be
+/// written whole (the client left, the body failed, or the node began to stop during a
+/// stream): the connection is then not reused.
+async fn write(
+    session: &mut ServerSession,
+    resp: axum::response::Response,
+    mut shutdown: ShutdownWatch,
+) -> bool {
+    let (parts, mut body) = resp.into_parts();
+    let mut head: ResponseHeader = parts.into();
+    let exact = axum::body::HttpBody::size_hint(&body).exact();
+    let _ = head.remove_header(&header::TRANSFER_ENCODING);
+    let _ = head.remove_header(&header::CONTENT_LENGTH);
+    let framed = match exact {
+        Some(len) => head.insert_header(header::CONTENT_LENGTH, len),
+        None => head.insert_header(header::TRANSFER_ENCODING, "chunked"),
     };
-    parts.headers.remove(header::TRANSFER_ENCODING);
-    parts
-        .headers
-        .insert(header::CONTENT_LENGTH, bytes.len().into());
-    Response::from_parts(parts, bytes)
+    if framed.is_err() || session.write_response_header(Box::new(head)).await.is_err() {
+        return false;
+    }
+    if exact == Some(0) {
+        return session.finish_body().await.is_ok();
+    }
+    loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            _ = shutdown.changed() => return false,
+        };
+        match frame {
+            None => {
+                return session
+                    .write_response_body(Bytes::new(), true)
+                    .await
+                    .is_ok()
+            }
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if !data.is_empty() && session.write_response_body(data, false).await.is_err() {
+                        return false;
+                    }
+                }
+            }
+            Some(Err(_)) => return false,
+        }
+    }
 }

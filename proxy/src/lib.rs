@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod router;
 pub mod service;
 pub mod sync;
+pub mod traffic;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,6 +4,7 @@
 
 #![allow(dead_code, missing_docs)]
 
+pub mod browser;
 pub mod docker;
 pub mod engine;
 pub mod pebble;
@@ -451,6 +452,12 @@ impl RawClient {
 
     pub async fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// Send what the peer may already have refused: `false` when it closed the connection
+    /// first (its answer is still there to read).
+    pub async fn try_send(&mut self, bytes: &[u8]) -> bool {
+        self.stream.write_all(bytes).await.is_ok()
     }
 
     async fn fill(&mut self) -> bool {
@@ -1087,6 +1094,36 @@ pub async fn api_call(
 }
 
 impl Running {
+    /// Add a dashboard operator with `tenantgate operators add` on this node's config.
+    pub fn add_operator(&self, name: &str, password: &str) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tenantgate"))
+            .args(["operators", "add", name, "--config"])
+            .arg(&self.config)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tenantgate operators add");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(format!("{password}\n").as_bytes())
+            .expect("password");
+        let out = child.wait_with_output().expect("operators add");
+        assert!(
+            out.status.success(),
+            "operators add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The dashboard's base URL.
+    pub fn dashboard(&self) -> String {
+        format!("http://{}", self.admin)
+    }
+
     /// Call this node's admin API with the test token.
     pub async fn api(
         &self,

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiJson, ErrorBody};
-use super::{ApiState, ACTOR};
+use super::{Actor, ApiState};
 use crate::model::CertificateInfo;
 use crate::store::NewCertificate;
 
@@ -30,6 +30,7 @@ pub struct UploadCertificate {
     responses((status = 503, body = ErrorBody), (status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 201, body = CertificateInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn create_certificate(
     State(s): State<ApiState>,
+    actor: Actor,
     ApiJson(body): ApiJson<UploadCertificate>,
 ) -> Result<impl IntoResponse, ApiError> {
     let parsed = tenantgate_certs::parse_pem(body.chain_pem.as_bytes(), body.key_pem.as_bytes())
@@ -47,7 +48,7 @@ pub async fn create_certificate(
     let info = s
         .store
         .add_certificate(
-            ACTOR,
+            actor.name(),
             &NewCertificate::new(body.chain_pem, &parsed, sealed_key, "uploaded"),
         )
         .await?;
@@ -73,8 +74,9 @@ pub async fn list_certificates(
     responses((status = 503, body = ErrorBody), (status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn delete_certificate(
     State(s): State<ApiState>,
+    actor: Actor,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    s.store.delete_certificate(ACTOR, &id).await?;
+    s.store.delete_certificate(actor.name(), &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ApiJson, ErrorBody};
-use super::{ApiState, ACTOR};
+use super::{Actor, ApiState};
 use crate::model::{Domain, DomainStatus, Page};
 use crate::store::DomainFilter;
 
@@ -64,11 +64,12 @@ async fn list(
               (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn attach_domain(
     State(s): State<ApiState>,
+    actor: Actor,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<AttachDomain>,
 ) -> Result<impl IntoResponse, ApiError> {
     let hostname = s.rules.custom_domain(&body.hostname)?;
-    let d = s.domains.attach(ACTOR, &id, &hostname).await?;
+    let d = s.domains.attach(actor.name(), &id, &hostname).await?;
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, format!("/v1/domains/{}", d.id))],
@@ -113,9 +114,10 @@ pub async fn get_domain(
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn delete_domain(
     State(s): State<ApiState>,
+    actor: Actor,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    s.domains.delete(ACTOR, &id).await?;
+    s.domains.delete(actor.name(), &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -138,9 +140,12 @@ pub async fn refresh_domain(
     responses((status = 200, body = Domain), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn block_domain(
     State(s): State<ApiState>,
+    actor: Actor,
     Path(id): Path<String>,
 ) -> Result<Json<Domain>, ApiError> {
-    Ok(Json(s.domains.block(ACTOR, &id, true).await?.to_api()))
+    Ok(Json(
+        s.domains.block(actor.name(), &id, true).await?.to_api(),
+    ))
 }
 
 /// Unblock a domain: active again if it was verified, else back to verification.
@@ -148,7 +153,10 @@ pub async fn block_domain(
     responses((status = 200, body = Domain), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn unblock_domain(
     State(s): State<ApiState>,
+    actor: Actor,
     Path(id): Path<String>,
 ) -> Result<Json<Domain>, ApiError> {
-    Ok(Json(s.domains.block(ACTOR, &id, false).await?.to_api()))
+    Ok(Json(
+        s.domains.block(actor.name(), &id, false).await?.to_api(),
+    ))
 }

@@ -45,6 +45,21 @@ impl ApiError {
             message: message.into(),
         }
     }
+
+    /// Its HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// Its machine-readable code.
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+
+    /// Its explanation.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
 }
 
 impl From<Error> for ApiError {

@@ -3,15 +3,17 @@
 //! `[admin] listen` beside `/metrics` and `/healthz`, never on the proxy's ports.
 //!
 //! Invariants: every `/v1/` route except the OpenAPI document requires the bearer token,
-//! compared in constant time; the document is generated from the same router that serves
+//! compared in constant time, or an operator's dashboard session, which a state-changing
+//! request must back with the session's CSRF token (`X-CSRF-Token`); the audit trail names
+//! the operator of a session, `admin-api` for the token; the document is generated from the same router that serves
 //! requests (`utoipa_axum::routes!`), so the two cannot drift; every error is
 //! `{"error": {"code", "message"}}` with its status.
 
-mod certificates;
-mod domains;
+pub(crate) mod certificates;
+pub(crate) mod domains;
 pub mod error;
 pub mod input;
-mod tenants;
+pub(crate) mod tenants;
 
 use std::sync::Arc;
 
@@ -34,8 +36,36 @@ use crate::store::Store;
 pub use error::{ApiError, ApiJson};
 pub use input::InputRules;
 
-/// Who the audit trail names for API calls.
+/// Who the audit trail names for API calls made with the bearer token.
 pub const ACTOR: &str = "admin-api";
+
+/// Who makes a request: what the audit trail names for its changes. Set by the
+/// authentication layer (`admin-api` for the bearer token, the operator's name for a
+/// dashboard session).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor(pub String);
+
+impl Actor {
+    /// The name the audit trail records.
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Actor {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<Actor>()
+            .cloned()
+            .unwrap_or_else(|| Actor(ACTOR.to_owned())))
+    }
+}
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -52,6 +82,10 @@ pub struct ApiState {
     pub lifecycle: Arc<Lifecycle>,
     /// SHA-256 of the bearer token.
     token_digest: [u8; 32],
+    /// The dashboard's settings (sessions, links to stores).
+    pub dashboard: Arc<crate::dashboard::Settings>,
+    /// Failed dashboard sign-ins.
+    pub throttle: Arc<crate::dashboard::session::Throttle>,
 }
 
 impl ApiState {
@@ -71,7 +105,15 @@ impl ApiState {
             domains,
             lifecycle,
             token_digest: digest(token.as_bytes()),
+            dashboard: Arc::new(crate::dashboard::Settings::default()),
+            throttle: Arc::default(),
         }
+    }
+
+    /// The same state with these dashboard settings.
+    pub fn with_dashboard(mut self, settings: crate::dashboard::Settings) -> Self {
+        self.dashboard = Arc::new(settings);
+        self
     }
 }
 
@@ -88,7 +130,7 @@ fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn require_token(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+async fn require_auth(State(s): State<ApiState>, mut req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -98,10 +140,40 @@ async fn require_token(State(s): State<ApiState>, req: Request, next: Next) -> R
                 .or_else(|| v.strip_prefix("bearer "))
         });
     match presented {
-        Some(tok) if same(&digest(tok.trim().as_bytes()), &s.token_digest) => next.run(req).await,
-        Some(_) => unauthorized("the bearer token is not valid"),
-        None => unauthorized("send Authorization: Bearer <admin token>"),
+        Some(tok) if same(&digest(tok.trim().as_bytes()), &s.token_digest) => {
+            req.extensions_mut().insert(Actor(ACTOR.to_owned()));
+            return next.run(req).await;
+        }
+        Some(_) => return unauthorized("the bearer token is not valid"),
+        None => {}
     }
+    let session =
+        match crate::dashboard::session::of_request(&s.store, req.headers(), s.dashboard.sessions)
+            .await
+        {
+            Ok(Some(session)) => session,
+            Ok(None) => return unauthorized("send Authorization: Bearer <admin token>"),
+            Err(e) => return ApiError::from(e).into_response(),
+        };
+    let safe = matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    let csrf_ok = req
+        .headers()
+        .get("x-csrf-token")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| crate::dashboard::session::same_token(v, &session.csrf));
+    if !safe && !csrf_ok {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "csrf_failed",
+            "a dashboard session changes nothing without its CSRF token (X-CSRF-Token)",
+        )
+        .into_response();
+    }
+    req.extensions_mut().insert(Actor(session.operator));
+    next.run(req).await
 }
 
 fn unauthorized(message: &str) -> Response {
@@ -182,7 +254,7 @@ pub fn router(state: ApiState) -> axum::Router {
     let doc = Arc::new(doc);
     let api = api.layer(axum::middleware::from_fn_with_state(
         state.clone(),
-        require_token,
+        require_auth,
     ));
     axum::Router::new()
         .merge(api)
@@ -193,6 +265,7 @@ pub fn router(state: ApiState) -> axum::Router {
                 async move { Json(doc.as_ref().clone()) }
             }),
         )
+        .merge(crate::dashboard::router(state.clone()))
         .with_state(state)
 }
 

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ApiJson, ErrorBody};
-use super::{ApiState, ACTOR};
+use super::{Actor, ApiState};
 use crate::model::{Page, Tenant, TenantStatus};
 use crate::store::{NewTenant, TenantFilter};
 use tenantgate_config::Limits;
@@ -135,6 +135,7 @@ pub struct ListQuery {
               (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn create_tenant(
     State(s): State<ApiState>,
+    actor: Actor,
     ApiJson(body): ApiJson<CreateTenant>,
 ) -> Result<impl IntoResponse, ApiError> {
     let platform_hostname = s.rules.slug(&body.slug)?;
@@ -158,7 +159,7 @@ pub async fn create_tenant(
     let tenant = s
         .store
         .create_tenant(
-            ACTOR,
+            actor.name(),
             &NewTenant {
                 slug: body.slug,
                 name,
@@ -205,6 +206,7 @@ pub async fn list_tenants(
     let page = s
         .store
         .list_tenants(&TenantFilter {
+            search: None,
             status: q.status,
             hostname,
             after: q.after,
@@ -229,6 +231,7 @@ pub async fn get_tenant(
     responses((status = 503, body = ErrorBody), (status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 400, body = ErrorBody), (status = 200, body = Tenant), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn patch_tenant(
     State(s): State<ApiState>,
+    actor: Actor,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<PatchTenant>,
 ) -> Result<Json<Tenant>, ApiError> {
@@ -243,7 +246,7 @@ pub async fn patch_tenant(
     let plan = plan.as_ref().map(|p| p.as_deref());
     Ok(Json(
         s.store
-            .patch_tenant(ACTOR, &id, name.as_deref(), plan)
+            .patch_tenant(actor.name(), &id, name.as_deref(), plan)
             .await?,
     ))
 }
@@ -265,6 +268,7 @@ pub async fn get_limits(
     responses((status = 503, body = ErrorBody), (status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 400, body = ErrorBody), (status = 200, body = Limits), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn put_limits(
     State(s): State<ApiState>,
+    actor: Actor,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<Limits>,
 ) -> Result<Json<Limits>, ApiError> {
@@ -275,7 +279,9 @@ pub async fn put_limits(
             format!("{field}: {reason}"),
         ));
     }
-    Ok(Json(s.store.set_limits(ACTOR, &id, &body).await?.limits))
+    Ok(Json(
+        s.store.set_limits(actor.name(), &id, &body).await?.limits,
+    ))
 }
 
 /// 409 for redeploying or scaling a tenant that has upstreams of its own.
@@ -299,13 +305,14 @@ async fn provisioned(s: &ApiState, id: &str) -> Result<bool, ApiError> {
     responses((status = 503, body = ErrorBody), (status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn delete_tenant(
     State(s): State<ApiState>,
+    actor: Actor,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     if provisioned(&s, &id).await? {
         s.lifecycle.ready().await?;
-        s.lifecycle.delete(ACTOR, &id).await?;
+        s.lifecycle.delete(actor.name(), &id).await?;
     } else {
-        s.store.delete_tenant(ACTOR, &id).await?;
+        s.store.delete_tenant(actor.name(), &id).await?;
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -315,11 +322,14 @@ pub async fn delete_tenant(
     responses((status = 503, body = ErrorBody), (status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 400, body = ErrorBody), (status = 200, body = Tenant), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn put_upstreams(
     State(s): State<ApiState>,
+    actor: Actor,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<PutUpstreams>,
 ) -> Result<Json<Tenant>, ApiError> {
     let upstreams = s.rules.upstreams(&body.upstreams)?;
-    Ok(Json(s.store.set_upstreams(ACTOR, &id, &upstreams).await?))
+    Ok(Json(
+        s.store.set_upstreams(actor.name(), &id, &upstreams).await?,
+    ))
 }
 
 /// Suspend a tenant: its hostnames answer the proxy's 503 page (at once, on every proxy)
@@ -328,15 +338,16 @@ pub async fn put_upstreams(
     responses((status = 503, body = ErrorBody), (status = 200, body = Tenant), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn suspend_tenant(
     State(s): State<ApiState>,
+    actor: Actor,
     Path(id): Path<String>,
 ) -> Result<Json<Tenant>, ApiError> {
     if provisioned(&s, &id).await? {
         s.lifecycle.ready().await?;
-        return Ok(Json(s.lifecycle.suspend(ACTOR, &id).await?));
+        return Ok(Json(s.lifecycle.suspend(actor.name(), &id).await?));
     }
     Ok(Json(
         s.store
-            .set_status(ACTOR, &id, TenantStatus::Suspended)
+            .set_status(actor.name(), &id, TenantStatus::Suspended)
             .await?,
     ))
 }
@@ -347,14 +358,17 @@ pub async fn suspend_tenant(
     responses((status = 503, body = ErrorBody), (status = 200, body = Tenant), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn resume_tenant(
     State(s): State<ApiState>,
+    actor: Actor,
     Path(id): Path<String>,
 ) -> Result<Json<Tenant>, ApiError> {
     if provisioned(&s, &id).await? {
         s.lifecycle.ready().await?;
-        return Ok(Json(s.lifecycle.resume(ACTOR, &id).await?));
+        return Ok(Json(s.lifecycle.resume(actor.name(), &id).await?));
     }
     Ok(Json(
-        s.store.set_status(ACTOR, &id, TenantStatus::Active).await?,
+        s.store
+            .set_status(actor.name(), &id, TenantStatus::Active)
+            .await?,
     ))
 }
 
@@ -365,6 +379,7 @@ pub async fn resume_tenant(
     responses((status = 503, body = ErrorBody), (status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 400, body = ErrorBody), (status = 202, body = Tenant), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn redeploy_tenant(
     State(s): State<ApiState>,
+    actor: Actor,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<Redeploy>,
 ) -> Result<(StatusCode, Json<Tenant>), ApiError> {
@@ -389,6 +404,14 @@ pub async fn redeploy_tenant(
             None
         }
     };
+    s.store
+        .record(
+            actor.name(),
+            "tenant.redeploy",
+            &id,
+            serde_json::json!({"theme": theme}),
+        )
+        .await?;
     tokio::spawn(s.lifecycle.clone().redeploy(id, theme));
     Ok((StatusCode::ACCEPTED, Json(tenant)))
 }
@@ -400,6 +423,7 @@ pub async fn redeploy_tenant(
     responses((status = 503, body = ErrorBody), (status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 400, body = ErrorBody), (status = 200, body = Tenant), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn scale_tenant(
     State(s): State<ApiState>,
+    actor: Actor,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<Scale>,
 ) -> Result<Json<Tenant>, ApiError> {
@@ -407,7 +431,7 @@ pub async fn scale_tenant(
         return Err(not_provisioned(&id));
     }
     s.lifecycle
-        .scale(&id, &body.component, body.replicas)
+        .scale(actor.name(), &id, &body.component, body.replicas)
         .await?;
     Ok(Json(s.store.get_tenant(&id).await?))
 }

@@ -908,10 +908,25 @@ impl Lifecycle {
         Ok(changed)
     }
 
+    /// The containers of tenant `id` as the runtime reports them, by component, generation
+    /// and name (the dashboard's view).
+    pub async fn containers(&self, id: &str) -> Result<Vec<Container>> {
+        let instance = self.instance().await?;
+        let mut list = self
+            .runtime()?
+            .list(instance, Some(id))
+            .await
+            .map_err(unavailable)?;
+        list.sort_by(|a, b| {
+            (a.component(), a.generation(), &a.name).cmp(&(b.component(), b.generation(), &b.name))
+        });
+        Ok(list)
+    }
+
     /// Run `replicas` containers of `component` of provisioned tenant `id`: stored first,
     /// then applied at once (started and healthy before they take traffic; removed ones
     /// leave the route before they stop).
-    pub async fn scale(&self, id: &str, component: &str, replicas: u32) -> Result<()> {
+    pub async fn scale(&self, actor: &str, id: &str, component: &str, replicas: u32) -> Result<()> {
         let d = self.store.deployment(id).await?;
         let b = &self
             .blueprint_of(&d)
@@ -942,7 +957,7 @@ impl Lifecycle {
         self.ready().await?;
         let work = async {
             self.store
-                .set_replicas(ACTOR, id, component, replicas)
+                .set_replicas(actor, id, component, replicas)
                 .await?;
             self.event(id, &format!("scale: {component} to {replicas} replicas"))
                 .await;

@@ -13,9 +13,11 @@
 //!   REPEATABLE READ on PostgreSQL).
 
 pub mod domains;
+pub mod operators;
 pub mod postgres;
 pub mod provisioning;
 pub mod sqlite;
+pub mod traffic;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -149,6 +151,9 @@ pub struct TenantFilter {
     pub status: Option<TenantStatus>,
     /// Only the tenant owning this hostname.
     pub hostname: Option<String>,
+    /// Only tenants whose slug, name or one of whose hostnames contains this text
+    /// (case-insensitive).
+    pub search: Option<String>,
     /// Ids greater than this (the previous page's `next`).
     pub after: Option<String>,
     /// Page size.
@@ -427,6 +432,22 @@ impl Store {
                 params.len()
             );
         }
+        if let Some(q) = f.search.as_deref().filter(|q| !q.is_empty()) {
+            let escaped: String = q
+                .to_lowercase()
+                .chars()
+                .flat_map(|c| match c {
+                    '%' | '_' | '\\' => vec!['\\', c],
+                    c => vec![c],
+                })
+                .collect();
+            params.push(t(&format!("%{escaped}%")));
+            let n = params.len();
+            sql += &format!(
+                " AND (slug LIKE ${n} ESCAPE '\\' OR LOWER(name) LIKE ${n} ESCAPE '\\' OR id IN \
+                 (SELECT tenant_id FROM hostnames WHERE hostname LIKE ${n} ESCAPE '\\'))"
+            );
+        }
         if let Some(a) = &f.after {
             params.push(t(a));
             sql += &format!(" AND id > ${}", params.len());
@@ -447,6 +468,25 @@ impl Store {
         let items = load_tenants(&mut *tx, &ids).await?;
         tx.commit().await?;
         Ok(Page { items, next })
+    }
+
+    /// How many tenants have each status (deleted ones left out).
+    pub async fn count_tenants(&self) -> Result<Vec<(TenantStatus, i64)>> {
+        let mut tx = self.backend.begin(false).await?;
+        let rows = tx
+            .query(
+                "SELECT status, COUNT(*) FROM tenants WHERE status <> 'deleted' GROUP BY status",
+                &[],
+            )
+            .await?;
+        tx.commit().await?;
+        let mut out = Vec::new();
+        for r in &rows {
+            if let Some(s) = TenantStatus::parse(&text(r, 0)?) {
+                out.push((s, int(r, 1)?));
+            }
+        }
+        Ok(out)
     }
 
     /// Change a tenant's display name.
@@ -664,6 +704,31 @@ impl Store {
         Ok(list)
     }
 
+    /// Certificates that expire before `before_s` (unix seconds), soonest first, at most
+    /// `limit`.
+    pub async fn expiring_certificates(
+        &self,
+        before_s: i64,
+        limit: usize,
+    ) -> Result<Vec<CertificateInfo>> {
+        let mut tx = self.backend.begin(false).await?;
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT id FROM certificates WHERE not_after < $1 ORDER BY not_after, id LIMIT {}",
+                    limit.clamp(1, 1000)
+                ),
+                &[Value::Int(before_s)],
+            )
+            .await?;
+        let mut out = Vec::new();
+        for r in &rows {
+            out.extend(load_certificates(&mut *tx, Some(&text(r, 0)?)).await?);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
     /// Remove a certificate from the store and from every proxy.
     pub async fn delete_certificate(&self, actor: &str, id: &str) -> Result<()> {
         let (mut tx, version) = self.begin_write("certificate", id).await?;
@@ -716,16 +781,30 @@ impl Store {
 
     /// The newest audit events, newest first.
     pub async fn audit_events(&self, limit: usize) -> Result<Vec<AuditEvent>> {
+        self.audit_by(None, None, limit).await
+    }
+
+    /// The newest audit events, only those of `actor` and/or about `target` when given.
+    pub async fn audit_by(
+        &self,
+        actor: Option<&str>,
+        target: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>> {
+        let mut sql =
+            String::from("SELECT at, actor, action, target, detail FROM audit WHERE 1 = 1");
+        let mut params = Vec::new();
+        if let Some(a) = actor {
+            params.push(t(a));
+            sql += &format!(" AND actor = ${}", params.len());
+        }
+        if let Some(o) = target {
+            params.push(t(o));
+            sql += &format!(" AND target = ${}", params.len());
+        }
+        sql += &format!(" ORDER BY id DESC LIMIT {}", limit.clamp(1, 1000));
         let mut tx = self.backend.begin(false).await?;
-        let rows = tx
-            .query(
-                &format!(
-                    "SELECT at, actor, action, target, detail FROM audit ORDER BY id DESC LIMIT {}",
-                    limit.clamp(1, 1000)
-                ),
-                &[],
-            )
-            .await?;
+        let rows = tx.query(&sql, &params).await?;
         tx.commit().await?;
         rows.iter()
             .map(|r| {

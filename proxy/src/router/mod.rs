@@ -33,6 +33,7 @@ use tenantgate_config::{RouteChange, RouteTable, UpstreamPolicy, UpstreamRule};
 
 use crate::limits::requests::TenantLimits;
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::traffic::RouteTraffic;
 
 mod packed;
 
@@ -264,6 +265,9 @@ pub struct RouteEntry {
     pub refused: Option<UpstreamRule>,
     /// The tenant's traffic limits (`None`: none, and nothing to pay).
     pub limits: Option<Box<TenantLimits>>,
+    /// The tenant's traffic counters, made on its first answered request and kept across
+    /// the route's versions.
+    traffic: std::sync::OnceLock<Arc<RouteTraffic>>,
     has_paths: bool,
     has_upstreams: bool,
 }
@@ -296,6 +300,18 @@ impl RouteEntry {
     /// The route this entry serves.
     pub fn route(&self) -> &PackedRoute {
         &self.route
+    }
+
+    /// Count one answered request: its metrics and the tenant's traffic.
+    #[inline]
+    pub fn observe(&self, status: u16, elapsed: Duration) {
+        self.metrics.observe(status, elapsed.as_secs_f64());
+        self.traffic().observe(status, elapsed);
+    }
+
+    /// The tenant's traffic counters (made on first use).
+    fn traffic(&self) -> &Arc<RouteTraffic> {
+        self.traffic.get_or_init(Arc::default)
     }
 
     /// A route from the store, not from the config file.
@@ -441,6 +457,23 @@ impl Router {
         r
     }
 
+    /// Each route's traffic since the last call (routes without any are left out).
+    pub fn take_traffic(&self) -> Vec<(String, tenantgate_config::traffic::TrafficCounts)> {
+        let cells: Vec<(String, Arc<RouteTraffic>)> = {
+            let routes = self.lock();
+            routes
+                .set
+                .iter()
+                .filter_map(|e| Some((e.0.id().to_owned(), e.0.traffic.get()?.clone())))
+                .collect()
+        };
+        cells
+            .into_iter()
+            .map(|(id, t)| (id, t.take()))
+            .filter(|(_, c)| !c.is_empty())
+            .collect()
+    }
+
     /// The number of proxy nodes each tenant's limits are divided among.
     fn share(&self) -> usize {
         self.fleet_nodes.load(Ordering::Relaxed).max(1)
@@ -546,6 +579,11 @@ impl Router {
             },
             down_rest: (1..total).map(down).collect(),
             metrics: self.metrics.route(route.id()),
+            // Counts go on where the previous version counted (requests still in flight on
+            // it included).
+            traffic: previous
+                .map(|p| std::sync::OnceLock::from(p.traffic().clone()))
+                .unwrap_or_default(),
             next: AtomicU32::new(0),
             route,
         })

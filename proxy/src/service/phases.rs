@@ -531,7 +531,10 @@ impl ProxyHttp for EdgeProxy {
             .as_ref()
             .map_or(self.unknown_metrics(), |r| &r.metrics);
         if status > 0 {
-            metrics.observe(status, elapsed.as_secs_f64());
+            match &ctx.route {
+                Some(r) => r.observe(status, elapsed),
+                None => metrics.observe(status, elapsed.as_secs_f64()),
+            }
         }
         if let Some(e) = e.filter(|e| *e.esource() == ErrorSource::Upstream) {
             let kind = match e.etype() {

@@ -392,9 +392,12 @@ where
         );
         let ok = write_all(&mut self.client, &self.chead).await.is_ok();
         let elapsed = start.elapsed();
-        o.route
-            .map_or(edge.unknown_metrics(), |r| &r.metrics)
-            .observe(status, elapsed.as_secs_f64());
+        match o.route {
+            Some(r) => r.observe(status, elapsed),
+            None => edge
+                .unknown_metrics()
+                .observe(status, elapsed.as_secs_f64()),
+        }
         edge.count_answer(o.answer, o.route);
         let (method, path) = o.line.map_or(("", ""), |l| l.method_and_path(&self.uhead));
         edge.access_log(&AccessRecord {

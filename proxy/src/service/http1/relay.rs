@@ -349,7 +349,7 @@ where
         let elapsed = end.saturating_duration_since(start);
         let metrics = &plan.route.metrics;
         if served.status > 0 {
-            metrics.observe(served.status, elapsed.as_secs_f64());
+            plan.route.observe(served.status, elapsed);
         }
         match served.error {
             Some(Failure::ReadTimeout | Failure::WriteTimeout) => {
