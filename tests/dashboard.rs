@@ -400,6 +400,7 @@ async fn an_operator_runs_a_store_from_the_browser() {
         SHIPPED_BLUEPRINTS,
         "reconcile_seconds = 1\ndrain_seconds = 1\n",
     )
+    .admin("traffic_report_seconds = 1")
     .start()
     .await;
     tg.add_operator("alice", PASSWORD);
@@ -574,6 +575,24 @@ async fn an_operator_runs_a_store_from_the_browser() {
     .await;
     b.screenshot("08-scaled").await;
 
+    // Some traffic for the charts, through the proxy.
+    for i in 0..150 {
+        let path = if i % 10 == 0 { "/missing" } else { "/" };
+        let _ = tg.get("alpha.platform.test", path).await;
+    }
+    b.goto(&format!("{base}/")).await;
+    wait_for(
+        "the overview to chart the traffic",
+        Duration::from_secs(30),
+        || async {
+            let summary = b
+                .try_eval("return document.getElementById('traffic-summary').textContent")
+                .await?;
+            (!summary.as_str()?.starts_with("0.0 req/s")).then_some(())
+        },
+    )
+    .await;
+
     // The other pages, for people to look at.
     for (name, path) in [
         ("09-overview", "/"),
@@ -627,4 +646,72 @@ async fn an_operator_runs_a_store_from_the_browser() {
         );
     }
     b.close().await;
+}
+
+#[tokio::test]
+async fn traffic_reaches_the_charts_and_the_stores_list() {
+    let tg = Tenantgate::new()
+        .section(PLATFORM_TEST)
+        .admin("traffic_report_seconds = 1")
+        .start()
+        .await;
+    tg.add_operator("alice", PASSWORD);
+    let mut alice = Operator::new(&tg);
+    alice.sign_in("alice", PASSWORD).await;
+    let ok = Backend::start("ok").await;
+    let busy = tg.create_tenant("busy", &[ok.addr]).await;
+    let quiet = tg.create_tenant("quiet", &[ok.addr]).await;
+    for _ in 0..30 {
+        assert_eq!(tg.get("busy.platform.test", "/").await.status(), 200);
+    }
+    // A 502: the upstream is gone.
+    let gone = tg
+        .create_tenant(
+            "gone",
+            &[std::net::SocketAddr::from(([127, 0, 0, 1], free_port()))],
+        )
+        .await;
+    assert_eq!(tg.get("gone.platform.test", "/").await.status(), 502);
+
+    // The proxy reports each second; the stores list averages over five minutes.
+    let row = |body: &str, id: &str| -> String {
+        let at = body.find(&format!("/stores/{id}\"")).expect("row");
+        body[at..]
+            .split("</tr>")
+            .next()
+            .expect("row end")
+            .to_owned()
+    };
+    let list = wait_for(
+        "the stores list to show traffic",
+        Duration::from_secs(30),
+        || async {
+            let p = alice.get("/stores").await;
+            (row(&p.body, busy["id"].as_str()?).contains(">0.10<")
+                && row(&p.body, gone["id"].as_str()?).contains("bad-text"))
+            .then_some(p.body)
+        },
+    )
+    .await;
+    assert!(
+        row(&list, quiet["id"].as_str().expect("id")).contains(">0.00<"),
+        "a store without traffic shows none"
+    );
+    // The overview and the store's page draw the charts.
+    let overview = alice.get("/").await;
+    assert!(overview.body.contains("Platform traffic, last hour"));
+    assert!(overview.body.contains("<polyline"), "{}", overview.body);
+    let page = alice
+        .get(&format!("/stores/{}", busy["id"].as_str().expect("id")))
+        .await;
+    assert!(page.body.contains("Traffic, last hour") && page.body.contains("<polyline"));
+    // Nothing is written for the idle store.
+    let (_, t) = tg
+        .api(
+            "GET",
+            &format!("/v1/tenants/{}", quiet["id"].as_str().expect("id")),
+            None,
+        )
+        .await;
+    assert_eq!(t["status"], "active");
 }

@@ -154,6 +154,11 @@ impl Browser {
             .unwrap_or_else(|e| panic!("script {script:?}: {e}"))
     }
 
+    /// Run `script` in the page, `None` when it could not run (the page is loading).
+    pub async fn try_eval(&self, script: &str) -> Option<serde_json::Value> {
+        self.client.execute(script, vec![]).await.ok()
+    }
+
     /// Wait until the page's text contains `needle`; returns the text.
     pub async fn wait_text(&self, needle: &str, deadline: Duration) -> String {
         wait_for(
@@ -188,10 +193,16 @@ impl Browser {
             }
             self.click(css).await;
             let shown = wait_for(&format!("the answer to {css}"), deadline, || async {
-                let doc = self.eval("return document.documentURI").await;
+                // A script waits while the answer is still on its way; a look may time out.
+                let doc = self.try_eval("return document.documentURI").await?;
                 if doc.as_str().unwrap_or("").starts_with("chrome-error:") {
                     return Some(false);
                 }
+                let alert = self
+                    .try_eval("const a = document.querySelector('[role=alert]'); return a ? a.innerText : ''")
+                    .await?;
+                let alert = alert.as_str().unwrap_or("");
+                assert!(alert.is_empty(), "{css}: the page says {alert:?}");
                 self.body_text().await?.contains(needle).then_some(true)
             })
             .await;

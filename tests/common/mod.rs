@@ -618,6 +618,7 @@ pub struct Tenantgate {
     certs: Vec<(String, String, bool)>,
     https: bool,
     proxy_extra: Vec<String>,
+    admin_extra: Vec<String>,
     extra_sections: Vec<String>,
     store_extra: Vec<String>,
     command: Option<&'static str>,
@@ -776,6 +777,12 @@ impl Tenantgate {
         self
     }
 
+    /// An extra line in `[admin]`, e.g. `traffic_report_seconds = 1`.
+    pub fn admin(mut self, line: &str) -> Tenantgate {
+        self.admin_extra.push(line.to_string());
+        self
+    }
+
     pub fn config_text(&self, dir: &std::path::Path, http: u16, https: u16, admin: u16) -> String {
         let mut s = format!(
             "[proxy]\nhttp_listen = \"127.0.0.1:{http}\"\nthreads = 2\ngrace_period_seconds = 1\n\
@@ -789,8 +796,13 @@ impl Tenantgate {
             s += l;
             s += "\n";
         }
+        s += &format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"{ADMIN_TOKEN}\"\n");
+        for l in &self.admin_extra {
+            s += l;
+            s += "\n";
+        }
         s += &format!(
-            "[admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"{ADMIN_TOKEN}\"\n[log]\nformat = \"json\"\n\
+            "[log]\nformat = \"json\"\n\
              [store]\npath = \"{d}/data/tenantgate.db\"\nsnapshot_path = \"{d}/data/snapshot.json\"\n",
             d = dir.display()
         );

@@ -1,8 +1,10 @@
-//! The live parts, as Server-Sent Events: a store's status, generation and events timeline
-//! while it is provisioned, redeployed or changed.
+//! The live parts, as Server-Sent Events: a store's status, generation, events timeline,
+//! domains and traffic while it is provisioned, redeployed or changed; the platform's
+//! traffic charts on the overview.
 //!
-//! The stream looks at the store every [`super::LIVE_POLL`] and sends an event only when
-//! what it shows changed, so an idle page costs one small read per poll and no bytes. It
+//! The stream looks at the store every [`super::LIVE_POLL`] (traffic every
+//! [`TRAFFIC_POLL`]) and sends an event only when what it shows changed, so an idle page
+//! costs one small read per poll and no bytes. It
 //! works the same on a fleet: whichever control node does the work writes the store, and
 //! whichever serves the page reads it. The admin listener ends open streams when the node
 //! stops or upgrades; the browser's `EventSource` reconnects by itself.
@@ -18,10 +20,30 @@ use futures_util::stream::{self, Stream};
 use super::layout::error_page;
 use crate::api::ApiState;
 use crate::model::{Tenant, TenantStatus};
+use crate::store::DomainFilter;
 
-/// What a store's live stream sends (`event: tenant`).
-fn view(s: &ApiState, t: &Tenant) -> serde_json::Value {
+/// How often traffic is looked at again (the proxies report every few seconds).
+const TRAFFIC_POLL: Duration = Duration::from_secs(5);
+
+/// What a store's live stream sends (`event: tenant`): its state, its domains' statuses and
+/// its traffic charts (`traffic`: markup drawn by [`super::chart`], numbers only).
+async fn view(s: &ApiState, t: &Tenant, traffic: &str) -> serde_json::Value {
+    let domains = s
+        .store
+        .list_domains(&DomainFilter {
+            tenant_id: Some(t.id.clone()),
+            limit: 100,
+            ..DomainFilter::default()
+        })
+        .await
+        .map(|(d, _)| d)
+        .unwrap_or_default();
     serde_json::json!({
+        "traffic": traffic,
+        "domains": domains.iter().map(|d| {
+            let d = d.to_api();
+            serde_json::json!({"id": d.id, "status": d.status.as_str(), "ssl": d.ssl.status.as_str()})
+        }).collect::<Vec<_>>(),
         "status": t.status.as_str(),
         "status_reason": t.status_reason,
         "generation": t.generation,
@@ -31,31 +53,77 @@ fn view(s: &ApiState, t: &Tenant) -> serde_json::Value {
     })
 }
 
+/// The charts of tenant `id` (or the platform's), as markup text.
+async fn charts(s: &ApiState, id: Option<&str>) -> String {
+    match super::chart::of(&s.store, id).await {
+        Ok((m, _)) => m.into_string(),
+        Err(_) => String::new(),
+    }
+}
+
 /// `/stores/{id}/live`.
 pub(super) async fn store(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
     // A store that does not exist is an error page, not an empty stream.
-    let first = match s.store.get_tenant(&id).await {
-        Ok(t) => view(&s, &t),
-        Err(e) => return error_page(&e.into()),
-    };
-    let state = (s, id, None::<String>, Some(first));
-    let events = stream::unfold(state, |(s, id, last, mut pending)| async move {
-        loop {
-            let current = match pending.take() {
-                Some(v) => v,
-                None => {
+    if let Err(e) = s.store.get_tenant(&id).await {
+        return error_page(&e.into());
+    }
+    let polls_per_traffic = (TRAFFIC_POLL.as_millis() / super::LIVE_POLL.as_millis()).max(1);
+    let state = (s, id, None::<String>, 0u128, String::new());
+    let events = stream::unfold(
+        state,
+        move |(s, id, last, mut polls, mut traffic)| async move {
+            loop {
+                if polls > 0 {
                     tokio::time::sleep(super::LIVE_POLL).await;
-                    match s.store.get_tenant(&id).await {
-                        Ok(t) => view(&s, &t),
-                        // The store did not answer: try again at the next poll.
-                        Err(_) => continue,
-                    }
                 }
+                if polls % polls_per_traffic == 0 {
+                    traffic = charts(&s, Some(&id)).await;
+                }
+                polls += 1;
+                // The store did not answer: try again at the next poll.
+                let Ok(t) = s.store.get_tenant(&id).await else {
+                    continue;
+                };
+                let text = view(&s, &t, &traffic).await.to_string();
+                if last.as_deref() != Some(text.as_str()) {
+                    let event = Event::default().event("tenant").data(text.clone());
+                    return Some((
+                        Ok::<_, Infallible>(event),
+                        (s, id, Some(text), polls, traffic),
+                    ));
+                }
+            }
+        },
+    );
+    sse(events)
+}
+
+/// `/live/traffic`: the platform's charts (`event: traffic`, markup text) as they change.
+pub(super) async fn traffic(State(s): State<ApiState>) -> Response {
+    let events = stream::unfold((s, None::<String>, true), |(s, last, first)| async move {
+        let mut first = first;
+        loop {
+            if !first {
+                tokio::time::sleep(TRAFFIC_POLL).await;
+            }
+            first = false;
+            let (markup, summary) = match super::chart::of(&s.store, None).await {
+                Ok(v) => v,
+                Err(_) => continue,
             };
-            let text = current.to_string();
+            let text = serde_json::json!({
+                "charts": markup.into_string(),
+                "summary": format!(
+                    "{:.1} req/s · {:.2}% 5xx · p95 {} (last 5 min)",
+                    summary.rate,
+                    summary.errors * 100.0,
+                    summary.p95.map_or("—".to_owned(), |p| format!("{p} ms"))
+                ),
+            })
+            .to_string();
             if last.as_deref() != Some(text.as_str()) {
-                let event = Event::default().event("tenant").data(text.clone());
-                return Some((Ok::<_, Infallible>(event), (s, id, Some(text), None)));
+                let event = Event::default().event("traffic").data(text.clone());
+                return Some((Ok::<_, Infallible>(event), (s, Some(text), false)));
             }
         }
     });

@@ -15,6 +15,7 @@
 //! - actions call the admin API's own handlers with the operator as the actor, so the
 //!   dashboard and the API cannot disagree on a rule, and the audit trail names the operator.
 
+mod chart;
 mod layout;
 mod live;
 pub mod operators;
@@ -102,6 +103,7 @@ pub fn router(state: ApiState) -> axum::Router<ApiState> {
         .route("/stores/slug-check", get(stores::slug_check))
         .route("/stores/{id}", get(stores::detail))
         .route("/stores/{id}/live", get(live::store))
+        .route("/live/traffic", get(live::traffic))
         .route("/stores/{id}/{action}", post(stores::act))
         .route("/domains", get(pages::domains))
         .route(

@@ -57,6 +57,7 @@ pub(super) async fn overview(
     let within = i64::try_from(crate::upkeep::LIVE_WITHIN.as_millis()).unwrap_or(i64::MAX);
     let nodes = s.store.nodes(within).await.unwrap_or_default();
     let events = s.store.audit_events(10).await.unwrap_or_default();
+    let traffic = super::chart::of(&s.store, None).await;
     let total: i64 = counts.iter().map(|(_, n)| n).sum();
     let count = |st: TenantStatus| counts.iter().find(|(s, _)| *s == st).map_or(0, |(_, n)| *n);
     let now = now_s();
@@ -72,6 +73,25 @@ pub(super) async fn overview(
             a.tile href="/fleet" {
                 span.num { (nodes.iter().filter(|n| n.live).count()) "/" (nodes.len()) }
                 span.label { "nodes live" }
+            }
+        }
+        section.card {
+            div.heading {
+                h2 { "Platform traffic, last hour" }
+                @if let Ok((_, sum)) = &traffic {
+                    p.muted.small #traffic-summary {
+                        (format!("{:.1}", sum.rate)) " req/s · "
+                        (format!("{:.2}", sum.errors * 100.0)) "% 5xx · p95 "
+                        (sum.p95.map_or("—".to_owned(), |p| format!("{p} ms")))
+                        " (last 5 min)"
+                    }
+                }
+            }
+            div #traffic data-traffic="/live/traffic" {
+                @match &traffic {
+                    Ok((charts, _)) => (charts),
+                    Err(e) => p.notice.bad { "Traffic is not available: " (e) },
+                }
             }
         }
         div.grid {

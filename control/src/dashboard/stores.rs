@@ -20,6 +20,9 @@ use crate::store::{DomainFilter, TenantFilter};
 /// Stores per page of the list.
 const PAGE: usize = 50;
 
+/// The stores list's traffic columns cover this much.
+const RECENT_MS: i64 = 300_000;
+
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct ListQuery {
     done: Option<String>,
@@ -61,6 +64,13 @@ pub(super) async fn list(
         Ok(p) => p,
         Err(e) => return error_page(&e.into()),
     };
+    let ids: Vec<String> = found.items.iter().map(|t| t.id.clone()).collect();
+    let window_end = super::chart::settled_end(crate::now_ms(), super::chart::STORE_BIN_MS);
+    let traffic = s
+        .store
+        .traffic_of(&ids, window_end - RECENT_MS)
+        .await
+        .unwrap_or_default();
     let next_link = found.next.as_ref().map(|n| {
         format!(
             "/stores?q={}&status={}&after={}",
@@ -93,7 +103,8 @@ pub(super) async fn list(
             table.list {
                 thead { tr {
                     th { "Store" } th { "Status" } th { "Hostnames" } th { "Blueprint" }
-                    th { "Generation" } th { "Updated" }
+                    th { "Generation" } th.num title="Average over the last 5 minutes" { "Req/s" }
+                    th.num title="5xx answers in the last 5 minutes" { "5xx" } th { "Updated" }
                 } }
                 tbody {
                     @for t in &found.items {
@@ -104,6 +115,9 @@ pub(super) async fn list(
                             td { (t.blueprint.as_deref().unwrap_or("—"))
                                  @if let Some(th) = &t.theme { span.muted { " · " (th) } } }
                             td { (t.generation.map_or("—".to_owned(), |g| g.to_string())) }
+                            @let c = traffic.get(&t.id).copied().unwrap_or_default();
+                            td.num { (format!("{:.2}", c.requests() as f64 / (RECENT_MS as f64 / 1000.0))) }
+                            td.num class=[(c.errors() > 0).then_some("bad-text")] { (c.errors()) }
                             td { (when(&t.updated_at)) }
                         }
                     }
@@ -317,6 +331,7 @@ pub(super) async fn detail(
         .as_ref()
         .and_then(|b| s.lifecycle.blueprints().get(b).cloned());
     let live_url = format!("/stores/{id}/live");
+    let traffic = super::chart::of(&s.store, Some(&id)).await;
     let body = html! {
         div.heading {
             div {
@@ -345,7 +360,10 @@ pub(super) async fn detail(
                 @for d in &domains {
                     @let d = d.to_api();
                     div.domain {
-                        p { strong { (d.hostname) } " " (badge(d.status.as_str())) " certificate " (badge(d.ssl.status.as_str())) }
+                        p { strong { (d.hostname) } " "
+                            span data-domain-status=(d.id) { (badge(d.status.as_str())) }
+                            " certificate "
+                            span data-domain-ssl=(d.id) { (badge(d.ssl.status.as_str())) } }
                         @if d.status.as_str() == "pending_verification" {
                             p.small { "Publish this DNS record (or point the name at the platform and let it answer the HTTP token):" }
                             div.record {
@@ -375,6 +393,15 @@ pub(super) async fn detail(
                 }
                 h3 { "Containers" }
                 (containers_table(containers))
+            }
+        }
+        section.card {
+            h2 { "Traffic, last hour" }
+            div #store-traffic {
+                @match &traffic {
+                    Ok((charts, _)) => (charts),
+                    Err(e) => p.notice.bad { "Traffic is not available: " (e) },
+                }
             }
         }
         section.card {
@@ -478,6 +505,7 @@ pub(super) async fn act(
     Path((id, action)): Path<(String, String)>,
     axum::extract::Form(f): axum::extract::Form<ActionForm>,
 ) -> Response {
+    tracing::info!(operator = %who.operator, tenant = %id, action = %action, "dashboard action");
     let actor = || Actor(who.operator.clone());
     let st = || State(s.clone());
     let path = || Path(id.clone());
@@ -566,6 +594,7 @@ pub(super) async fn act(
             format!("no store action {other:?}"),
         )),
     };
+    tracing::info!(operator = %who.operator, tenant = %id, action = %action, ok = done.is_ok(), "dashboard action done");
     let to = match done {
         Ok(msg) => format!("/stores/{id}?done={}", urlencode(&msg)),
         Err(e) => format!("/stores/{id}?error={}", urlencode(e.message())),

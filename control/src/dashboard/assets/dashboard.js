@@ -56,8 +56,7 @@
     const reason = document.getElementById("store-reason");
     const liveLinks = document.getElementById("store-live");
     const generation = document.getElementById("store-generation");
-    const source = new EventSource(live.dataset.live);
-    source.addEventListener("tenant", (message) => {
+    stream(live.dataset.live, "tenant", (message) => {
       const t = JSON.parse(message.data);
       const badge = document.createElement("span");
       badge.className = "badge " + tone(t.status);
@@ -79,6 +78,13 @@
         }
         liveLinks.hidden = !t.live;
       }
+      const chart = document.getElementById("store-traffic");
+      // Markup drawn by the server from numbers only (the charts), never from tenant text.
+      if (chart && t.traffic) chart.innerHTML = t.traffic;
+      for (const d of t.domains || []) {
+        setBadge(document.querySelector('[data-domain-status="' + d.id + '"]'), d.status);
+        setBadge(document.querySelector('[data-domain-ssl="' + d.id + '"]'), d.ssl);
+      }
       if (events) {
         const items = t.events.map((e) => {
           const li = document.createElement("li");
@@ -96,11 +102,53 @@
     });
   }
 
+  // The overview: the platform's traffic charts as the proxies report.
+  const traffic = document.querySelector("[data-traffic]");
+  if (traffic && window.EventSource) {
+    const summary = document.getElementById("traffic-summary");
+    stream(traffic.dataset.traffic, "traffic", (message) => {
+      const t = JSON.parse(message.data);
+      traffic.innerHTML = t.charts;
+      if (summary) summary.textContent = t.summary;
+    });
+  }
+
+  // An event stream held only while the page is shown: a browser keeps at most six
+  // HTTP/1.1 connections to the admin listener, so hidden tabs and pages left behind must
+  // not hold theirs (the next form or page would wait for a free one).
+  function stream(url, name, handle) {
+    let source = null;
+    const open = () => {
+      if (source || document.visibilityState !== "visible") return;
+      source = new EventSource(url);
+      source.addEventListener(name, handle);
+    };
+    const close = () => {
+      if (source) source.close();
+      source = null;
+    };
+    document.addEventListener("visibilitychange", () => {
+      if (document.visibilityState === "visible") open(); else close();
+    });
+    window.addEventListener("pagehide", close);
+    window.addEventListener("pageshow", open);
+    open();
+  }
+
+  function setBadge(holder, status) {
+    if (!holder) return;
+    const badge = document.createElement("span");
+    badge.className = "badge " + tone(status);
+    badge.textContent = status.replace(/_/g, " ");
+    holder.replaceChildren(badge);
+  }
+
   function tone(status) {
     if (status === "active") return "good";
-    if (status === "provisioning" || status === "waking" || status === "paused") return "wait";
-    if (status === "suspended" || status === "sleeping") return "warn";
-    if (status === "failed" || status === "deleted") return "bad";
+    if (["provisioning", "waking", "paused", "pending_verification", "pending_validation",
+         "pending_issuance", "renewing"].includes(status)) return "wait";
+    if (["suspended", "sleeping", "moved", "blocked"].includes(status)) return "warn";
+    if (["failed", "deleted", "expired"].includes(status)) return "bad";
     return "plain";
   }
 
