@@ -58,11 +58,12 @@
     const generation = document.getElementById("store-generation");
     stream(live.dataset.live, "tenant", (message) => {
       const t = JSON.parse(message.data);
-      const badge = document.createElement("span");
-      badge.className = "badge " + tone(t.status);
-      badge.textContent = t.status.replace(/_/g, " ");
-      live.replaceChildren(badge);
-      live.dataset.status = t.status;
+      // A new status changes what the page offers (actions, containers, upstreams): draw
+      // it again from the server rather than patching every part here.
+      if (live.dataset.status && t.status !== live.dataset.status) {
+        window.location.reload();
+        return;
+      }
       if (generation) generation.textContent = t.generation == null ? "—" : String(t.generation);
       if (reason) {
         reason.textContent = t.status_reason || "";
