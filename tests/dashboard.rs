@@ -15,6 +15,17 @@ use common::*;
 
 const PASSWORD: &str = "correct horse battery staple";
 
+/// Every page of the dashboard behind sign-in.
+const PAGES: [&str; 7] = [
+    "/",
+    "/stores",
+    "/stores/new",
+    "/domains",
+    "/certificates",
+    "/audit",
+    "/fleet",
+];
+
 /// A plain HTTP client of the dashboard that keeps one session cookie.
 struct Operator {
     base: String,
@@ -110,15 +121,7 @@ async fn node() -> Running {
 async fn every_page_needs_a_signed_in_operator() {
     let tg = node().await;
     let mut alice = Operator::new(&tg);
-    for path in [
-        "/",
-        "/stores",
-        "/stores/new",
-        "/domains",
-        "/certificates",
-        "/audit",
-        "/fleet",
-    ] {
+    for path in PAGES {
         let p = alice.get(path).await;
         assert_eq!(p.status, 303, "{path}");
         assert!(p.header("location").starts_with("/login"), "{path}");
@@ -146,15 +149,7 @@ async fn every_page_needs_a_signed_in_operator() {
     let p = alice.sign_in("alice", PASSWORD).await;
     assert_eq!(p.status, 303);
     assert_eq!(p.header("location"), "/");
-    for path in [
-        "/",
-        "/stores",
-        "/stores/new",
-        "/domains",
-        "/certificates",
-        "/audit",
-        "/fleet",
-    ] {
+    for path in PAGES {
         let p = alice.get(path).await;
         assert_eq!(p.status, 200, "{path}: {}", p.body);
         assert!(

@@ -39,20 +39,11 @@ pub(super) async fn overview(
     };
     let attention: Vec<_> = s
         .store
-        .list_domains(&DomainFilter {
-            limit: 500,
-            ..DomainFilter::default()
-        })
+        .domains_needing_action(20)
         .await
-        .map(|(d, _)| d)
         .unwrap_or_default()
         .into_iter()
         .map(|d| d.to_api())
-        .filter(|d| {
-            d.status != DomainStatus::Active
-                || matches!(d.ssl.status.as_str(), "failed" | "expired")
-        })
-        .take(20)
         .collect();
     let within = i64::try_from(crate::upkeep::LIVE_WITHIN.as_millis()).unwrap_or(i64::MAX);
     let nodes = s.store.nodes(within).await.unwrap_or_default();

@@ -428,7 +428,8 @@ fn containers_table(containers: Option<crate::Result<Vec<crate::runtime::Contain
                 tbody { @for c in &list { tr {
                     td { (c.component().unwrap_or("?")) }
                     td { (c.generation().map_or("?".to_owned(), |g| g.to_string())) }
-                    td { (badge(if c.running { "running" } else { "stopped" })) }
+                    td { (badge(if c.running { "running" } else { "stopped" }))
+                         @if !c.status.is_empty() { br; span.small.muted { (c.status) } } }
                     td { code { (c.address.map_or("—".to_owned(), |a| a.to_string())) } }
                 } } }
             },

@@ -192,6 +192,12 @@ impl Docker {
                 .unwrap_or_default()
                 .trim_start_matches('/')
                 .to_owned(),
+            status: c
+                .state
+                .as_ref()
+                .and_then(|s| s.status)
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
             labels,
             running,
             address,
@@ -505,6 +511,7 @@ impl Runtime for Docker {
                 labels: s.labels.unwrap_or_default().into_iter().collect(),
                 running,
                 address,
+                status: s.status.unwrap_or_default(),
             });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));

@@ -80,6 +80,9 @@ pub struct Container {
     pub running: bool,
     /// Where the proxy reaches it (loopback address and published port), when running.
     pub address: Option<SocketAddr>,
+    /// The runtime's own words on its state (Docker: "Up 5 minutes (healthy)",
+    /// "Exited (137) 2 seconds ago"), shown to operators.
+    pub status: String,
 }
 
 impl Container {

@@ -810,6 +810,26 @@ impl Store {
         Ok((pairs(&a)?, pairs(&b)?))
     }
 
+    /// Domains an operator should look at, longest waiting first: not yet verified, moved
+    /// away, or active with a failed or expired certificate.
+    pub async fn domains_needing_action(&self, limit: usize) -> Result<Vec<DomainRecord>> {
+        let mut tx = self.backend.begin(false).await?;
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM domains d LEFT JOIN certificates c ON c.id = d.certificate_id \
+                     WHERE d.status IN ('pending_verification', 'moved') \
+                     OR (d.status = 'active' AND d.ssl_status IN ('failed', 'expired')) \
+                     ORDER BY d.updated_at, d.id LIMIT {}",
+                    limit.clamp(1, 500)
+                ),
+                &[],
+            )
+            .await?;
+        tx.commit().await?;
+        rows.iter().map(record).collect()
+    }
+
     /// Domains with a check or an order due at `now` and not held by a node.
     pub async fn due_domains(&self, now: i64, limit: usize) -> Result<Vec<String>> {
         let mut tx = self.backend.begin(false).await?;

@@ -239,6 +239,28 @@ fn id_filter(column: &str, ids: Option<&[String]>) -> Option<(String, Vec<Value>
     }
 }
 
+/// Write one audit row inside `tx`.
+async fn insert_audit(
+    tx: &mut dyn Tx,
+    actor: &str,
+    action: &str,
+    target: &str,
+    detail: &serde_json::Value,
+) -> Result<()> {
+    tx.query(
+        "INSERT INTO audit (at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)",
+        &[
+            Value::Int(now_ms()),
+            t(actor),
+            t(action),
+            t(target),
+            t(&detail.to_string()),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
 /// `$first, $first+1, ...` for `n` values.
 fn placeholders(first: usize, n: usize) -> String {
     (first..first + n)
@@ -313,17 +335,7 @@ impl Store {
         mut detail: serde_json::Value,
     ) -> Result<()> {
         detail["version"] = version.into();
-        tx.query(
-            "INSERT INTO audit (at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)",
-            &[
-                Value::Int(now_ms()),
-                t(actor),
-                t(action),
-                t(target),
-                t(&detail.to_string()),
-            ],
-        )
-        .await?;
+        insert_audit(&mut *tx, actor, action, target, &detail).await?;
         tx.commit().await?;
         self.committed.send_if_modified(|v| {
             let newer = version > *v;

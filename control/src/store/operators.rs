@@ -5,7 +5,7 @@
 //! removing an operator ends their sessions in the same transaction. None of this reaches a
 //! proxy, so no write here takes a version; adding and removing operators is audited.
 
-use super::{int, t, text, Store, Tx, Value};
+use super::{insert_audit, int, t, text, Store, Tx, Value};
 use crate::model::rfc3339;
 use crate::{now_ms, Error, Result};
 
@@ -41,14 +41,9 @@ pub struct SessionLimits {
 /// `seen_at` is written at most this often per session (a page view is not a write).
 const TOUCH_EVERY_MS: i64 = 30_000;
 
-/// Write one audit row inside `tx` (for changes that take no version).
+/// Write one audit row inside `tx`, without details (for changes that take no version).
 async fn audit(tx: &mut dyn Tx, actor: &str, action: &str, target: &str) -> Result<()> {
-    tx.query(
-        "INSERT INTO audit (at, actor, action, target, detail) VALUES ($1, $2, $3, $4, '{}')",
-        &[Value::Int(now_ms()), t(actor), t(action), t(target)],
-    )
-    .await?;
-    Ok(())
+    insert_audit(tx, actor, action, target, &serde_json::json!({})).await
 }
 
 impl Store {
@@ -62,17 +57,7 @@ impl Store {
         detail: serde_json::Value,
     ) -> Result<()> {
         let mut tx = self.backend.begin(true).await?;
-        tx.query(
-            "INSERT INTO audit (at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)",
-            &[
-                Value::Int(now_ms()),
-                t(actor),
-                t(action),
-                t(target),
-                t(&detail.to_string()),
-            ],
-        )
-        .await?;
+        insert_audit(&mut *tx, actor, action, target, &detail).await?;
         tx.commit().await
     }
 
