@@ -85,7 +85,16 @@ async fn the_request_rate_allows_a_burst_then_refills(engine) {
         (limited(&tg, "a.test", "rate").await == 3).then_some(())
     })
     .await;
-    let logs = tg.logs();
+    // The access log is written behind the requests: wait for its lines.
+    let logs = wait_for("the three refusals in the access log", Duration::from_secs(5), || async {
+        let logs = tg.logs();
+        let n = logs
+            .lines()
+            .filter(|l| l.contains("\"outcome\":\"limited_rate\""))
+            .count();
+        (n >= 3).then_some(logs)
+    })
+    .await;
     let refusals: Vec<&str> = logs
         .lines()
         .filter(|l| l.contains("\"outcome\":\"limited_rate\""))

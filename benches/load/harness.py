@@ -270,8 +270,9 @@ def caddy_conf(d, port, backend, hosts):
     return ["caddy", "run", "--config", conf]
 
 
-def tenantgate_base(d, port, extra, name):
-    """The settings every tenantgate under test shares: one worker, quiet logs."""
+def tenantgate_base(d, port, extra, name, access_log=False):
+    """The settings every tenantgate under test shares: one worker, quiet logs (the access
+    log on, to standard error, when `access_log`)."""
     return f"""
 [proxy]
 http_listen = "127.0.0.1:{port}"
@@ -283,16 +284,16 @@ max_route_metric_labels = 1000
 [admin]
 listen = "127.0.0.1:{free_port()}"
 [log]
-access_log = false
-level = "warn"
+access_log = {"true" if access_log else "false"}
+level = "{"info" if access_log else "warn"}"
 """
 
 
-def tenantgate_conf(d, port, backend, hosts, binary, extra="", route_extra=None):
+def tenantgate_conf(d, port, backend, hosts, binary, extra="", route_extra=None, access_log=False):
     """`route_extra(i)`: extra TOML after route i (e.g. its `[routes.limits]`)."""
     conf = os.path.join(d, "tenantgate.toml")
     with open(conf, "w") as f:
-        f.write(tenantgate_base(d, port, extra, "tg"))
+        f.write(tenantgate_base(d, port, extra, "tg", access_log))
         for i, h in enumerate(hosts):
             f.write(f'[[routes]]\nid = "t{i}"\nhostnames = ["{h}"]\nupstreams = ["127.0.0.1:{backend}"]\n')
             if route_extra:

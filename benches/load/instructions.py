@@ -10,10 +10,11 @@ The figure covers user space only (the kernel is not instrumented).
 `tenantgate-limits` is tenantgate with every limit of its route configured and none reached
 (rate, per-client rate, concurrency, body size): the cost of limits on the hot path.
 `tenantgate-refused` has a rate of 1 per second: every measured request is answered 429 by
-us (the cost of a refusal).
+us (the cost of a refusal). `tenantgate-log` has its access log on (to standard error,
+which the harness sends to a file): one line per request.
 
 Usage: benches/load/instructions.py [--requests N]
-       [--only nginx,pingora-baseline,tenantgate,tenantgate-limits,tenantgate-refused]
+       [--only nginx,pingora-baseline,tenantgate,tenantgate-limits,tenantgate-refused,tenantgate-log]
 """
 
 import argparse
@@ -90,6 +91,8 @@ def main():
                 "tenantgate-limits": lambda: harness.tenantgate_conf(
                     sub, port, backend_port, hosts, args.binary,
                     route_extra=lambda i: harness.NEVER_REACHED_LIMITS),
+                "tenantgate-log": lambda: harness.tenantgate_conf(
+                    sub, port, backend_port, hosts, args.binary, access_log=True),
                 "tenantgate-refused": lambda: harness.tenantgate_conf(
                     sub, port, backend_port, hosts, args.binary,
                     route_extra=lambda i: "[routes.limits]\nrequests_per_second = 1\nburst = 1\n"),

@@ -478,8 +478,11 @@ pub struct TenantDbConfig {
 pub struct LogConfig {
     /// `RUST_LOG`-style filter for the process log.
     pub level: String,
-    /// Write one JSON access-log line per request.
+    /// Write one JSON access-log line per request (whatever `level` and `format` say).
     pub access_log: bool,
+    /// The access log's file (appended to, created when missing); absent: standard error,
+    /// beside the process log.
+    pub access_log_path: Option<PathBuf>,
     /// `json` or `text` for all log lines.
     pub format: LogFormat,
 }
@@ -489,6 +492,7 @@ impl Default for LogConfig {
         LogConfig {
             level: "info".into(),
             access_log: true,
+            access_log_path: None,
             format: LogFormat::Json,
         }
     }

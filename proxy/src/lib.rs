@@ -9,6 +9,7 @@
 
 #![deny(clippy::unwrap_used)]
 
+pub mod access_log;
 pub mod admin;
 pub mod limits;
 pub mod metrics;
@@ -164,7 +165,10 @@ pub fn add_services(
         max_header_bytes: cfg.proxy.max_request_header_bytes,
         max_headers: cfg.proxy.max_request_headers,
         https_port,
-        access_log: cfg.log.access_log,
+        access_log: cfg.log.access_log.then(|| match &cfg.log.access_log_path {
+            Some(path) => access_log::Destination::File(path.clone()),
+            None => access_log::Destination::Stderr,
+        }),
         pool_per_route: cfg.proxy.upstream_pool == tenantgate_config::UpstreamPool::Route,
         http1_pipelining: cfg.proxy.http1_pipelining,
         allow_underscores_in_headers: cfg.proxy.allow_underscores_in_headers,

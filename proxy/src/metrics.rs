@@ -109,6 +109,8 @@ pub struct Metrics {
     pub tls_handshake_failures: [IntCounter; 2],
     /// Certificates in the store.
     pub certificates: IntGauge,
+    /// Access-log lines dropped because the writer fell behind.
+    pub access_log_dropped: IntCounter,
     /// Requests whose Host matched no route.
     pub unknown: Arc<RouteMetrics>,
     budget: usize,
@@ -211,8 +213,14 @@ impl Metrics {
         let certificates =
             IntGauge::new("tenantgate_certs_certificates", "Certificates in the store")
                 .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let access_log_dropped = IntCounter::new(
+            "tenantgate_proxy_access_log_dropped_total",
+            "Access-log lines dropped because the writer fell behind (requests never wait for it)",
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(access_log_dropped.clone()),
             Box::new(duration.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(limited.clone()),
@@ -243,6 +251,7 @@ impl Metrics {
             families,
             routes,
             certificates,
+            access_log_dropped,
             unknown,
             budget: route_label_budget,
             labelled: Mutex::new(HashMap::new()),

@@ -57,8 +57,8 @@ pub struct ProxySettings {
     pub max_headers: usize,
     /// Port of the TLS listener, for redirects (`None`: TLS disabled).
     pub https_port: Option<u16>,
-    /// Write an access-log line per request.
-    pub access_log: bool,
+    /// Where the access log goes (`None`: no access log).
+    pub access_log: Option<crate::access_log::Destination>,
     /// Keep upstream connection pools separate per route (else shared per address).
     pub pool_per_route: bool,
     /// Serve pipelined HTTP/1.1 requests in order (else close once one arrives early).
@@ -87,6 +87,8 @@ pub struct EdgeProxy {
     rules: Rules,
     loop_mark: LoopMark,
     metrics: Arc<Metrics>,
+    /// The access log, when there is one (one writer, shared by clones).
+    access: Option<Arc<crate::access_log::AccessLog>>,
     /// This process's request-id prefix, as its 8 hex digits.
     id_prefix_hex: [u8; 8],
     id_counter: Arc<AtomicU64>,
@@ -111,7 +113,14 @@ impl EdgeProxy {
             https_port: settings.https_port,
             trusted: settings.trusted_proxies.clone(),
         };
+        let access = settings.access_log.clone().map(|d| {
+            Arc::new(crate::access_log::AccessLog::new(
+                d,
+                metrics.access_log_dropped.clone(),
+            ))
+        });
         EdgeProxy {
+            access,
             router,
             challenges,
             settings,
@@ -203,27 +212,14 @@ impl EdgeProxy {
 
     /// One access-log line (both engines write through here).
     pub fn access_log(&self, r: &AccessRecord<'_>) {
-        if !self.settings.access_log {
-            return;
+        if let Some(log) = &self.access {
+            log.write(r);
         }
-        tracing::info!(
-            target: "tenantgate::access",
-            client = %r.client.map(ToString::to_string).unwrap_or_default(),
-            method = r.method,
-            host = r.host,
-            path = r.path,
-            version = r.version,
-            tls = r.tls,
-            status = r.status,
-            duration_us = r.elapsed.as_micros() as u64,
-            bytes_sent = r.bytes_sent,
-            route = r.route,
-            upstream = %r.upstream.map(|a| a.to_string()).unwrap_or_default(),
-            request_id = r.request_id,
-            error = r.error,
-            outcome = r.outcome,
-            engine = r.engine,
-        );
+    }
+
+    /// Whether requests are logged (callers skip gathering a line's fields otherwise).
+    pub fn logs_access(&self) -> bool {
+        self.access.is_some()
     }
 }
 

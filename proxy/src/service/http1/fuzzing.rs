@@ -53,7 +53,7 @@ impl Default for HeadFuzzer {
             max_header_bytes: 8192,
             max_headers: 100,
             https_port: None,
-            access_log: false,
+            access_log: None,
             pool_per_route: true,
             http1_pipelining: true,
             allow_underscores_in_headers: false,

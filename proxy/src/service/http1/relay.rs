@@ -361,7 +361,7 @@ where
             // Connect failures were counted once per attempt.
             _ => {}
         }
-        if edge.settings().access_log {
+        if edge.logs_access() {
             let (method, path) = plan.line.method_and_path(&self.uhead);
             edge.access_log(&AccessRecord {
                 client: self.peer.as_ref(),
