@@ -21,11 +21,20 @@ if docker info >/dev/null 2>&1; then
        -d '{\"slug\":\"alpha\",\"name\":\"Alpha Outfitters\",\"blueprint\":\"demo-storefront\",\"theme\":\"sunset\"}' http://127.0.0.1:8081/v1/tenants
   curl http://alpha.localhost:8080/     # live within seconds: its own container, schema and role"
 fi
+# The dashboard's first operator, once: a random password kept beside the admin token.
+conf=deploy/examples/quickstart.toml
+pwfile=data/quickstart/operator.password
+if ! $bin/tenantgate operators list --config "$conf" | grep -q '"name":"admin"'; then
+  mkdir -p data/quickstart
+  (umask 077; head -c 18 /dev/urandom | base64 | tr -d '/+=' > "$pwfile")
+  $bin/tenantgate operators add admin --config "$conf" < "$pwfile"
+fi
 $bin/demo-storefront --listen 127.0.0.1:9001 --name "Shop One" --theme ocean & pids+=($!)
 $bin/demo-storefront --listen 127.0.0.1:9002 --name "Shop Two" --theme sunset & pids+=($!)
 $bin/demo-storefront --listen 127.0.0.1:9003 --name "Shop Three" --theme forest & pids+=($!)
 cat <<MSG
 tenantgate quickstart
+  dashboard: http://127.0.0.1:8081/  (sign in as admin; password in $pwfile)
   curl http://shop1.localhost:8080/
   curl -k https://shop2.localhost:8443/
   curl http://127.0.0.1:8081/metrics
@@ -36,4 +45,4 @@ tenantgate quickstart
   # a store provisioned from a blueprint:
   $provision
 MSG
-$bin/tenantgate serve --config deploy/examples/quickstart.toml
+$bin/tenantgate serve --config "$conf"

@@ -136,9 +136,13 @@ pub fn format_line(out: &mut Vec<u8>, r: &AccessRecord<'_>, now: SystemTime) {
     out.extend_from_slice(b"{\"timestamp\":\"");
     timestamp(out, now);
     out.extend_from_slice(b"\",\"level\":\"INFO\",\"client\":\"");
-    if let Some(c) = r.client {
+    match r.client.map(|c| (c, c.as_inet())) {
+        Some((_, Some(inet))) => address(out, inet),
         // Socket addresses need no escaping.
-        let _ = write!(out, "{c}");
+        Some((c, None)) => {
+            let _ = write!(out, "{c}");
+        }
+        None => {}
     }
     out.extend_from_slice(b"\",\"method\":");
     string(out, r.method);
@@ -164,8 +168,8 @@ pub fn format_line(out: &mut Vec<u8>, r: &AccessRecord<'_>, now: SystemTime) {
     out.extend_from_slice(b",\"route\":");
     string(out, r.route);
     out.extend_from_slice(b",\"upstream\":\"");
-    if let Some(u) = r.upstream {
-        let _ = write!(out, "{u}");
+    if let Some(u) = &r.upstream {
+        address(out, u);
     }
     out.extend_from_slice(b"\",\"request_id\":");
     string(out, r.request_id);
@@ -178,11 +182,43 @@ pub fn format_line(out: &mut Vec<u8>, r: &AccessRecord<'_>, now: SystemTime) {
     out.extend_from_slice(b",\"target\":\"tenantgate::access\"}\n");
 }
 
+/// `a.b.c.d:port` without the formatting machinery (IPv6 through it).
+fn address(out: &mut Vec<u8>, a: &std::net::SocketAddr) {
+    match a {
+        std::net::SocketAddr::V4(v4) => {
+            let [a, b, c, d] = v4.ip().octets();
+            for (i, o) in [a, b, c, d].into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                number(out, u64::from(o));
+            }
+            out.push(b':');
+            number(out, u64::from(v4.port()));
+        }
+        v6 => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// Whether a byte must be escaped in a JSON string.
+#[inline]
+fn needs_escape(b: u8) -> bool {
+    b == b'"' || b == b'\\' || b < 0x20 || b == 0x7f
+}
+
 /// A JSON string: quotes, backslashes and control characters escaped; anything else as is
 /// (the fields are valid UTF-8 already).
 fn string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
+    // Most fields need nothing escaped: copy them whole.
+    if !bytes.iter().any(|&b| needs_escape(b)) {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let escaped: &[u8] = match b {
@@ -236,14 +272,30 @@ fn timestamp(out: &mut Vec<u8>, now: SystemTime) {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60,
-        d.subsec_micros()
-    );
+    padded(out, u64::try_from(year).unwrap_or(0), 4);
+    out.push(b'-');
+    padded(out, month as u64, 2);
+    out.push(b'-');
+    padded(out, day as u64, 2);
+    out.push(b'T');
+    padded(out, rem / 3600, 2);
+    out.push(b':');
+    padded(out, (rem / 60) % 60, 2);
+    out.push(b':');
+    padded(out, rem % 60, 2);
+    out.push(b'.');
+    padded(out, u64::from(d.subsec_micros()), 6);
+    out.push(b'Z');
+}
+
+/// `n` in exactly `width` digits (zero-padded; `n` fits).
+fn padded(out: &mut Vec<u8>, mut n: u64, width: usize) {
+    let start = out.len();
+    out.resize(start + width, b'0');
+    for slot in out[start..].iter_mut().rev() {
+        *slot = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
 }
 
 #[cfg(test)]
@@ -285,6 +337,23 @@ mod tests {
         assert_eq!(v["target"], "tenantgate::access");
         assert_eq!(v["engine"], "http1");
         assert_eq!(v["client"], "");
+    }
+
+    #[test]
+    fn addresses_are_written_plainly() {
+        let client =
+            pingora::protocols::l4::socket::SocketAddr::Inet("10.0.0.255:65535".parse().unwrap());
+        let mut r = record("a.test", "/");
+        r.client = Some(&client);
+        r.upstream = Some("[2001:db8::1]:443".parse().unwrap());
+        let mut out = Vec::new();
+        format_line(&mut out, &r, UNIX_EPOCH);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["client"], "10.0.0.255:65535");
+        assert_eq!(v["upstream"], "[2001:db8::1]:443");
+        let mut out = Vec::new();
+        address(&mut out, &"0.0.0.0:0".parse().unwrap());
+        assert_eq!(out, b"0.0.0.0:0");
     }
 
     #[test]
