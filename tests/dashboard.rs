@@ -656,6 +656,8 @@ async fn traffic_reaches_the_charts_and_the_stores_list() {
     let ok = Backend::start("ok").await;
     let busy = tg.create_tenant("busy", &[ok.addr]).await;
     let quiet = tg.create_tenant("quiet", &[ok.addr]).await;
+    // A new route reaches the proxy within milliseconds, not before the API answers.
+    tg.wait_status("busy.platform.test", 200).await;
     for _ in 0..30 {
         assert_eq!(tg.get("busy.platform.test", "/").await.status(), 200);
     }
@@ -666,7 +668,7 @@ async fn traffic_reaches_the_charts_and_the_stores_list() {
             &[std::net::SocketAddr::from(([127, 0, 0, 1], free_port()))],
         )
         .await;
-    assert_eq!(tg.get("gone.platform.test", "/").await.status(), 502);
+    tg.wait_status("gone.platform.test", 502).await;
 
     // The proxy reports each second; the stores list averages over five minutes.
     let row = |body: &str, id: &str| -> String {
@@ -692,6 +694,10 @@ async fn traffic_reaches_the_charts_and_the_stores_list() {
         row(&list, quiet["id"].as_str().expect("id")).contains(">0.00<"),
         "a store without traffic shows none"
     );
+    // Health at a glance, from the same five minutes.
+    assert!(row(&list, busy["id"].as_str().expect("id")).contains(">ok<"));
+    assert!(row(&list, gone["id"].as_str().expect("id")).contains(">errors<"));
+    assert!(row(&list, quiet["id"].as_str().expect("id")).contains(">idle<"));
     // The overview and the store's page draw the charts.
     let overview = alice.get("/").await;
     assert!(overview.body.contains("Platform traffic, last hour"));

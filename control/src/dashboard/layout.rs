@@ -135,7 +135,7 @@ pub fn badge(status: &str) -> Markup {
         | "waking"
         | "paused" => "wait",
         "suspended" | "moved" | "blocked" | "sleeping" | "stopped" => "warn",
-        "failed" | "expired" | "deleted" | "down" => "bad",
+        "failed" | "expired" | "deleted" | "down" | "errors" => "bad",
         _ => "plain",
     };
     html! { span class={"badge " (tone)} { (status.replace('_', " ")) } }

@@ -104,7 +104,9 @@ pub(super) async fn list(
                 thead { tr {
                     th { "Store" } th { "Status" } th { "Hostnames" } th { "Blueprint" }
                     th { "Generation" } th.num title="Average over the last 5 minutes" { "Req/s" }
-                    th.num title="5xx answers in the last 5 minutes" { "5xx" } th { "Updated" }
+                    th.num title="5xx answers in the last 5 minutes" { "5xx" }
+                    th title="From the last 5 minutes of traffic: errors when over 5% of answers were 5xx" { "Health" }
+                    th { "Updated" }
                 } }
                 tbody {
                     @for t in &found.items {
@@ -118,6 +120,7 @@ pub(super) async fn list(
                             @let c = traffic.get(&t.id).copied().unwrap_or_default();
                             td.num { (format!("{:.2}", c.requests() as f64 / (RECENT_MS as f64 / 1000.0))) }
                             td.num class=[(c.errors() > 0).then_some("bad-text")] { (c.errors()) }
+                            td { (health(t, &c)) }
                             td { (when(&t.updated_at)) }
                         }
                     }
@@ -129,6 +132,23 @@ pub(super) async fn list(
         }
     };
     html_response(StatusCode::OK, page("Stores", "Stores", &who, body))
+}
+
+/// A store's health at a glance: not served (its status says why), errors when more than
+/// 5% of its recent answers were 5xx, ok when it answered, idle when it had no traffic.
+fn health(t: &Tenant, c: &tenantgate_config::traffic::TrafficCounts) -> Markup {
+    if t.status != TenantStatus::Active {
+        return html! { span.muted { "—" } };
+    }
+    if c.is_empty() {
+        return html! { span.muted { "idle" } };
+    }
+    let word = if c.errors() * 20 > c.requests() {
+        "errors"
+    } else {
+        "ok"
+    };
+    badge(word)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -392,7 +412,7 @@ pub(super) async fn detail(
                     dt { "Created" } dd { (when(&tenant.created_at)) }
                 }
                 h3 { "Containers" }
-                (containers_table(containers))
+                (containers_table(containers, tenant.events.as_deref().unwrap_or_default()))
             }
         }
         section.card {
@@ -417,19 +437,35 @@ pub(super) async fn detail(
     html_response(StatusCode::OK, page(&tenant.name, "Stores", &who, body))
 }
 
-fn containers_table(containers: Option<crate::Result<Vec<crate::runtime::Container>>>) -> Markup {
+/// How often the reconciler brought container `name` back (it records each time in the
+/// store's events: "container NAME was stopped: started again", "... was missing: created
+/// again").
+fn restarts(events: &[crate::model::TenantEvent], name: &str) -> usize {
+    let prefix = format!("container {name} was ");
+    events
+        .iter()
+        .filter(|e| e.message.starts_with(&prefix))
+        .count()
+}
+
+fn containers_table(
+    containers: Option<crate::Result<Vec<crate::runtime::Container>>>,
+    events: &[crate::model::TenantEvent],
+) -> Markup {
     html! {
         @match containers {
             None => p.muted { "None: this store's upstreams were given by hand." },
             Some(Err(e)) => p.notice.bad { "Cannot list containers: " (e) },
             Some(Ok(list)) if list.is_empty() => p.muted { "None running." },
             Some(Ok(list)) => table.list.compact {
-                thead { tr { th { "Component" } th { "Generation" } th { "State" } th { "Address" } } }
+                thead { tr { th { "Component" } th { "Generation" } th { "State" }
+                    th.num title="Times the reconciler brought it back (from the events)" { "Restarts" } th { "Address" } } }
                 tbody { @for c in &list { tr {
                     td { (c.component().unwrap_or("?")) }
                     td { (c.generation().map_or("?".to_owned(), |g| g.to_string())) }
                     td { (badge(if c.running { "running" } else { "stopped" }))
                          @if !c.status.is_empty() { br; span.small.muted { (c.status) } } }
+                    td.num { (restarts(events, &c.name)) }
                     td { code { (c.address.map_or("—".to_owned(), |a| a.to_string())) } }
                 } } }
             },
@@ -601,4 +637,26 @@ pub(super) async fn act(
         Err(e) => format!("/stores/{id}?error={}", urlencode(e.message())),
     };
     Redirect::to(&to).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_are_counted_from_the_reconcilers_events() {
+        let e = |m: &str| crate::model::TenantEvent {
+            at: String::new(),
+            message: m.to_owned(),
+        };
+        let events = [
+            e("container tg-x-web-g1-1 started"),
+            e("container tg-x-web-g1-1 was stopped: started again"),
+            e("container tg-x-web-g1-1 was missing: created again"),
+            e("container tg-x-web-g1-10 was stopped: started again"),
+        ];
+        assert_eq!(restarts(&events, "tg-x-web-g1-1"), 2);
+        assert_eq!(restarts(&events, "tg-x-web-g1-10"), 1);
+        assert_eq!(restarts(&events, "tg-x-api-g1-1"), 0);
+    }
 }

@@ -955,7 +955,7 @@ impl Lifecycle {
             )));
         }
         self.ready().await?;
-        let work = async {
+        let work = || async {
             self.store
                 .set_replicas(actor, id, component, replicas)
                 .await?;
@@ -969,7 +969,7 @@ impl Lifecycle {
                     message: format!("scaling: {e}"),
                 })
         };
-        match self.with_lease(id, work).await {
+        match self.with_lease_waiting(id, LEASE / 2, work).await {
             Some(r) => {
                 count("scale", r.is_ok());
                 r.map(|_| ())
@@ -983,7 +983,12 @@ impl Lifecycle {
     /// version; the old generation is removed after `drain_seconds`. A failed redeploy
     /// leaves the current generation serving and records why.
     pub async fn redeploy(self: Arc<Self>, id: String, theme: Option<String>) {
-        let Some(outcome) = self.with_lease(&id, self.try_redeploy(&id, theme)).await else {
+        // A repair may hold the tenant for a moment: wait for it rather than skip the
+        // operator's redeploy.
+        let Some(outcome) = self
+            .with_lease_waiting(&id, LEASE / 2, || self.try_redeploy(&id, theme.clone()))
+            .await
+        else {
             self.event(&id, "redeploy skipped: another operation holds the tenant")
                 .await;
             return;
