@@ -685,7 +685,7 @@ async fn traffic_reaches_the_charts_and_the_stores_list() {
         || async {
             let p = alice.get("/stores").await;
             (row(&p.body, busy["id"].as_str()?).contains(">0.10<")
-                && row(&p.body, gone["id"].as_str()?).contains("bad-text"))
+                && row(&p.body, gone["id"].as_str()?).contains("class=\"num bad-text\""))
             .then_some(p.body)
         },
     )

@@ -119,7 +119,7 @@ pub(super) async fn list(
                             td { (t.generation.map_or("—".to_owned(), |g| g.to_string())) }
                             @let c = traffic.get(&t.id).copied().unwrap_or_default();
                             td.num { (format!("{:.2}", c.requests() as f64 / (RECENT_MS as f64 / 1000.0))) }
-                            td.num class=[(c.errors() > 0).then_some("bad-text")] { (c.errors()) }
+                            td.num.bad-text[c.errors() > 0] { (c.errors()) }
                             td { (health(t, &c)) }
                             td { (when(&t.updated_at)) }
                         }
