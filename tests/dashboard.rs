@@ -716,3 +716,40 @@ async fn traffic_reaches_the_charts_and_the_stores_list() {
         .await;
     assert_eq!(t["status"], "active");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleets_traffic_is_summed_over_its_proxies() {
+    let pg = PgCluster::start().await;
+    let url = pg.database("fleet_traffic").await;
+    let node = |cmd| Tenantgate::fleet_node(cmd, &url).admin("traffic_report_seconds = 1");
+    let control = node("control").start().await;
+    let proxies = [node("proxy").start().await, node("proxy").start().await];
+    control.add_operator("alice", PASSWORD);
+    let mut alice = Operator::new(&control);
+    alice.sign_in("alice", PASSWORD).await;
+    let backend = Backend::start("shop").await;
+    let t = control.create_tenant("shop", &[backend.addr]).await;
+    let id = t["id"].as_str().expect("id").to_owned();
+    // 10 requests through one proxy, 20 through the other.
+    for (p, n) in proxies.iter().zip([10, 20]) {
+        p.wait_backend("shop.platform.test", "shop").await;
+        for _ in 1..n {
+            assert_eq!(p.get("shop.platform.test", "/").await.status(), 200);
+        }
+    }
+    // The control node's dashboard shows both proxies' reports summed: 30 requests over the
+    // list's five minutes is 0.10 per second.
+    wait_for(
+        "the fleet's sum on the stores list",
+        Duration::from_secs(30),
+        || async {
+            let p = alice.get("/stores").await;
+            let at = p.body.find(&format!("/stores/{id}\""))?;
+            let row = p.body[at..].split("</tr>").next()?.to_owned();
+            row.contains(">0.10<").then_some(())
+        },
+    )
+    .await;
+    let fleet = alice.get("/fleet").await;
+    assert_eq!(fleet.body.matches(">proxy<").count(), 2, "{}", fleet.body);
+}
