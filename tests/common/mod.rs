@@ -981,8 +981,24 @@ impl Running {
 
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            self.settle_logs();
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// Let the access log catch up before the process is killed: its lines are written
+    /// behind the requests by a writer thread that looks every 5 ms, and a kill loses what
+    /// is still queued. Waits until the logs stop growing (at most a second).
+    fn settle_logs(&self) {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut last = self.logs().len();
+        let mut quiet = 0;
+        while quiet < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            let now = self.logs().len();
+            quiet = if now == last { quiet + 1 } else { 0 };
+            last = now;
         }
     }
 }
