@@ -36,6 +36,7 @@ fn snapshot(n: usize) -> Vec<u8> {
                 paths: Default::default(),
                 hsts: None,
                 limits: None,
+                asleep: None,
             })
             .collect(),
         certificates: vec![],

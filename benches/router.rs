@@ -30,6 +30,7 @@ fn table(n: usize) -> RouteTable {
                 paths: Default::default(),
                 hsts: None,
                 limits: None,
+                asleep: None,
             })
             .collect(),
     }

@@ -668,11 +668,28 @@ fn serve(path: Option<&Path>, upgrade: bool, role: Role) -> anyhow::Result<()> {
             BackgroundTask::new(domains.run()),
         ));
     }
+    // Sleeping stores are woken by control: asked in process on `serve`, through the store
+    // (a row and a NOTIFY) by a fleet's proxies.
+    let mut waker: Option<Arc<dyn tenantgate_proxy::service::hold::Waker>> = None;
     if let Some(lifecycle) = lifecycle {
+        let asks = match role {
+            Role::Single => {
+                let (tx, rx) = tokio::sync::mpsc::channel(1024);
+                waker = Some(Arc::new(InProcessWaker(tx)));
+                Some(rx)
+            }
+            _ => None,
+        };
+        server.add_service(background_service(
+            "store wakes",
+            BackgroundTask::new(lifecycle.clone().serve_wakes(asks, cfg.store.url.clone())),
+        ));
         server.add_service(background_service(
             "tenant reconciler",
             BackgroundTask::new(lifecycle.run()),
         ));
+    } else if is_proxy {
+        waker = Some(Arc::new(StoreWaker(store.clone())));
     }
     // A `control` node serves no routes: it is ready while its store answers.
     let probe: Option<tenantgate_proxy::admin::ReadyProbe> = if is_proxy {
@@ -727,6 +744,7 @@ fn serve(path: Option<&Path>, upgrade: bool, role: Role) -> anyhow::Result<()> {
         metrics,
         state: Some(state.clone()),
         probe,
+        waker,
     };
     if is_proxy {
         // On PostgreSQL other nodes may write too (a `control` beside this `serve`), so
@@ -755,6 +773,31 @@ fn serve(path: Option<&Path>, upgrade: bool, role: Role) -> anyhow::Result<()> {
         "tenantgate serving"
     );
     server.run_forever()
+}
+
+/// Wakes asked for by this process's proxy, taken by its own lifecycle (`serve`).
+struct InProcessWaker(tokio::sync::mpsc::Sender<String>);
+
+impl tenantgate_proxy::service::hold::Waker for InProcessWaker {
+    fn wake(&self, id: &str) {
+        // A full channel means wakes are being taken already; the hold asks again.
+        let _ = self.0.try_send(id.to_owned());
+    }
+}
+
+/// Wakes asked for by a fleet proxy: written into the shared store, which tells control
+/// nodes (NOTIFY; they also poll it).
+struct StoreWaker(Arc<Store>);
+
+impl tenantgate_proxy::service::hold::Waker for StoreWaker {
+    fn wake(&self, id: &str) {
+        let (store, id) = (self.0.clone(), id.to_owned());
+        tokio::spawn(async move {
+            if let Err(e) = store.request_wake(&id).await {
+                tracing::warn!(tenant = %id, "cannot ask for a wake: {e}");
+            }
+        });
+    }
 }
 
 /// Follow the store and apply what it publishes to this node's routes and certificates.

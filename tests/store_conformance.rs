@@ -755,6 +755,7 @@ async fn provisioning(store: &Store) {
                 ("/".into(), vec![addr(7001)]),
                 ("/store".into(), vec![addr(7011), addr(7012)]),
             ],
+            None,
         )
         .await
         .expect("deploy");
@@ -823,6 +824,7 @@ async fn provisioning(store: &Store) {
             2,
             "sunset",
             &[("/".into(), vec![addr(7002)])],
+            None,
         )
         .await
         .expect("redeploy");
@@ -851,7 +853,14 @@ async fn provisioning(store: &Store) {
     assert_eq!(got.status_reason.as_deref(), Some("image missing"));
     assert!(routed(&store.snapshot().await.expect("snap"), &f.id).is_none());
     let e = store
-        .deploy("test", &f.id, 1, "ocean", &[("/".into(), vec![addr(7003)])])
+        .deploy(
+            "test",
+            &f.id,
+            1,
+            "ocean",
+            &[("/".into(), vec![addr(7003)])],
+            None,
+        )
         .await
         .expect_err("refused");
     assert!(matches!(e, Error::Conflict(_)), "{e:?}");

@@ -25,7 +25,7 @@ pub use limits::Limits;
 pub use net::{IpNet, Listener, UpstreamPolicy, UpstreamRule};
 pub use route::{
     CertificateChange, Challenge, ChallengeSet, Delta, PathRoute, Route, RouteChange, RouteTable,
-    Snapshot, StoredCertificate, Upstream,
+    SleepLevel, Snapshot, StoredCertificate, Upstream,
 };
 
 /// Errors of this crate.
@@ -94,6 +94,8 @@ pub struct Config {
     pub provisioning: ProvisioningConfig,
     /// The PostgreSQL server holding tenants' own schemas and roles.
     pub tenant_db: TenantDbConfig,
+    /// Requests for sleeping stores: how long they are held while the store wakes.
+    pub sleep: SleepConfig,
     /// Static certificates.
     pub certificates: Vec<CertificateConfig>,
     /// Static routes.
@@ -444,6 +446,46 @@ impl Default for ProvisioningConfig {
             retention: Retention::Drop,
             network_pool: "10.213.0.0/16".into(),
             network_prefix: 27,
+        }
+    }
+}
+
+/// `[sleep]`: what a proxy does with a request for a store whose containers sleep.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SleepConfig {
+    /// Longest a request is held while its store wakes; then our 503 with `Retry-After`.
+    pub wake_timeout_seconds: u64,
+    /// A browser navigation (GET asking for HTML) held this long gets the "waking up" page,
+    /// which reloads itself, instead of a blank wait (milliseconds).
+    pub wake_hold_ms: u64,
+    /// `User-Agent` substrings (case-insensitive) of clients that never wake a stopped store:
+    /// search crawlers and uptime checkers get 503 with `Retry-After` instead.
+    pub crawler_user_agents: Vec<String>,
+}
+
+impl Default for SleepConfig {
+    fn default() -> Self {
+        SleepConfig {
+            wake_timeout_seconds: 30,
+            wake_hold_ms: 1000,
+            crawler_user_agents: [
+                "googlebot",
+                "bingbot",
+                "yandexbot",
+                "baiduspider",
+                "duckduckbot",
+                "applebot",
+                "ahrefsbot",
+                "semrushbot",
+                "uptimerobot",
+                "pingdom",
+                "statuscake",
+                "site24x7",
+                "better uptime",
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 }
@@ -931,6 +973,29 @@ impl Config {
                 "must be between 1 and 720".into(),
             );
         }
+        if !(1..=600).contains(&self.sleep.wake_timeout_seconds) {
+            p(
+                "sleep.wake_timeout_seconds".into(),
+                "must be between 1 and 600".into(),
+            );
+        }
+        if self.sleep.wake_hold_ms > self.sleep.wake_timeout_seconds * 1000 {
+            p(
+                "sleep.wake_hold_ms".into(),
+                "must not be longer than sleep.wake_timeout_seconds".into(),
+            );
+        }
+        if self
+            .sleep
+            .crawler_user_agents
+            .iter()
+            .any(|u| u.trim().is_empty())
+        {
+            p(
+                "sleep.crawler_user_agents".into(),
+                "an entry is empty (it would match every client)".into(),
+            );
+        }
         if !(1..=60).contains(&self.admin.traffic_report_seconds) {
             p(
                 "admin.traffic_report_seconds".into(),
@@ -1101,6 +1166,7 @@ impl Config {
                 paths: Default::default(),
                 hsts: r.hsts.clone(),
                 limits: r.limits.filter(|l| !l.is_empty()),
+                asleep: None,
             });
         }
         if problems.is_empty() {

@@ -49,6 +49,40 @@ pub struct Route {
     /// The tenant's traffic limits (resolved: its own over its plan's); `None`: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<crate::Limits>,
+    /// The tenant's containers sleep: the proxy holds its requests and asks control to wake
+    /// it, never forwarding to `upstreams` (a stopped container's port may be someone
+    /// else's by now). `None`: awake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asleep: Option<SleepLevel>,
+}
+
+/// How deeply a tenant's containers sleep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SleepLevel {
+    /// Frozen (`docker pause`): memory kept, wakes in milliseconds.
+    Paused,
+    /// Stopped: memory freed, wakes in the containers' start and health time.
+    Stopped,
+}
+
+impl SleepLevel {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SleepLevel::Paused => "paused",
+            SleepLevel::Stopped => "stopped",
+        }
+    }
+
+    /// Parse the stored spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "paused" => Some(SleepLevel::Paused),
+            "stopped" => Some(SleepLevel::Stopped),
+            _ => None,
+        }
+    }
 }
 
 /// Whether `v` is a `Strict-Transport-Security` value this proxy sends: `max-age=<seconds>`
@@ -236,6 +270,7 @@ mod tests {
             paths: Default::default(),
             hsts: None,
             limits: None,
+            asleep: None,
         }
     }
 

@@ -115,6 +115,18 @@ impl TrafficCounts {
     }
 }
 
+/// One route's traffic as a proxy reports it: what it answered since the last report and
+/// what it has in flight now (a store with a request in flight never sleeps).
+#[derive(Debug, Clone, Default)]
+pub struct RouteReport {
+    /// The route's id (the tenant's).
+    pub id: String,
+    /// Requests answered since the last report.
+    pub counts: TrafficCounts,
+    /// Requests (and upgraded connections) in flight now.
+    pub in_flight: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

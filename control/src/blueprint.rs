@@ -123,6 +123,35 @@ pub struct Blueprint {
     pub routes: Vec<RouteRule>,
     /// Themes by name.
     pub themes: BTreeMap<String, Theme>,
+    /// Seconds without traffic after which a store's containers are frozen (`docker
+    /// pause`); absent: never. A tenant may have its own (`PATCH /v1/tenants/{id}`).
+    #[serde(default)]
+    pub idle_pause_seconds: Option<u64>,
+    /// Seconds without traffic after which they are stopped; absent: never.
+    #[serde(default)]
+    pub idle_stop_seconds: Option<u64>,
+}
+
+/// The longest idle period a store may be given (30 days).
+pub const MAX_IDLE_SECONDS: u64 = 30 * 24 * 3600;
+
+/// Check a pair of idle periods (a blueprint's or a tenant's): each 1 s to 30 days, and a
+/// store stops only after it froze. Returns the offending key and why.
+pub fn check_idle(pause: Option<u64>, stop: Option<u64>) -> Result<(), (&'static str, String)> {
+    for (key, v) in [("idle_pause_seconds", pause), ("idle_stop_seconds", stop)] {
+        if v.is_some_and(|v| !(1..=MAX_IDLE_SECONDS).contains(&v)) {
+            return Err((key, format!("must be 1-{MAX_IDLE_SECONDS} (30 days)")));
+        }
+    }
+    if let (Some(p), Some(s)) = (pause, stop) {
+        if s <= p {
+            return Err((
+                "idle_stop_seconds",
+                format!("must be longer than idle_pause_seconds ({p})"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Values the templates are filled with.
@@ -356,6 +385,9 @@ impl Blueprint {
                 "default_theme".into(),
                 format!("{:?} is not one of the themes", b.default_theme),
             );
+        }
+        if let Err((key, why)) = check_idle(b.idle_pause_seconds, b.idle_stop_seconds) {
+            p(key.into(), why);
         }
         if problems.is_empty() {
             Ok(b)

@@ -11,6 +11,14 @@ pub enum TenantStatus {
     Provisioning,
     /// Served.
     Active,
+    /// Served, its containers frozen while idle (`docker pause`): the first request thaws
+    /// them in milliseconds.
+    Paused,
+    /// Served, its containers stopped while idle: the first request starts them (the
+    /// visitor waits, or a browser sees the "waking up" page).
+    Sleeping,
+    /// Paused or sleeping, and a request asked for it: being woken.
+    Waking,
     /// Answered with the proxy's 503 page; the backends are not contacted.
     Suspended,
     /// Provisioning failed (see `status_reason`); everything partial was removed. Not
@@ -26,23 +34,55 @@ impl TenantStatus {
         match self {
             TenantStatus::Provisioning => "provisioning",
             TenantStatus::Active => "active",
+            TenantStatus::Paused => "paused",
+            TenantStatus::Sleeping => "sleeping",
+            TenantStatus::Waking => "waking",
             TenantStatus::Suspended => "suspended",
             TenantStatus::Failed => "failed",
             TenantStatus::Deleted => "deleted",
         }
     }
 
-    /// Parse the stored spelling.
+    /// Every status, in the order the dashboard lists them.
+    pub const ALL: [TenantStatus; 8] = [
+        TenantStatus::Active,
+        TenantStatus::Paused,
+        TenantStatus::Sleeping,
+        TenantStatus::Waking,
+        TenantStatus::Provisioning,
+        TenantStatus::Suspended,
+        TenantStatus::Failed,
+        TenantStatus::Deleted,
+    ];
+
+    /// Parse the spelling (stored or shown).
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            TenantStatus::Provisioning,
-            TenantStatus::Active,
-            TenantStatus::Suspended,
-            TenantStatus::Failed,
-            TenantStatus::Deleted,
-        ]
-        .into_iter()
-        .find(|t| t.as_str() == s)
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// The status shown for a stored one: an active tenant whose containers sleep is
+    /// `paused` or `sleeping`, and `waking` once a request asked for it. (The store keeps
+    /// `active`: the sleep state is a column of its own.)
+    pub fn shown(stored: &str, sleep: Option<&str>, wake_requested: bool) -> Option<Self> {
+        let s = Self::parse(stored)?;
+        Some(match (s, sleep) {
+            (TenantStatus::Active, Some(_)) if wake_requested => TenantStatus::Waking,
+            (TenantStatus::Active, Some("paused")) => TenantStatus::Paused,
+            (TenantStatus::Active, Some("stopped")) => TenantStatus::Sleeping,
+            (s, _) => s,
+        })
+    }
+
+    /// Whether the tenant is served (awake or asleep): what "active" meant before stores
+    /// slept.
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            TenantStatus::Active
+                | TenantStatus::Paused
+                | TenantStatus::Sleeping
+                | TenantStatus::Waking
+        )
     }
 }
 
@@ -90,6 +130,17 @@ pub struct Tenant {
     /// The plan whose limits it has (a key of the config's `[plans]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<String>,
+    /// Seconds without traffic after which its containers are frozen (`docker pause`);
+    /// absent: never. The blueprint's unless set for this tenant (`PATCH`); hand-made
+    /// tenants never sleep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_pause_seconds: Option<u64>,
+    /// Seconds without traffic after which its containers are stopped; absent: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_stop_seconds: Option<u64>,
+    /// The idle periods are the tenant's own (else its blueprint's, filled in by the API).
+    #[serde(skip)]
+    pub sleep_override: bool,
     /// Its own traffic limits (`PUT /v1/tenants/{id}/limits`), which win over the plan's
     /// field by field.
     #[serde(default, skip_serializing_if = "tenantgate_config::Limits::is_empty")]

@@ -122,13 +122,15 @@ pub async fn heartbeat_forever(
 
 /// Report this proxy node's traffic into the store every `every`: for each period, the
 /// platform's total and each tenant with traffic (what `take` hands over: the counts since
-/// its last call). Points older than two hours are pruned every ten minutes. A period the
-/// store does not take is dropped with a warning: the dashboard shows a gap, nothing grows.
+/// its last call), and the tenants it answered or still has requests in flight for, as
+/// their last activity (what idle stores are put to sleep by). Points older than two hours
+/// are pruned every ten minutes. A period the store does not take is dropped with a
+/// warning: the dashboard shows a gap, nothing grows.
 pub async fn report_traffic_forever(
     store: Arc<Store>,
     node: String,
     every: Duration,
-    take: impl Fn() -> Vec<(String, tenantgate_config::traffic::TrafficCounts)> + Send,
+    take: impl Fn() -> Vec<tenantgate_config::traffic::RouteReport> + Send,
 ) {
     use crate::store::traffic::{KEEP_MS, PLATFORM};
     let every_ms = i64::try_from(every.as_millis())
@@ -144,7 +146,19 @@ pub async fn report_traffic_forever(
         ))
         .await;
         let at = next - every_ms;
-        let mut rows = take();
+        let reports = take();
+        let active: Vec<String> = reports.iter().map(|r| r.id.clone()).collect();
+        if let Err(e) = store.record_activity(&node, next, &active).await {
+            tracing::warn!(
+                tenants = active.len(),
+                "activity of this period not recorded: {e}"
+            );
+        }
+        let mut rows: Vec<(String, tenantgate_config::traffic::TrafficCounts)> = reports
+            .into_iter()
+            .filter(|r| !r.counts.is_empty())
+            .map(|r| (r.id, r.counts))
+            .collect();
         let mut total = tenantgate_config::traffic::TrafficCounts::default();
         for (_, c) in &rows {
             total.add(c);
@@ -160,6 +174,9 @@ pub async fn report_traffic_forever(
             pruned_at = next;
             if let Err(e) = store.prune_traffic(next - KEEP_MS).await {
                 tracing::warn!("cannot prune old traffic points: {e}");
+            }
+            if let Err(e) = store.prune_activity().await {
+                tracing::warn!("cannot prune the activity of deleted stores: {e}");
             }
         }
     }

@@ -90,6 +90,9 @@ pub struct Edge {
     pub state: Option<Arc<sync::EdgeState>>,
     /// Extra readiness check for `/readyz`.
     pub probe: Option<admin::ReadyProbe>,
+    /// Asks control to wake sleeping stores (`None`: held requests wait for a wake someone
+    /// else asks for).
+    pub waker: Option<Arc<dyn service::hold::Waker>>,
 }
 
 /// A task that runs beside the proxy in its own runtime (e.g. following the store) and is
@@ -185,7 +188,8 @@ pub fn add_services(
         settings,
         edge.metrics.clone(),
         &cfg.platform.domain,
-    );
+    )
+    .with_holds(service::hold::Holds::new(&cfg.sleep, edge.waker.clone()));
     let mut app = pingora::proxy::HttpProxy::new(proxy.clone(), server.configuration.clone());
     app.handle_init_modules();
     // HTTP/2 header blocks are bounded like HTTP/1 heads (RFC 9113 counts 32 bytes per field

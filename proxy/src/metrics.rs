@@ -18,6 +18,10 @@ use prometheus::{
 /// Status classes used as the `class` label.
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
+/// How a held request's hold ended (the `result` label): decided again once its store
+/// woke, the waking page, our 503 at the wake timeout, a crawler turned away.
+pub const HELD: [&str; 4] = ["woken", "waking_page", "timeout", "crawler"];
+
 /// Upstream error kinds used as the `kind` label.
 #[derive(Debug, Clone, Copy)]
 pub enum UpstreamErrorKind {
@@ -111,6 +115,12 @@ pub struct Metrics {
     pub certificates: IntGauge,
     /// Access-log lines dropped because the writer fell behind.
     pub access_log_dropped: IntCounter,
+    /// Requests held for a sleeping store, by how the hold ended ([`HELD`]).
+    pub held: [IntCounter; 4],
+    /// Seconds requests were held while their store woke.
+    pub held_seconds: Histogram,
+    /// Wakes this proxy asked control for.
+    pub wakes_asked: IntCounter,
     /// Requests whose Host matched no route.
     pub unknown: Arc<RouteMetrics>,
     budget: usize,
@@ -218,8 +228,35 @@ impl Metrics {
             "Access-log lines dropped because the writer fell behind (requests never wait for it)",
         )
         .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let held_vec = IntCounterVec::new(
+            Opts::new(
+                "tenantgate_proxy_held_requests_total",
+                "Requests held for a sleeping store, by how the hold ended",
+            ),
+            &["result"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let held = HELD.map(|r| held_vec.with_label_values(&[r]));
+        let held_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "tenantgate_proxy_held_seconds",
+                "Time requests were held while their store woke",
+            )
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let wakes_asked = IntCounter::new(
+            "tenantgate_proxy_wakes_asked_total",
+            "Wakes of sleeping stores this proxy asked control for",
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(held_vec),
+            Box::new(held_seconds.clone()),
+            Box::new(wakes_asked.clone()),
             Box::new(access_log_dropped.clone()),
             Box::new(duration.clone()),
             Box::new(upstream_errors.clone()),
@@ -252,6 +289,9 @@ impl Metrics {
             routes,
             certificates,
             access_log_dropped,
+            held,
+            held_seconds,
+            wakes_asked,
             unknown,
             budget: route_label_budget,
             labelled: Mutex::new(HashMap::new()),

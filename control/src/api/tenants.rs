@@ -75,11 +75,23 @@ pub struct PatchTenant {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>, min_length = 1, max_length = 63)]
     pub plan: Option<Option<String>>,
+    /// Freeze the store's containers after this many seconds without traffic (1-2592000);
+    /// `null`: never. Provisioned tenants only; absent: unchanged.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>, minimum = 1, maximum = 2592000)]
+    pub idle_pause_seconds: Option<Option<u64>>,
+    /// Stop them after this many seconds without traffic (longer than the pause); `null`:
+    /// never.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>, minimum = 1, maximum = 2592000)]
+    pub idle_stop_seconds: Option<Option<u64>>,
 }
 
 /// A field that may be given as `null`: `Some(None)`, told apart from an absent one (`None`).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
-    Option::<String>::deserialize(d).map(Some)
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// The plan `name`, if the config has it.
@@ -116,7 +128,8 @@ pub struct PutUpstreams {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// `provisioning`, `active`, `suspended`, `failed` or `deleted` (default: all but deleted).
+    /// `provisioning`, `active` (awake), `paused`, `sleeping`, `waking`, `suspended`,
+    /// `failed` or `deleted` (default: all but deleted).
     pub status: Option<TenantStatus>,
     /// Only the tenant serving this hostname.
     #[param(min_length = 1, max_length = 253)]
@@ -213,6 +226,10 @@ pub async fn list_tenants(
             limit,
         })
         .await?;
+    let mut page = page;
+    for t in &mut page.items {
+        s.lifecycle.show_sleep_policy(t);
+    }
     Ok(Json(page))
 }
 
@@ -223,10 +240,12 @@ pub async fn get_tenant(
     State(s): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<Tenant>, ApiError> {
-    Ok(Json(s.store.get_tenant(&id).await?))
+    let mut tenant = s.store.get_tenant(&id).await?;
+    s.lifecycle.show_sleep_policy(&mut tenant);
+    Ok(Json(tenant))
 }
 
-/// Change a tenant's display name or plan.
+/// Change a tenant's display name, plan or idle periods (stores that sleep).
 #[utoipa::path(patch, path = "/v1/tenants/{id}", tag = "tenants", params(("id" = String, Path)), request_body = PatchTenant,
     responses((status = 503, body = ErrorBody), (status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 400, body = ErrorBody), (status = 200, body = Tenant), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn patch_tenant(
@@ -240,15 +259,53 @@ pub async fn patch_tenant(
         Some(Some(p)) => Some(Some(known_plan(&s, &p)?)),
         other => other,
     };
-    if name.is_none() && plan.is_none() {
-        return Ok(Json(s.store.get_tenant(&id).await?));
-    }
-    let plan = plan.as_ref().map(|p| p.as_deref());
-    Ok(Json(
+    let sleep = match (body.idle_pause_seconds, body.idle_stop_seconds) {
+        (None, None) => None,
+        (pause, stop) => Some(sleep_policy(&s, &id, pause, stop).await?),
+    };
+    let mut tenant = if name.is_none() && plan.is_none() && sleep.is_none() {
+        s.store.get_tenant(&id).await?
+    } else {
+        let plan = plan.as_ref().map(|p| p.as_deref());
         s.store
-            .patch_tenant(actor.name(), &id, name.as_deref(), plan)
-            .await?,
-    ))
+            .patch_tenant(actor.name(), &id, name.as_deref(), plan, sleep)
+            .await?
+    };
+    s.lifecycle.show_sleep_policy(&mut tenant);
+    Ok(Json(tenant))
+}
+
+/// The idle periods tenant `id` gets from a PATCH: the given ones over those in force now
+/// (its own, else its blueprint's), checked. 422 for a hand-made tenant.
+async fn sleep_policy(
+    s: &ApiState,
+    id: &str,
+    pause: Option<Option<u64>>,
+    stop: Option<Option<u64>>,
+) -> Result<crate::store::sleep::SleepPolicy, ApiError> {
+    let mut now = s.store.get_tenant(id).await?;
+    if now.blueprint.is_none() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "not_provisioned",
+            format!("tenant {id:?} was not provisioned from a blueprint: its upstreams are given by hand and never sleep"),
+        ));
+    }
+    s.lifecycle.show_sleep_policy(&mut now);
+    let policy = crate::store::sleep::SleepPolicy {
+        idle_pause_seconds: pause.unwrap_or(now.idle_pause_seconds),
+        idle_stop_seconds: stop.unwrap_or(now.idle_stop_seconds),
+    };
+    crate::blueprint::check_idle(policy.idle_pause_seconds, policy.idle_stop_seconds).map_err(
+        |(key, why)| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_sleep_policy",
+                format!("{key}: {why}"),
+            )
+        },
+    )?;
+    Ok(policy)
 }
 
 /// A tenant's own traffic limits (those it has beyond its plan's): what `PUT` set.
@@ -387,7 +444,7 @@ pub async fn redeploy_tenant(
     let Some(blueprint) = &tenant.blueprint else {
         return Err(not_provisioned(&id));
     };
-    if tenant.status != TenantStatus::Active {
+    if !tenant.status.is_active() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "conflict",

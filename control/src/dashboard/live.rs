@@ -19,7 +19,7 @@ use futures_util::stream::{self, Stream};
 
 use super::layout::error_page;
 use crate::api::ApiState;
-use crate::model::{Tenant, TenantStatus};
+use crate::model::Tenant;
 use crate::store::DomainFilter;
 
 /// How often traffic is looked at again (the proxies report every few seconds).
@@ -47,7 +47,7 @@ async fn view(s: &ApiState, t: &Tenant, traffic: &str) -> serde_json::Value {
         "status": t.status.as_str(),
         "status_reason": t.status_reason,
         "generation": t.generation,
-        "live": t.status == TenantStatus::Active,
+        "live": t.status.is_active(),
         "urls": t.hostnames.iter().map(|h| s.dashboard.store_url(h)).collect::<Vec<_>>(),
         "events": t.events.iter().flatten().map(|e| serde_json::json!({"at": e.at, "message": e.message})).collect::<Vec<_>>(),
     })

@@ -56,7 +56,7 @@ pub(super) async fn overview(
         div.heading { h1 { "Overview" } }
         section.tiles {
             a.tile href="/stores" { span.num { (total) } span.label { "stores" } }
-            @for st in [TenantStatus::Active, TenantStatus::Provisioning, TenantStatus::Suspended, TenantStatus::Failed] {
+            @for st in [TenantStatus::Active, TenantStatus::Paused, TenantStatus::Sleeping, TenantStatus::Provisioning, TenantStatus::Suspended, TenantStatus::Failed] {
                 a class={"tile " (st.as_str())} href={"/stores?status=" (st.as_str())} {
                     span.num { (count(st)) } span.label { (st.as_str()) }
                 }

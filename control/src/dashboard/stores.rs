@@ -31,8 +31,11 @@ pub(super) struct ListQuery {
     after: Option<String>,
 }
 
-const STATUSES: [TenantStatus; 4] = [
+const STATUSES: [TenantStatus; 7] = [
     TenantStatus::Active,
+    TenantStatus::Paused,
+    TenantStatus::Sleeping,
+    TenantStatus::Waking,
     TenantStatus::Provisioning,
     TenantStatus::Suspended,
     TenantStatus::Failed,
@@ -137,6 +140,12 @@ pub(super) async fn list(
 /// A store's health at a glance: not served (its status says why), errors when more than
 /// 5% of its recent answers were 5xx, ok when it answered, idle when it had no traffic.
 fn health(t: &Tenant, c: &tenantgate_config::traffic::TrafficCounts) -> Markup {
+    if matches!(
+        t.status,
+        TenantStatus::Paused | TenantStatus::Sleeping | TenantStatus::Waking
+    ) {
+        return html! { span.muted { "asleep" } };
+    }
     if t.status != TenantStatus::Active {
         return html! { span.muted { "—" } };
     }
@@ -326,10 +335,11 @@ pub(super) async fn detail(
     Path(id): Path<String>,
     Query(q): Query<DetailQuery>,
 ) -> Response {
-    let tenant = match s.store.get_tenant(&id).await {
+    let mut tenant = match s.store.get_tenant(&id).await {
         Ok(t) => t,
         Err(e) => return error_page(&e.into()),
     };
+    s.lifecycle.show_sleep_policy(&mut tenant);
     let domains = s
         .store
         .list_domains(&DomainFilter {
@@ -365,7 +375,7 @@ pub(super) async fn detail(
         p.notice.bad #store-reason hidden[tenant.status_reason.is_none()] role="status" {
             (tenant.status_reason.as_deref().unwrap_or(""))
         }
-        p.notice.good #store-live hidden[tenant.status != TenantStatus::Active] {
+        p.notice.good #store-live hidden[!tenant.status.is_active()] {
             "Live: "
             @for h in &tenant.hostnames {
                 a href=(s.dashboard.store_url(h)) data-hostname=(h) { (s.dashboard.store_url(h)) } " "
@@ -408,6 +418,9 @@ pub(super) async fn detail(
                     dt { "Theme" } dd { (tenant.theme.as_deref().unwrap_or("—")) }
                     dt { "Generation" } dd #store-generation { (tenant.generation.map_or("—".to_owned(), |g| g.to_string())) }
                     dt { "Plan" } dd { (tenant.plan.as_deref().unwrap_or("—")) }
+                    @if tenant.blueprint.is_some() {
+                        dt { "Sleeps" } dd #store-sleep { (sleep_words(&tenant)) }
+                    }
                     dt { "Upstreams" } dd { @for u in &tenant.upstreams { code { (u) } " " } }
                     dt { "Created" } dd { (when(&tenant.created_at)) }
                 }
@@ -463,7 +476,7 @@ fn containers_table(
                 tbody { @for c in &list { tr {
                     td { (c.component().unwrap_or("?")) }
                     td { (c.generation().map_or("?".to_owned(), |g| g.to_string())) }
-                    td { (badge(if c.running { "running" } else { "stopped" }))
+                    td { (badge(if c.paused { "paused" } else if c.running { "running" } else { "stopped" }))
                          @if !c.status.is_empty() { br; span.small.muted { (c.status) } } }
                     td.num { (restarts(events, &c.name)) }
                     td { code { (c.address.map_or("—".to_owned(), |a| a.to_string())) } }
@@ -478,7 +491,7 @@ fn actions(who: &Session, t: &Tenant, blueprint: Option<&crate::blueprint::Bluep
     html! {
         section.card.actions {
             h2 { "Actions" }
-            @if t.status == TenantStatus::Active {
+            @if t.status.is_active() {
                 form.inline method="post" action={(base) "/suspend"} {
                     input type="hidden" name="csrf" value=(who.csrf);
                     button type="submit" { "Suspend" }
@@ -491,7 +504,7 @@ fn actions(who: &Session, t: &Tenant, blueprint: Option<&crate::blueprint::Bluep
                     button type="submit" { "Resume" }
                 }
             }
-            @if let (Some(b), TenantStatus::Active) = (blueprint, t.status) {
+            @if let (Some(b), true) = (blueprint, t.status.is_active()) {
                 form.inline method="post" action={(base) "/redeploy"} {
                     input type="hidden" name="csrf" value=(who.csrf);
                     label for="redeploy-theme" { "Redeploy with theme" }
@@ -511,6 +524,17 @@ fn actions(who: &Session, t: &Tenant, blueprint: Option<&crate::blueprint::Bluep
                     label for="scale-replicas" { "to" }
                     input #scale-replicas type="number" name="replicas" min="1" max="20" value="1" required;
                     button type="submit" { "Scale" }
+                }
+                form.inline method="post" action={(base) "/sleep"} {
+                    input type="hidden" name="csrf" value=(who.csrf);
+                    label for="idle-pause" { "Freeze after" }
+                    input #idle-pause type="number" name="idle_pause_seconds" min="1" max="2592000"
+                        placeholder="never" value=[t.idle_pause_seconds];
+                    label for="idle-stop" { "s idle, stop after" }
+                    input #idle-stop type="number" name="idle_stop_seconds" min="1" max="2592000"
+                        placeholder="never" value=[t.idle_stop_seconds];
+                    span.help { "s idle (empty: never)" }
+                    button type="submit" { "Save" }
                 }
             }
             @if t.status != TenantStatus::Deleted {
@@ -533,9 +557,42 @@ pub(super) struct ActionForm {
     replicas: Option<String>,
     confirm: Option<String>,
     hostname: Option<String>,
+    idle_pause_seconds: Option<String>,
+    idle_stop_seconds: Option<String>,
 }
 
-/// `POST /stores/{id}/{action}`: suspend, resume, redeploy, scale, delete, domain.
+/// A store's idle periods in words.
+fn sleep_words(t: &Tenant) -> String {
+    let whose = if t.sleep_override {
+        "its own"
+    } else {
+        "the blueprint's"
+    };
+    match (t.idle_pause_seconds, t.idle_stop_seconds) {
+        (None, None) => format!("never ({whose})"),
+        (Some(p), None) => format!("frozen after {p} s idle ({whose})"),
+        (None, Some(s)) => format!("stopped after {s} s idle ({whose})"),
+        (Some(p), Some(s)) => {
+            format!("frozen after {p} s idle, stopped after {s} s ({whose})")
+        }
+    }
+}
+
+/// A form's seconds: empty is never (`null`), anything else a whole number.
+fn form_seconds(key: &str, v: Option<&str>) -> Result<Option<u64>, ApiError> {
+    match v.map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_sleep_policy",
+                format!("{key}: {v:?} is not a whole number of seconds"),
+            )
+        }),
+    }
+}
+
+/// `POST /stores/{id}/{action}`: suspend, resume, redeploy, scale, sleep, delete, domain.
 pub(super) async fn act(
     State(s): State<ApiState>,
     Extension(who): Extension<Session>,
@@ -581,6 +638,26 @@ pub(super) async fn act(
                     "invalid_body",
                     "scale needs a component and a number of replicas (1-20)",
                 )),
+            }
+        }
+        "sleep" => {
+            let pause = form_seconds("idle_pause_seconds", f.idle_pause_seconds.as_deref());
+            let stop = form_seconds("idle_stop_seconds", f.idle_stop_seconds.as_deref());
+            match (pause, stop) {
+                (Ok(pause), Ok(stop)) => api_tenants::patch_tenant(
+                    st(),
+                    actor(),
+                    path(),
+                    ApiJson(api_tenants::PatchTenant {
+                        name: None,
+                        plan: None,
+                        idle_pause_seconds: Some(pause),
+                        idle_stop_seconds: Some(stop),
+                    }),
+                )
+                .await
+                .map(|axum::Json(t)| format!("Sleep: {}.", sleep_words(&t))),
+                (Err(e), _) | (_, Err(e)) => Err(e),
             }
         }
         "delete" => {

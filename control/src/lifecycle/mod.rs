@@ -15,6 +15,7 @@
 //!   they are never logged or shown in events.
 
 pub mod reconcile;
+pub mod sleep;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -119,6 +120,8 @@ pub struct Lifecycle {
     http: reqwest::Client,
     /// Where upstreams may point; containers' published addresses are checked too.
     policy: tenantgate_config::UpstreamPolicy,
+    /// Stores this node is waking now (concurrent asks share one wake).
+    waking: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// A container started for a tenant, and the component of the blueprint it runs.
@@ -187,6 +190,7 @@ impl Lifecycle {
             instance: tokio::sync::OnceCell::new(),
             http,
             policy: cfg.upstream_policy(),
+            waking: Default::default(),
         };
         lc.reload_blueprints();
         Ok(Arc::new(lc))
@@ -467,7 +471,7 @@ impl Lifecycle {
         let upstreams = served_addresses(b, &started);
         self.permitted(&upstreams)?;
         self.store
-            .deploy(ACTOR, id, generation, &d.theme, &upstreams)
+            .deploy(ACTOR, id, generation, &d.theme, &upstreams, None)
             .await
             .map_err(|e| format!("publishing the route: {e}"))?;
         Ok(true)
@@ -843,6 +847,13 @@ impl Lifecycle {
                     password.as_deref(),
                 )?;
                 let container = match existing.iter().find(|e| e.name == spec.name) {
+                    Some(e) if e.paused => {
+                        changed = true;
+                        runtime.unpause(&e.id).await.map_err(|e| e.to_string())?;
+                        let mut thawed = e.clone();
+                        thawed.paused = false;
+                        thawed
+                    }
                     Some(e) if e.running => e.clone(),
                     Some(e) => {
                         changed = true;
@@ -879,7 +890,7 @@ impl Lifecycle {
         if !same_set(&upstreams, &d.upstreams) {
             changed = true;
             self.store
-                .deploy(ACTOR, &d.id, d.generation, &d.theme, &upstreams)
+                .deploy(ACTOR, &d.id, d.generation, &d.theme, &upstreams, None)
                 .await
                 .map_err(|e| e.to_string())?;
             self.event(&d.id, "route republished to the running containers")
@@ -962,6 +973,11 @@ impl Lifecycle {
             self.event(id, &format!("scale: {component} to {replicas} replicas"))
                 .await;
             let d = self.store.deployment(id).await?;
+            if d.sleep.is_some() {
+                // Nothing is started for a sleeping store: the wake starts what is wanted.
+                self.event(id, "scale: applied when the store wakes").await;
+                return Ok(false);
+            }
             self.ensure_running(&d)
                 .await
                 .map_err(|e| Error::Dependency {
@@ -1032,7 +1048,7 @@ impl Lifecycle {
         if let Err(e) = match self.permitted(&upstreams) {
             Ok(()) => self
                 .store
-                .deploy(ACTOR, id, generation, &theme, &upstreams)
+                .deploy(ACTOR, id, generation, &theme, &upstreams, d.sleep)
                 .await
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e),
@@ -1057,6 +1073,15 @@ impl Lifecycle {
             ),
         )
         .await;
+        // A sleeping store stays asleep on its new generation (its route already says so).
+        if let Some(level) = d.sleep {
+            self.sleep_containers(id, level).await?;
+            self.event(
+                id,
+                &format!("generation {generation} put to sleep ({})", level.as_str()),
+            )
+            .await;
+        }
         Ok(())
     }
 }

@@ -5,6 +5,9 @@
 //! - `active` tenants get their current generation running and healthy (crashed or removed
 //!   containers are started or created again) and their route follows the containers'
 //!   addresses (which change when a container is recreated or the engine restarted);
+//!   then, idle past their blueprint's (or own) periods, they are put to sleep
+//!   ([`super::sleep`]); a sleeping store is never "repaired" by starting it, only woken
+//!   by a request (or frozen deeper: stopped);
 //! - `suspended` tenants' containers are stopped;
 //! - containers of failed, deleted or unknown tenants of this installation are removed.
 //!
@@ -15,6 +18,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use super::{network_name, Lifecycle};
+use crate::model::TenantStatus;
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -25,6 +29,8 @@ pub struct Pass {
     pub orphans_removed: usize,
     /// Tenants handed to provisioning again.
     pub resumed_provisioning: usize,
+    /// Stores put to sleep (or deeper).
+    pub slept: usize,
     /// Problems met (the next pass tries again).
     pub problems: Vec<String>,
 }
@@ -39,6 +45,7 @@ impl Lifecycle {
                     repaired = pass.repaired,
                     orphans_removed = pass.orphans_removed,
                     resumed_provisioning = pass.resumed_provisioning,
+                    slept = pass.slept,
                     problems = ?pass.problems,
                     "reconciled tenants with their containers"
                 );
@@ -76,10 +83,30 @@ impl Lifecycle {
             }
         };
         let gauge = &super::metrics().tenants;
-        for status in ["provisioning", "active", "suspended", "failed"] {
-            let n = deployments.iter().filter(|d| d.status == status).count();
-            gauge.with_label_values(&[status]).set(n as i64);
+        let shown: Vec<Option<TenantStatus>> = deployments
+            .iter()
+            .map(|d| {
+                TenantStatus::shown(
+                    &d.status,
+                    d.sleep.map(tenantgate_config::SleepLevel::as_str),
+                    d.wake_requested,
+                )
+            })
+            .collect();
+        for status in TenantStatus::ALL {
+            if status == TenantStatus::Deleted {
+                continue;
+            }
+            let n = shown.iter().filter(|s| **s == Some(status)).count();
+            gauge.with_label_values(&[status.as_str()]).set(n as i64);
         }
+        let activity = match self.store.last_activity().await {
+            Ok(a) => Some(a),
+            Err(e) => {
+                pass.problems.push(format!("activity: {e}"));
+                None
+            }
+        };
         let mut wanted = BTreeSet::new();
         for d in &deployments {
             if matches!(d.status.as_str(), "provisioning" | "active" | "suspended") {
@@ -93,11 +120,25 @@ impl Lifecycle {
                     pass.resumed_provisioning += 1;
                     tokio::spawn(self.clone().provision(d.id.clone()));
                 }
+                "active" if d.sleep.is_some() => {
+                    // Asleep: its containers are meant to be frozen or stopped. Only a
+                    // deeper sleep is due here; requests wake it.
+                    if let Some(a) = &activity {
+                        match self.sleep_if_idle(d, a.get(&d.id).copied()).await {
+                            Ok(Some(_)) => pass.slept += 1,
+                            Ok(None) => {}
+                            Err(e) => pass.problems.push(format!("tenant {}: {e}", d.id)),
+                        }
+                    }
+                }
                 "active" => {
-                    // Read again under the lease: a redeploy may have just finished.
+                    // Read again under the lease: a redeploy may have just finished, or
+                    // the store fell asleep.
                     let work = async {
                         match self.store.deployment(&d.id).await {
-                            Ok(now) if now.status == "active" => self.ensure_running(&now).await,
+                            Ok(now) if now.status == "active" && now.sleep.is_none() => {
+                                self.ensure_running(&now).await
+                            }
                             Ok(_) => Ok(false),
                             Err(e) => Err(e.to_string()),
                         }
@@ -111,6 +152,13 @@ impl Lifecycle {
                         Some(Err(e)) => {
                             super::count("repair", false);
                             pass.problems.push(format!("tenant {}: {e}", d.id));
+                        }
+                    }
+                    if let Some(a) = &activity {
+                        match self.sleep_if_idle(d, a.get(&d.id).copied()).await {
+                            Ok(Some(_)) => pass.slept += 1,
+                            Ok(None) => {}
+                            Err(e) => pass.problems.push(format!("tenant {}: {e}", d.id)),
                         }
                     }
                 }

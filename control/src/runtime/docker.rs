@@ -172,6 +172,7 @@ impl Docker {
             .into_iter()
             .collect();
         let running = c.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+        let paused = c.state.as_ref().and_then(|s| s.paused).unwrap_or(false);
         let address = c
             .network_settings
             .as_ref()
@@ -200,8 +201,15 @@ impl Docker {
                 .unwrap_or_default(),
             labels,
             running,
+            paused,
             address,
         })
+    }
+
+    /// Whether an engine error says the container is frozen (it refuses some changes then).
+    fn is_paused_error(e: &BollardError) -> bool {
+        matches!(e, BollardError::DockerResponseServerError { status_code: 409, message }
+            if message.contains("paused"))
     }
 }
 
@@ -413,7 +421,28 @@ impl Runtime for Docker {
         self.inspect(id).await
     }
 
+    async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        match self.api.pause_container(id).await {
+            Ok(()) => Ok(()),
+            Err(e) if Self::is_paused_error(&e) => Ok(()),
+            Err(e) => Err(err("pause container", e)),
+        }
+    }
+
+    async fn unpause(&self, id: &str) -> Result<(), RuntimeError> {
+        match self.api.unpause_container(id).await {
+            Ok(()) => Ok(()),
+            // Not frozen (409 "is not paused").
+            Err(BollardError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(()),
+            Err(e) => tolerate_missing(Err(err("unpause container", e))),
+        }
+    }
+
     async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
+        // A frozen container cannot take the stop signal: thaw it first.
+        self.unpause(id).await?;
         let stopped = self
             .api
             .stop_container(
@@ -446,6 +475,22 @@ impl Runtime for Docker {
                 }),
             )
             .await;
+        let removed = match removed {
+            Err(e) if Self::is_paused_error(&e) => {
+                self.unpause(id).await?;
+                self.api
+                    .remove_container(
+                        id,
+                        Some(RemoveContainerOptions {
+                            force: true,
+                            v: true,
+                            ..Default::default()
+                        }),
+                    )
+                    .await
+            }
+            other => other,
+        };
         match removed {
             // Someone else (another node, the reconciler) is removing it: done once it is
             // gone, so "removed" always means gone.
@@ -493,7 +538,8 @@ impl Runtime for Docker {
             .map_err(|e| err("list containers", e))?;
         let mut out = Vec::with_capacity(summaries.len());
         for s in summaries {
-            let running = s.state == Some(ContainerSummaryStateEnum::RUNNING);
+            let paused = s.state == Some(ContainerSummaryStateEnum::PAUSED);
+            let running = paused || s.state == Some(ContainerSummaryStateEnum::RUNNING);
             let address = s
                 .ports
                 .as_ref()
@@ -510,6 +556,7 @@ impl Runtime for Docker {
                     .to_owned(),
                 labels: s.labels.unwrap_or_default().into_iter().collect(),
                 running,
+                paused,
                 address,
                 status: s.status.unwrap_or_default(),
             });

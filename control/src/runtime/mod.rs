@@ -76,8 +76,10 @@ pub struct Container {
     pub name: String,
     /// Labels (tenant, component, generation among them).
     pub labels: BTreeMap<String, String>,
-    /// Running now.
+    /// Running now (a frozen container is running too).
     pub running: bool,
+    /// Frozen (`docker pause`).
+    pub paused: bool,
     /// Where the proxy reaches it (loopback address and published port), when running.
     pub address: Option<SocketAddr>,
     /// The runtime's own words on its state (Docker: "Up 5 minutes (healthy)",
@@ -123,8 +125,12 @@ pub trait Runtime: Send + Sync {
     async fn run(&self, spec: &ContainerSpec) -> Result<Container, RuntimeError>;
     /// Start a stopped container.
     async fn start(&self, id: &str) -> Result<Container, RuntimeError>;
-    /// Stop a container (absent: fine).
+    /// Stop a container (absent: fine; a frozen one is thawed first).
     async fn stop(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Freeze a running container's processes (memory kept; already frozen: fine).
+    async fn pause(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Thaw a frozen container (not frozen: fine).
+    async fn unpause(&self, id: &str) -> Result<(), RuntimeError>;
     /// Remove a container, stopping it first (absent: fine).
     async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
     /// Containers of installation `instance` (all, or one tenant's), running or not.

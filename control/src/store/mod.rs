@@ -16,6 +16,7 @@ pub mod domains;
 pub mod operators;
 pub mod postgres;
 pub mod provisioning;
+pub mod sleep;
 pub mod sqlite;
 pub mod traffic;
 
@@ -67,6 +68,11 @@ pub trait Backend: Send + Sync {
     /// Called inside a write transaction after the version was taken: lets other nodes know
     /// once it commits (PostgreSQL: `NOTIFY`).
     async fn announce(&self, tx: &mut dyn Tx, version: u64) -> Result<()>;
+    /// Called inside a write transaction: tell other nodes `payload` on `channel` once it
+    /// commits (PostgreSQL: `NOTIFY`; a single node has nobody to tell).
+    async fn signal(&self, _tx: &mut dyn Tx, _channel: &str, _payload: &str) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Beyond this many changed objects a follower takes a full snapshot instead of a delta.
@@ -430,13 +436,23 @@ impl Store {
         let limit = f.limit.clamp(1, 500);
         let mut sql = String::from("SELECT id FROM tenants WHERE ");
         let mut params = Vec::new();
-        match f.status {
-            Some(s) => {
-                params.push(t(s.as_str()));
-                sql += &format!("status = ${}", params.len());
+        sql += match f.status {
+            Some(TenantStatus::Active) => "status = 'active' AND sleep IS NULL",
+            Some(TenantStatus::Paused) => {
+                "status = 'active' AND sleep = 'paused' AND wake_requested_at IS NULL"
             }
-            None => sql += "status <> 'deleted'",
-        }
+            Some(TenantStatus::Sleeping) => {
+                "status = 'active' AND sleep = 'stopped' AND wake_requested_at IS NULL"
+            }
+            Some(TenantStatus::Waking) => {
+                "status = 'active' AND sleep IS NOT NULL AND wake_requested_at IS NOT NULL"
+            }
+            Some(TenantStatus::Provisioning) => "status = 'provisioning'",
+            Some(TenantStatus::Suspended) => "status = 'suspended'",
+            Some(TenantStatus::Failed) => "status = 'failed'",
+            Some(TenantStatus::Deleted) => "status = 'deleted'",
+            None => "status <> 'deleted'",
+        };
         if let Some(h) = &f.hostname {
             params.push(t(h));
             sql += &format!(
@@ -487,15 +503,21 @@ impl Store {
         let mut tx = self.backend.begin(false).await?;
         let rows = tx
             .query(
-                "SELECT status, COUNT(*) FROM tenants WHERE status <> 'deleted' GROUP BY status",
+                "SELECT status, sleep, CASE WHEN wake_requested_at IS NULL THEN 0 ELSE 1 END, COUNT(*) \
+                 FROM tenants WHERE status <> 'deleted' GROUP BY 1, 2, 3",
                 &[],
             )
             .await?;
         tx.commit().await?;
-        let mut out = Vec::new();
+        let mut out: Vec<(TenantStatus, i64)> = Vec::new();
         for r in &rows {
-            if let Some(s) = TenantStatus::parse(&text(r, 0)?) {
-                out.push((s, int(r, 1)?));
+            let sleep = opt_text(r, 1)?;
+            let shown = TenantStatus::shown(&text(r, 0)?, sleep.as_deref(), int(r, 2)? != 0);
+            if let Some(s) = shown {
+                match out.iter_mut().find(|(o, _)| *o == s) {
+                    Some((_, n)) => *n += int(r, 3)?,
+                    None => out.push((s, int(r, 3)?)),
+                }
             }
         }
         Ok(out)
@@ -503,7 +525,7 @@ impl Store {
 
     /// Change a tenant's display name.
     pub async fn rename_tenant(&self, actor: &str, id: &str, name: &str) -> Result<Tenant> {
-        self.patch_tenant(actor, id, Some(name), None).await
+        self.patch_tenant(actor, id, Some(name), None, None).await
     }
 
     /// Change a tenant's display name and/or set or clear (`Some(None)`) its plan, in one
@@ -514,6 +536,7 @@ impl Store {
         id: &str,
         name: Option<&str>,
         plan: Option<Option<&str>>,
+        sleep: Option<sleep::SleepPolicy>,
     ) -> Result<Tenant> {
         let mut sets = Vec::new();
         if let Some(n) = name {
@@ -522,9 +545,14 @@ impl Store {
         if let Some(p) = plan {
             sets.push(("plan", p.map_or(Value::Null, t)));
         }
-        let action = match (name, plan) {
-            (Some(_), None) => "tenant.rename",
-            (None, Some(_)) => "tenant.plan",
+        if let Some(p) = &sleep {
+            let json = serde_json::to_string(p).map_err(|e| Error::Internal(e.to_string()))?;
+            sets.push(("sleep_policy", t(&json)));
+        }
+        let action = match (name, plan, sleep) {
+            (Some(_), None, None) => "tenant.rename",
+            (None, Some(_), None) => "tenant.plan",
+            (None, None, Some(_)) => "tenant.sleep_policy",
             _ => "tenant.update",
         };
         let mut detail = serde_json::json!({});
@@ -533,6 +561,10 @@ impl Store {
         }
         if let Some(p) = plan {
             detail["plan"] = p.into();
+        }
+        if let Some(p) = sleep {
+            detail["idle_pause_seconds"] = p.idle_pause_seconds.into();
+            detail["idle_stop_seconds"] = p.idle_stop_seconds.into();
         }
         self.update_tenant(actor, id, sets, action, detail).await
     }
@@ -634,8 +666,11 @@ impl Store {
                 "tenant {id:?} is {current}: only active and suspended tenants can be suspended or resumed"
             )));
         }
+        // Suspended and resumed stores are awake (a suspended one's containers are
+        // stopped by suspend itself); the idle clock starts again.
         tx.query(
-            "UPDATE tenants SET status = $1, updated_at = $2 WHERE id = $3",
+            "UPDATE tenants SET status = $1, updated_at = $2, sleep = NULL, \
+             wake_requested_at = NULL, awake_at = $2 WHERE id = $3",
             &[t(status.as_str()), Value::Int(now_ms()), t(id)],
         )
         .await?;
@@ -1068,7 +1103,8 @@ async fn load_tenants(tx: &mut dyn Tx, ids: &[String]) -> Result<Vec<Tenant>> {
     let inlist = placeholders(1, ids.len());
     let rows = tx
         .query(
-            &format!("SELECT id, slug, name, status, created_at, updated_at, blueprint, theme, generation, status_reason, plan, limits \
+            &format!("SELECT id, slug, name, status, created_at, updated_at, blueprint, theme, generation, status_reason, plan, limits, \
+                      sleep, wake_requested_at, sleep_policy \
                       FROM tenants WHERE id IN ({inlist}) ORDER BY id"),
             &params,
         )
@@ -1108,11 +1144,17 @@ async fn load_tenants(tx: &mut dyn Tx, ids: &[String]) -> Result<Vec<Tenant>> {
         .map(|r| {
             let id = text(r, 0)?;
             let status = text(r, 3)?;
+            let sleep = opt_text(r, 12)?;
+            let wake_requested = !matches!(r.get(13), Some(Value::Null) | None);
+            let policy = sleep::parse_policy(opt_text(r, 14)?)?;
             Ok(Tenant {
                 slug: text(r, 1)?,
                 name: text(r, 2)?,
-                status: TenantStatus::parse(&status)
+                status: TenantStatus::shown(&status, sleep.as_deref(), wake_requested)
                     .ok_or_else(|| Error::Internal(format!("unknown tenant status {status:?}")))?,
+                idle_pause_seconds: policy.and_then(|p| p.idle_pause_seconds),
+                idle_stop_seconds: policy.and_then(|p| p.idle_stop_seconds),
+                sleep_override: policy.is_some(),
                 hostnames: hostnames.remove(&id).unwrap_or_default(),
                 upstreams: upstreams.remove(&id).unwrap_or_default(),
                 paths: paths.remove(&id),
@@ -1146,7 +1188,7 @@ async fn load_routes(tx: &mut dyn Tx, plans: &Plans, ids: Option<&[String]>) -> 
     };
     let tenants = tx
         .query(
-            &format!("SELECT t.id, t.status, t.plan, t.limits FROM tenants t WHERE t.status IN ('active', 'suspended'){filter} ORDER BY t.id"),
+            &format!("SELECT t.id, t.status, t.plan, t.limits, t.sleep FROM tenants t WHERE t.status IN ('active', 'suspended'){filter} ORDER BY t.id"),
             &params,
         )
         .await?;
@@ -1183,6 +1225,7 @@ async fn load_routes(tx: &mut dyn Tx, plans: &Plans, ids: Option<&[String]>) -> 
                 paths: Box::default(),
                 hsts: None,
                 limits,
+                asleep: sleep::parse_level(opt_text(r, 4)?),
             },
         );
     }

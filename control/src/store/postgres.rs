@@ -235,6 +235,51 @@ impl Backend for Postgres {
         .await?;
         Ok(())
     }
+
+    async fn signal(&self, tx: &mut dyn Tx, channel: &str, payload: &str) -> Result<()> {
+        tx.query(
+            "SELECT pg_notify($1, $2)",
+            &[Value::Text(channel.into()), Value::Text(payload.into())],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// A dedicated connection `LISTEN`ing on a channel of signals ([`Backend::signal`]), with
+/// their payloads.
+pub struct Signals {
+    /// Payloads as they arrive. Closed when the connection is lost (signals sent meanwhile
+    /// are lost: the caller polls too).
+    pub payloads: tokio::sync::mpsc::Receiver<String>,
+    _client: tokio_postgres::Client,
+}
+
+impl Signals {
+    /// Connect and listen on `channel` (a fixed identifier of ours, never user input).
+    pub async fn connect(url: &str, channel: &str) -> Result<Signals> {
+        let (client, mut conn) = pg_config(url, "tenantgate-signals")?
+            .connect(NoTls)
+            .await
+            .map_err(db_err)?;
+        let (tx, payloads) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+            while let Some(Ok(msg)) = messages.next().await {
+                if let AsyncMessage::Notification(n) = msg {
+                    let _ = tx.try_send(n.payload().to_owned());
+                }
+            }
+        });
+        client
+            .batch_execute(&format!("LISTEN {channel}"))
+            .await
+            .map_err(db_err)?;
+        Ok(Signals {
+            payloads,
+            _client: client,
+        })
+    }
 }
 
 /// A dedicated connection `LISTEN`ing on [`CHANNEL`].

@@ -41,6 +41,14 @@ pub struct Deployment {
     pub leased: bool,
     /// Replicas per component set through the API (others: the blueprint's).
     pub replicas: std::collections::BTreeMap<String, u32>,
+    /// How deeply its containers sleep (`None`: awake).
+    pub sleep: Option<tenantgate_config::SleepLevel>,
+    /// A proxy asked for it to be woken.
+    pub wake_requested: bool,
+    /// When it last woke, was deployed or resumed (ms; 0: never recorded).
+    pub awake_at: i64,
+    /// Its own idle periods (`None`: its blueprint's).
+    pub sleep_policy: Option<super::sleep::SleepPolicy>,
 }
 
 impl std::fmt::Debug for Deployment {
@@ -53,6 +61,7 @@ impl std::fmt::Debug for Deployment {
             .field("theme", &self.theme)
             .field("generation", &self.generation)
             .field("upstreams", &self.upstreams)
+            .field("sleep", &self.sleep)
             .finish_non_exhaustive()
     }
 }
@@ -88,7 +97,8 @@ async fn load_deployments(tx: &mut dyn Tx, id: Option<&str>) -> Result<Vec<Deplo
     let rows = tx
         .query(
             &format!(
-                "SELECT id, slug, name, status, blueprint, theme, generation, db_secret, lease_until, replicas \
+                "SELECT id, slug, name, status, blueprint, theme, generation, db_secret, lease_until, replicas, \
+                 sleep, wake_requested_at, awake_at, sleep_policy \
                  FROM tenants WHERE {which} ORDER BY id"
             ),
             &params,
@@ -136,6 +146,13 @@ async fn load_deployments(tx: &mut dyn Tx, id: Option<&str>) -> Result<Vec<Deplo
                     })?,
                     None => Default::default(),
                 },
+                sleep: super::sleep::parse_level(opt_text(r, 10)?),
+                wake_requested: !matches!(r.get(11), Some(Value::Null) | None),
+                awake_at: match r.get(12) {
+                    Some(Value::Null) | None => 0,
+                    _ => int(r, 12)?,
+                },
+                sleep_policy: super::sleep::parse_policy(opt_text(r, 13)?)?,
                 id,
             })
         })
@@ -197,7 +214,9 @@ impl Store {
 
     /// Route tenant `id` to the containers of `generation` (with `theme`), in one version:
     /// a `provisioning` tenant becomes `active`; an active or suspended one keeps its status
-    /// (a redeploy, or containers that moved). Refused for failed and deleted tenants.
+    /// (a redeploy, or containers that moved). `asleep`: the containers sleep at that level
+    /// (a redeploy of a sleeping store), else they are awake (a wake publishes the new
+    /// addresses and the awake state together). Refused for failed and deleted tenants.
     pub async fn deploy(
         &self,
         actor: &str,
@@ -205,6 +224,7 @@ impl Store {
         generation: u64,
         theme: &str,
         upstreams: &[(String, Vec<SocketAddr>)],
+        asleep: Option<tenantgate_config::SleepLevel>,
     ) -> Result<()> {
         let (mut tx, version) = self.begin_write("tenant", id).await?;
         let status = live_tenant(&mut *tx, id).await?;
@@ -221,12 +241,15 @@ impl Store {
         write_upstream_groups(&mut *tx, id, upstreams).await?;
         tx.query(
             "UPDATE tenants SET status = $1, generation = $2, theme = $3, status_reason = NULL, \
-             updated_at = $4 WHERE id = $5",
+             updated_at = $4, sleep = $5, \
+             wake_requested_at = CASE WHEN $5 IS NULL THEN NULL ELSE wake_requested_at END, \
+             awake_at = CASE WHEN $5 IS NULL THEN $4 ELSE awake_at END WHERE id = $6",
             &[
                 t(next),
                 Value::Int(generation as i64),
                 t(theme),
                 Value::Int(now_ms()),
+                asleep.map_or(Value::Null, |l| t(l.as_str())),
                 t(id),
             ],
         )
@@ -241,7 +264,8 @@ impl Store {
             actor,
             "tenant.deploy",
             id,
-            serde_json::json!({"generation": generation, "theme": theme, "upstreams": list, "status": next}),
+            serde_json::json!({"generation": generation, "theme": theme, "upstreams": list, "status": next,
+                "sleep": asleep.map(|l| l.as_str())}),
         )
         .await
     }

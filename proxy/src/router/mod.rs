@@ -260,6 +260,8 @@ pub struct RouteEntry {
     pub https_redirect: bool,
     /// The tenant is suspended: answer our 503 page.
     pub suspended: bool,
+    /// The tenant's containers sleep: hold its requests while it wakes.
+    pub asleep: Option<tenantgate_config::SleepLevel>,
     /// An upstream breaks this node's upstream policy: the route is not served (our 502),
     /// never forwarded.
     pub refused: Option<UpstreamRule>,
@@ -307,6 +309,12 @@ impl RouteEntry {
     pub fn observe(&self, status: u16, elapsed: Duration) {
         self.metrics.observe(status, elapsed.as_secs_f64());
         self.traffic().observe(status, elapsed);
+    }
+
+    /// Count a request in flight for the tenant until the guard is dropped.
+    #[inline]
+    pub fn in_flight(&self) -> crate::traffic::InFlight {
+        crate::traffic::InFlight::new(self.traffic())
     }
 
     /// The tenant's traffic counters (made on first use).
@@ -417,6 +425,8 @@ impl RouteIndex {
     }
 }
 
+pub use tenantgate_config::traffic::RouteReport;
+
 /// The live routing table.
 pub struct Router {
     index: ArcSwap<RouteIndex>,
@@ -432,6 +442,8 @@ pub struct Router {
     /// Proxy nodes that share each tenant's limits (`fleet_share`; 1: this node enforces
     /// them whole).
     fleet_nodes: AtomicUsize,
+    /// Bumped with every table published (see [`Router::watch`]).
+    swapped: tokio::sync::watch::Sender<u64>,
 }
 
 impl Router {
@@ -452,13 +464,15 @@ impl Router {
             own_ports,
             routes: Mutex::new(RouteRegistry::default()),
             fleet_nodes: AtomicUsize::new(1),
+            swapped: tokio::sync::watch::Sender::new(0),
         };
         r.replace(table);
         r
     }
 
-    /// Each route's traffic since the last call (routes without any are left out).
-    pub fn take_traffic(&self) -> Vec<(String, tenantgate_config::traffic::TrafficCounts)> {
+    /// Each route's traffic since the last call and its requests in flight now (routes
+    /// with neither are left out).
+    pub fn take_traffic(&self) -> Vec<RouteReport> {
         let cells: Vec<(String, Arc<RouteTraffic>)> = {
             let routes = self.lock();
             routes
@@ -469,9 +483,19 @@ impl Router {
         };
         cells
             .into_iter()
-            .map(|(id, t)| (id, t.take()))
-            .filter(|(_, c)| !c.is_empty())
+            .map(|(id, t)| RouteReport {
+                counts: t.take(),
+                in_flight: t.in_flight(),
+                id,
+            })
+            .filter(|r| !r.counts.is_empty() || r.in_flight > 0)
             .collect()
+    }
+
+    /// A receiver that sees every new version of the table (swaps and applied changes): a
+    /// held request waits on it for its store to wake.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.swapped.subscribe()
     }
 
     /// The number of proxy nodes each tenant's limits are divided among.
@@ -562,6 +586,7 @@ impl Router {
             group_key: foldhash::fast::FixedState::with_seed(0x7465_6e61_6e74).hash_one(route.id()),
             https_redirect: route.https_redirect(),
             suspended: route.suspended(),
+            asleep: route.asleep(),
             refused: self.refusal(&route),
             // The buckets and the count in flight carry over to the route's new version.
             limits: route.limits().map(|l| {
@@ -642,6 +667,7 @@ impl Router {
         };
         self.metrics.routes.set(idx.routes as i64);
         self.index.store(Arc::new(idx));
+        self.swapped.send_modify(|n| *n += 1);
     }
 
     /// Apply changes in order and publish the result as one new version: upserted routes
@@ -706,6 +732,7 @@ impl Router {
         };
         self.metrics.routes.set(idx.routes as i64);
         self.index.store(Arc::new(idx));
+        self.swapped.send_modify(|n| *n += 1);
     }
 
     /// The stored route (not one from the config file) with this id.
@@ -779,6 +806,7 @@ mod tests {
                     paths: Default::default(),
                     hsts: None,
                     limits: None,
+                    asleep: None,
                 },
                 Route {
                     id: "w".into(),
@@ -792,6 +820,7 @@ mod tests {
                     paths: Default::default(),
                     hsts: None,
                     limits: None,
+                    asleep: None,
                 },
             ],
         }
@@ -864,6 +893,7 @@ mod tests {
                     paths: Default::default(),
                     hsts: None,
                     limits: None,
+                    asleep: None,
                 }),
                 RouteChange::Upsert(Route {
                     id: "w".into(),
@@ -877,6 +907,7 @@ mod tests {
                     paths: Default::default(),
                     hsts: None,
                     limits: None,
+                    asleep: None,
                 }),
             ]
             .iter()

@@ -6,7 +6,8 @@
 //!
 //! ```text
 //! [0]     flags: 1 = https_redirect, 2 = suspended, 4 = has paths, 8 = from the config file,
-//!         16 = has an HSTS value, 32 = has limits
+//!         16 = has an HSTS value, 32 = has limits, 64 = asleep (paused), 128 = asleep
+//!         (stopped)
 //! [1..5]  offset of the upstream section
 //! [5..9]  offset of the id
 //! [9..]   hostnames: count, then per name: kind (0 exact, 1 wildcard suffix), len, bytes
@@ -26,7 +27,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::ops::Range;
 
 use tenantgate_config::route::prefix_matches;
-use tenantgate_config::{HostPattern, Limits, PathRoute, Route, Upstream};
+use tenantgate_config::{HostPattern, Limits, PathRoute, Route, SleepLevel, Upstream};
 
 const REDIRECT: u8 = 1;
 const SUSPENDED: u8 = 2;
@@ -34,6 +35,8 @@ const PATHS: u8 = 4;
 const CONFIGURED: u8 = 8;
 const HSTS: u8 = 16;
 const LIMITS: u8 = 32;
+const PAUSED: u8 = 64;
+const STOPPED: u8 = 128;
 const HEADER: usize = 9;
 
 /// A route packed into one immutable allocation.
@@ -80,6 +83,11 @@ impl PackedRoute {
             | if r.paths.is_empty() { 0 } else { PATHS }
             | if r.hsts.is_some() { HSTS } else { 0 }
             | if r.limits.is_some() { LIMITS } else { 0 }
+            | match r.asleep {
+                None => 0,
+                Some(SleepLevel::Paused) => PAUSED,
+                Some(SleepLevel::Stopped) => STOPPED,
+            }
             | origin;
         b.push(flags);
         b.extend_from_slice(&[0; 8]);
@@ -172,6 +180,19 @@ impl PackedRoute {
     #[inline]
     pub fn https_redirect(&self) -> bool {
         self.flags() & REDIRECT != 0
+    }
+
+    /// How deeply the tenant's containers sleep (`None`: awake).
+    #[inline]
+    pub fn asleep(&self) -> Option<SleepLevel> {
+        let f = self.flags();
+        if f & STOPPED != 0 {
+            Some(SleepLevel::Stopped)
+        } else if f & PAUSED != 0 {
+            Some(SleepLevel::Paused)
+        } else {
+            None
+        }
     }
 
     /// The tenant is suspended.
@@ -308,6 +329,7 @@ impl PackedRoute {
             paths,
             hsts: self.hsts().map(str::to_owned),
             limits: self.limits(),
+            asleep: self.asleep(),
         }
     }
 
@@ -421,7 +443,8 @@ impl serde::Serialize for PackedRoute {
         let fields = 5
             + usize::from(has_paths)
             + usize::from(hsts.is_some())
-            + usize::from(limits.is_some());
+            + usize::from(limits.is_some())
+            + usize::from(self.asleep().is_some());
         let mut st = s.serialize_struct("Route", fields)?;
         st.serialize_field("id", self.id())?;
         st.serialize_field("hostnames", &Names(self))?;
@@ -442,6 +465,10 @@ impl serde::Serialize for PackedRoute {
         match &limits {
             Some(l) => st.serialize_field("limits", l)?,
             None => st.skip_field("limits")?,
+        }
+        match self.asleep() {
+            Some(a) => st.serialize_field("asleep", &a)?,
+            None => st.skip_field("asleep")?,
         }
         st.end()
     }
@@ -657,6 +684,7 @@ mod tests {
                 upstream_read_timeout_ms: Some(300),
                 ..Limits::default()
             }),
+            asleep: None,
         }
     }
 
@@ -722,6 +750,7 @@ mod tests {
             paths: Default::default(),
             hsts: None,
             limits: None,
+            asleep: None,
         };
         let p = PackedRoute::new(&empty);
         assert_eq!(p.to_route(), empty);
@@ -757,6 +786,7 @@ mod tests {
             paths: Default::default(),
             hsts: None,
             limits: None,
+            asleep: None,
         };
         let len = PackedRoute::new(&r).0.len();
         assert!(len <= 64, "{len}");

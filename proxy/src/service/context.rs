@@ -43,6 +43,11 @@ pub struct RequestContext {
     pub client: Option<std::net::IpAddr>,
     /// Its place among the tenant's requests in flight, released when the context drops.
     pub permit: Option<Permit>,
+    /// Counts it among the route's requests in flight (an upgraded connection's whole
+    /// life included), released when the context drops.
+    pub active: Option<crate::traffic::InFlight>,
+    /// How long it was held while its store woke (access log, metrics).
+    pub held: Option<std::time::Duration>,
     /// Request body bytes seen so far (against the tenant's `max_body_bytes`).
     pub body_bytes: u64,
     /// The body grew beyond the tenant's `max_body_bytes` as it streamed.
@@ -67,6 +72,8 @@ impl Default for RequestContext {
             handed: None,
             client: None,
             permit: None,
+            active: None,
+            held: None,
             body_bytes: 0,
             body_too_large: false,
         }

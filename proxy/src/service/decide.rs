@@ -10,7 +10,8 @@
 //!
 //! Order of the rules (the first that applies wins): header limits (431), request target
 //! form, `Host`, framing (400), our own `Via` mark (508), challenge paths (the challenge or
-//! 404), the route (404), SNI against `Host` (421), suspended (503), upstream policy (502),
+//! 404), the route (404), SNI against `Host` (421), suspended (503), asleep (hold: the
+//! engine waits for the store to wake and decides again), upstream policy (502),
 //! HTTPS redirect (308), the tenant's limits (413, then 429: the client's rate, the
 //! tenant's rate, requests in flight), proxy.
 //!
@@ -30,6 +31,8 @@ use tenantgate_config::IpNet;
 use super::forward::Length;
 use crate::limits::requests::{Limit, Permit};
 use crate::router::{RouteEntry, RouteIndex};
+use crate::traffic::InFlight;
+use tenantgate_config::SleepLevel;
 
 /// The SNI name of a TLS connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +157,13 @@ pub enum Answer {
     HeadersTooLarge,
     /// 503: the tenant is suspended.
     Suspended,
+    /// 503 with `Retry-After`: a crawler or uptime checker asked for a stopped store, which
+    /// it does not wake.
+    Asleep,
+    /// 503: the "waking up" page, for a browser navigation held past `wake_hold_ms`.
+    Waking,
+    /// 503 with `Retry-After`: the store did not wake within `wake_timeout_seconds`.
+    WakeTimeout,
     /// 502: an upstream of the route breaks this node's upstream policy.
     ForbiddenUpstream,
     /// 508: the request already went through one of our proxies.
@@ -177,7 +187,7 @@ impl Answer {
             Answer::NotFound | Answer::NoChallenge => 404,
             Answer::Misdirected => 421,
             Answer::HeadersTooLarge => 431,
-            Answer::Suspended => 503,
+            Answer::Suspended | Answer::Asleep | Answer::Waking | Answer::WakeTimeout => 503,
             Answer::ForbiddenUpstream | Answer::BadGateway => 502,
             Answer::Loop => 508,
             Answer::Limited(Limit::BodySize) => 413,
@@ -199,6 +209,9 @@ impl Answer {
             Answer::Misdirected => "misdirected",
             Answer::HeadersTooLarge => "headers_too_large",
             Answer::Suspended => "suspended",
+            Answer::Asleep => "asleep",
+            Answer::Waking => "waking",
+            Answer::WakeTimeout => "wake_timeout",
             Answer::ForbiddenUpstream => "forbidden_upstream",
             Answer::Loop => "loop",
             Answer::Limited(Limit::Rate) => "limited_rate",
@@ -233,7 +246,7 @@ impl Answer {
     }
 
     /// Every answer, for tests and metrics registration.
-    pub const ALL: [Answer; 18] = [
+    pub const ALL: [Answer; 21] = [
         Answer::BadRequest(Malformed::Head),
         Answer::BadRequest(Malformed::Target),
         Answer::BadRequest(Malformed::Host),
@@ -243,6 +256,9 @@ impl Answer {
         Answer::Misdirected,
         Answer::HeadersTooLarge,
         Answer::Suspended,
+        Answer::Asleep,
+        Answer::Waking,
+        Answer::WakeTimeout,
         Answer::ForbiddenUpstream,
         Answer::Loop,
         Answer::Limited(Limit::BodySize),
@@ -268,6 +284,16 @@ pub enum Verdict {
         client: Option<IpAddr>,
         /// Its place among the tenant's requests in flight, held until the response ends.
         permit: Option<Permit>,
+        /// Counts it among the route's requests in flight (a store with one never sleeps).
+        active: InFlight,
+    },
+    /// The tenant's containers sleep: hold the request while the store wakes, then decide
+    /// again.
+    Hold {
+        /// The route.
+        route: Arc<RouteEntry>,
+        /// How deeply it sleeps.
+        level: SleepLevel,
     },
     /// Answer a live challenge with this body.
     Challenge(Arc<str>),
@@ -301,7 +327,9 @@ impl Verdict {
     /// The route the verdict concerns, if any.
     pub fn route(&self) -> Option<&Arc<RouteEntry>> {
         match self {
-            Verdict::Proxy { route, .. } | Verdict::Redirect { route, .. } => Some(route),
+            Verdict::Proxy { route, .. }
+            | Verdict::Redirect { route, .. }
+            | Verdict::Hold { route, .. } => Some(route),
             Verdict::Answer { route, .. } => route.as_ref(),
             Verdict::Challenge(_) => None,
         }
@@ -422,6 +450,12 @@ pub fn decide(
     if route.suspended {
         return with_route(Answer::Suspended);
     }
+    if let Some(level) = route.asleep {
+        return Verdict::Hold {
+            route: route.clone(),
+            level,
+        };
+    }
     if route.refused.is_some() {
         return with_route(Answer::ForbiddenUpstream);
     }
@@ -465,6 +499,7 @@ pub fn decide(
     };
     Verdict::Proxy {
         upstreams: route.upstreams_for(req.path),
+        active: route.in_flight(),
         route: route.clone(),
         client,
         permit,
@@ -491,6 +526,7 @@ mod tests {
             paths: Default::default(),
             hsts: None,
             limits: None,
+            asleep: None,
         }
     }
 
@@ -637,6 +673,19 @@ mod tests {
         redirect.https_redirect = true;
         let mut suspended = route("s", HostPattern::Exact("s.test".into()), 4);
         suspended.suspended = true;
+        // Suspended wins over asleep: a suspended store is never woken.
+        suspended.asleep = Some(SleepLevel::Stopped);
+        let mut paused = route("p", HostPattern::Exact("p.test".into()), 6);
+        paused.asleep = Some(SleepLevel::Paused);
+        // Asleep comes before the upstream policy: a stopped store's old addresses are
+        // never looked at.
+        let stopped = Route {
+            asleep: Some(SleepLevel::Stopped),
+            upstreams: vec![Upstream {
+                addr: "169.254.169.254:80".parse().expect("addr"),
+            }],
+            ..route("z", HostPattern::Exact("z.test".into()), 7)
+        };
         let metadata = Route {
             upstreams: vec![Upstream {
                 addr: "169.254.169.254:80".parse().expect("addr"),
@@ -652,6 +701,8 @@ mod tests {
                     redirect,
                     suspended,
                     metadata,
+                    paused,
+                    stopped,
                 ],
             },
             Arc::new(Metrics::new(10)),
@@ -690,6 +741,7 @@ mod tests {
                     .unwrap_or_default()
             ),
             Verdict::Redirect { location, .. } => format!("308 {location}"),
+            Verdict::Hold { route, level } => format!("hold {} {}", route.id(), level.as_str()),
         }
     }
 
@@ -833,6 +885,8 @@ mod tests {
                 "421 misdirected",
             ),
             (facts(name("s.test"), "/"), plain, "503 suspended (s)"),
+            (facts(name("p.test"), "/"), plain, "hold p paused"),
+            (facts(name("z.test"), "/"), plain, "hold z stopped"),
             (
                 facts(name("m.test"), "/"),
                 plain,

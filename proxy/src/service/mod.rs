@@ -19,6 +19,7 @@ pub mod context;
 pub mod decide;
 pub mod drain;
 pub mod forward;
+pub mod hold;
 pub mod http1;
 pub mod pages;
 pub mod phases;
@@ -92,6 +93,8 @@ pub struct EdgeProxy {
     /// This process's request-id prefix, as its 8 hex digits.
     id_prefix_hex: [u8; 8],
     id_counter: Arc<AtomicU64>,
+    /// What happens to requests for sleeping stores.
+    holds: Arc<hold::Holds>,
 }
 
 impl EdgeProxy {
@@ -135,7 +138,23 @@ impl EdgeProxy {
                 hex
             },
             id_counter: Arc::new(AtomicU64::new(0)),
+            holds: Arc::new(hold::Holds::new(
+                &tenantgate_config::SleepConfig::default(),
+                None,
+            )),
         }
+    }
+
+    /// The same proxy holding requests for sleeping stores by `holds` (who wakes them, how
+    /// long requests wait).
+    pub fn with_holds(mut self, holds: hold::Holds) -> Self {
+        self.holds = Arc::new(holds);
+        self
+    }
+
+    /// The hold rules.
+    pub fn holds(&self) -> &hold::Holds {
+        &self.holds
     }
 
     /// The admission step over the current table.

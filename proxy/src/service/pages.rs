@@ -134,6 +134,63 @@ const PAGES: &[(u16, &str, &str, &str)] = &[
     ),
 ];
 
+/// The "waking up" page: a browser navigation held while its store wakes gets it; it
+/// reloads itself every two seconds until the store answers.
+const WAKING_HTML: &str = concat!(
+    "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">",
+    "<meta http-equiv=\"refresh\" content=\"2\">",
+    "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">",
+    "<title>Waking up</title><style>",
+    "body{margin:0;min-height:100vh;display:grid;place-items:center;",
+    "font:16px/1.5 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;",
+    "background:#0f172a;color:#e2e8f0}main{max-width:32rem;padding:2rem;text-align:center}",
+    "h1{font-size:2.2rem;margin:0 0 .5rem;color:#38bdf8}p{color:#94a3b8}small{color:#475569}",
+    ".dot{display:inline-block;width:.6rem;height:.6rem;margin:0 .2rem;border-radius:50%;",
+    "background:#38bdf8;animation:b 1.2s infinite ease-in-out}.dot:nth-child(2){animation-delay:.2s}",
+    ".dot:nth-child(3){animation-delay:.4s}@keyframes b{0%,80%,100%{opacity:.2}40%{opacity:1}}",
+    "</style></head><body><main><h1>This store is waking up</h1>",
+    "<p><span class=\"dot\"></span><span class=\"dot\"></span><span class=\"dot\"></span></p>",
+    "<p>It was resting while nobody visited. It will be ready in a moment; this page ",
+    "reloads by itself.</p><small>tenantgate</small></main></body></html>\n"
+);
+
+/// The body and content type of our answer `a`: the sleep answers have pages of their own,
+/// every other answer its status's page.
+pub fn answer_body(a: super::decide::Answer, html: bool) -> (&'static str, Bytes) {
+    use super::decide::Answer;
+    let (h, t) = match a {
+        Answer::Waking => (
+            WAKING_HTML,
+            "503 Service Unavailable: the store is waking up; retry in a moment\n",
+        ),
+        Answer::Asleep => (
+            page!(
+                "503",
+                "Store asleep",
+                "This store is resting while nobody visits. Visit it in a browser to wake it."
+            ),
+            "503 Service Unavailable: the store is asleep; retry after the time in Retry-After\n",
+        ),
+        Answer::WakeTimeout => (
+            page!(
+                "503",
+                "Store starting",
+                "This store is still starting. Please try again in a moment."
+            ),
+            "503 Service Unavailable: the store did not wake in time; retry after the time in Retry-After\n",
+        ),
+        a => return body(a.status(), html),
+    };
+    if html {
+        ("text/html; charset=utf-8", Bytes::from_static(h.as_bytes()))
+    } else {
+        (
+            "text/plain; charset=utf-8",
+            Bytes::from_static(t.as_bytes()),
+        )
+    }
+}
+
 /// The body and content type of the proxy's page for `status`.
 pub fn body(status: u16, html: bool) -> (&'static str, Bytes) {
     let (_, _, h, t) = PAGES.iter().find(|p| p.0 == status).copied().unwrap_or((

@@ -32,9 +32,12 @@ use super::decide::{
 };
 use super::forward::{self, tokens, ForwardedValues, Length, Name};
 use super::tls::Sni;
-use super::{pages, AccessRecord, Decided, EdgeProxy, RequestContext};
+use super::{hold, pages, AccessRecord, Decided, EdgeProxy, RequestContext};
 use crate::limits::requests::Limit;
 use crate::metrics::UpstreamErrorKind;
+use crate::router::RouteEntry;
+use std::sync::Arc;
+use tenantgate_config::SleepLevel;
 
 /// The header our own answer carries beside the usual ones.
 enum Added {
@@ -46,26 +49,52 @@ enum Added {
 }
 
 impl EdgeProxy {
-    /// Answer the request ourselves with one of our pages (or a redirect); `close` ends the
-    /// connection after it.
+    /// Answer the request ourselves with our page for `answer`; `close` ends the connection
+    /// after it.
     async fn answer(
         &self,
         session: &mut Session,
         ctx: &mut RequestContext,
-        status: u16,
+        answer: Answer,
         added: Added,
         close: bool,
     ) -> Result<bool> {
         let req = session.req_header();
         let html = pages::wants_html(req.headers.get(header::ACCEPT).map(HeaderValue::as_bytes));
-        let (content_type, body) = match added {
-            Added::Location(_) => ("text/plain; charset=utf-8", Bytes::new()),
-            _ => pages::body(status, html),
-        };
+        let (content_type, body) = pages::answer_body(answer, html);
         if close {
             session.set_keepalive(None);
         }
-        self.respond(session, ctx, status, content_type, body, added)
+        self.respond(session, ctx, answer.status(), content_type, body, added)
+            .await
+    }
+
+    /// Answer with our page for `status` (an error Pingora met reading the request) and
+    /// close the connection.
+    async fn status_page(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+        status: u16,
+    ) -> Result<bool> {
+        let req = session.req_header();
+        let html = pages::wants_html(req.headers.get(header::ACCEPT).map(HeaderValue::as_bytes));
+        let (content_type, body) = pages::body(status, html);
+        session.set_keepalive(None);
+        self.respond(session, ctx, status, content_type, body, Added::None)
+            .await
+    }
+
+    /// Answer `308` to `location`, without a body.
+    async fn redirect(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+        location: String,
+    ) -> Result<bool> {
+        let content_type = "text/plain; charset=utf-8";
+        let added = Added::Location(location);
+        self.respond(session, ctx, 308, content_type, Bytes::new(), added)
             .await
     }
 
@@ -119,44 +148,16 @@ impl EdgeProxy {
     fn hsts<'c>(&self, ctx: &'c RequestContext) -> Option<&'c str> {
         ctx.route.as_ref().filter(|_| ctx.tls)?.hsts()
     }
-}
 
-/// `Via`'s spelling of the request's protocol.
-fn via_version(v: http::Version) -> &'static str {
-    match v {
-        http::Version::HTTP_10 => "1.0",
-        http::Version::HTTP_2 => "2",
-        _ => "1.1",
-    }
-}
-
-#[async_trait]
-impl ProxyHttp for EdgeProxy {
-    type CTX = RequestContext;
-
-    fn new_ctx(&self) -> RequestContext {
-        RequestContext::default()
-    }
-
-    /// The HTTP/1 loop hands each request over in a fresh session whose connection context
-    /// carries the verdict ([`Decided`]); Pingora delivers it here.
-    fn on_connection_reuse(
+    /// Read the request's facts into `ctx` and take its verdict: `handed` (the HTTP/1
+    /// loop's), else the admission step's. Called again for a held request once the table
+    /// changed.
+    fn judge(
         &self,
-        _session: &mut Session,
+        session: &Session,
         ctx: &mut RequestContext,
-        prev: Box<dyn std::any::Any + Send + Sync>,
-    ) {
-        if let Ok(d) = prev.downcast::<Decided>() {
-            ctx.handed = Some(d.verdict);
-        }
-    }
-
-    async fn request_filter(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestContext,
-    ) -> Result<bool> {
-        let handed = ctx.handed.take();
+        handed: Option<Verdict>,
+    ) -> Verdict {
         let ssl = session.digest().and_then(|d| d.ssl_digest.as_ref());
         ctx.tls = ssl.is_some();
         // Borrowed, not cloned: no allocation per TLS request.
@@ -218,7 +219,7 @@ impl ProxyHttp for EdgeProxy {
         } else {
             Target::Invalid
         };
-        let verdict = match handed {
+        match handed {
             Some(v) => v,
             None => {
                 let mut sni_buf = tenantgate_config::host::HostBuf::default();
@@ -256,19 +257,144 @@ impl ProxyHttp for EdgeProxy {
                     },
                 )
             }
+        }
+    }
+
+    /// Hold a request for a sleeping store: ask control to wake it, wait for the routing
+    /// table to change and decide again. Returns the verdict once the store is awake (any
+    /// verdict but another hold), or our answer: a crawler turned away from a stopped store,
+    /// the waking page for a browser navigation past `wake_hold_ms`, 503 at the timeout.
+    /// The request's body is not read meanwhile.
+    async fn hold(
+        &self,
+        session: &Session,
+        ctx: &mut RequestContext,
+        mut route: Arc<RouteEntry>,
+        level: SleepLevel,
+    ) -> Verdict {
+        let holds = self.holds();
+        let metrics = self.metrics();
+        let req = session.req_header();
+        let ua = req
+            .headers
+            .get(header::USER_AGENT)
+            .map(HeaderValue::as_bytes);
+        let answer = |answer, route, retry_after| Verdict::Answer {
+            answer,
+            route: Some(route),
+            retry_after,
         };
+        if holds.turns_away(level, ua) {
+            metrics.held[3].inc();
+            return answer(Answer::Asleep, route, 60);
+        }
+        let navigation = req.method == http::Method::GET
+            && pages::wants_html(req.headers.get(header::ACCEPT).map(HeaderValue::as_bytes));
+        let started = tokio::time::Instant::now();
+        let give_up = started + holds.timeout;
+        let page_at = navigation.then(|| started + holds.hold_html);
+        let mut swaps = self.router().watch();
+        loop {
+            if holds.ask(&route) {
+                metrics.wakes_asked.inc();
+            }
+            let until = page_at
+                .map_or(give_up, |p| p.min(give_up))
+                .min(tokio::time::Instant::now() + hold::ASK_AGAIN);
+            tokio::select! {
+                changed = swaps.changed() => {
+                    if changed.is_err() {
+                        tokio::time::sleep_until(until).await;
+                    }
+                }
+                () = tokio::time::sleep_until(until) => {}
+            }
+            let held = started.elapsed();
+            match self.judge(session, ctx, None) {
+                Verdict::Hold { route: r, .. } => route = r,
+                woken => {
+                    metrics.held[0].inc();
+                    metrics.held_seconds.observe(held.as_secs_f64());
+                    ctx.held = Some(held);
+                    return woken;
+                }
+            }
+            let now = tokio::time::Instant::now();
+            if page_at.is_some_and(|p| now >= p) {
+                metrics.held[1].inc();
+                return answer(Answer::Waking, route, 2);
+            }
+            if now >= give_up {
+                metrics.held[2].inc();
+                metrics.held_seconds.observe(held.as_secs_f64());
+                return answer(Answer::WakeTimeout, route, 5);
+            }
+        }
+    }
+}
+
+/// `Via`'s spelling of the request's protocol.
+fn via_version(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_2 => "2",
+        _ => "1.1",
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for EdgeProxy {
+    type CTX = RequestContext;
+
+    fn new_ctx(&self) -> RequestContext {
+        RequestContext::default()
+    }
+
+    /// The HTTP/1 loop hands each request over in a fresh session whose connection context
+    /// carries the verdict ([`Decided`]); Pingora delivers it here.
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestContext,
+        prev: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        if let Ok(d) = prev.downcast::<Decided>() {
+            ctx.handed = Some(d.verdict);
+        }
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+    ) -> Result<bool> {
+        let handed = ctx.handed.take();
+        let mut verdict = self.judge(session, ctx, handed);
+        if let Verdict::Hold { route, level } = verdict {
+            verdict = self.hold(session, ctx, route, level).await;
+        }
         match verdict {
             Verdict::Proxy {
                 route,
                 upstreams,
                 client,
                 permit,
+                active,
             } => {
                 ctx.route = Some(route);
                 ctx.upstreams = upstreams;
                 ctx.client = client;
                 ctx.permit = permit;
+                ctx.active = Some(active);
                 Ok(false)
+            }
+            // `hold` decides again until the verdict is another.
+            Verdict::Hold { route, .. } => {
+                ctx.route = Some(route);
+                ctx.answer = Some(Answer::Internal);
+                ctx.outcome = Answer::Internal.name();
+                self.answer(session, ctx, Answer::Internal, Added::None, false)
+                    .await
             }
             Verdict::Challenge(body) => {
                 ctx.outcome = "challenge";
@@ -283,19 +409,18 @@ impl ProxyHttp for EdgeProxy {
                 ctx.route = route;
                 ctx.answer = Some(answer);
                 ctx.outcome = answer.name();
-                let (status, close) = (answer.status(), answer.closes());
                 let added = if retry_after > 0 {
                     Added::RetryAfter(retry_after)
                 } else {
                     Added::None
                 };
-                self.answer(session, ctx, status, added, close).await
+                self.answer(session, ctx, answer, added, answer.closes())
+                    .await
             }
             Verdict::Redirect { route, location } => {
                 ctx.route = Some(route);
                 ctx.outcome = "redirect";
-                self.answer(session, ctx, 308, Added::Location(location), false)
-                    .await
+                self.redirect(session, ctx, location).await
             }
         }
     }
@@ -513,7 +638,11 @@ impl ProxyHttp for EdgeProxy {
             self.count_answer(a, ctx.route.as_deref());
         }
         if code > 0 && session.response_written().is_none() {
-            if let Err(err) = self.answer(session, ctx, code, Added::None, true).await {
+            let sent = match answer {
+                Some(a) => self.answer(session, ctx, a, Added::None, true).await,
+                None => self.status_page(session, ctx, code).await,
+            };
+            if let Err(err) = sent {
                 tracing::debug!("cannot send error page: {err}");
             }
         }

@@ -656,6 +656,7 @@ mod tests {
             paths: Default::default(),
             hsts: None,
             limits: None,
+            asleep: None,
         }
     }
 

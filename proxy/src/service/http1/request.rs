@@ -49,6 +49,8 @@ pub(super) struct Plan {
     pub line: Line,
     /// Its place among the tenant's requests in flight, held until the response ends.
     pub _permit: Option<crate::limits::requests::Permit>,
+    /// Counts it among the route's requests in flight until the response ends.
+    pub _active: crate::traffic::InFlight,
 }
 
 /// A plain request refused by a tenant's limit.
@@ -380,6 +382,7 @@ impl<A> Http1Service<A> {
                 upstreams,
                 client,
                 permit,
+                active,
             } if plain && self.enabled => {
                 if authority.is_some() {
                     push_header(out, b"host", host.as_bytes());
@@ -400,6 +403,7 @@ impl<A> Http1Service<A> {
                     html,
                     line,
                     _permit: permit,
+                    _active: active,
                 })
             }
             Verdict::Answer {
