@@ -252,7 +252,7 @@ async fn bad_input_gets_a_specific_error_and_changes_nothing() {
         .await
         .expect("send");
     assert_eq!(r.status(), 415);
-    let (s, b) = tg.api("GET", "/v1/tenants?status=sleeping", None).await;
+    let (s, b) = tg.api("GET", "/v1/tenants?status=dozing", None).await;
     assert_eq!(
         (s, b["error"]["code"].as_str()),
         (400, Some("invalid_query"))

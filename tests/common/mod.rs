@@ -559,6 +559,18 @@ impl RawClient {
         }
     }
 
+    /// Read exactly `n` bytes (of an upgraded stream, say).
+    pub async fn bytes(&mut self, n: usize) -> Vec<u8> {
+        while self.buf.len() < n {
+            assert!(
+                self.fill().await,
+                "the stream ended after {} of {n} bytes",
+                self.buf.len()
+            );
+        }
+        self.buf.drain(..n).collect()
+    }
+
     /// Whether the server closed the connection (EOF within a few seconds, nothing left over).
     pub async fn closed(&mut self) -> bool {
         !self.fill().await && self.buf.is_empty()

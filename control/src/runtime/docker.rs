@@ -432,10 +432,12 @@ impl Runtime for Docker {
     async fn unpause(&self, id: &str) -> Result<(), RuntimeError> {
         match self.api.unpause_container(id).await {
             Ok(()) => Ok(()),
-            // Not frozen (409 "is not paused").
-            Err(BollardError::DockerResponseServerError {
-                status_code: 409, ..
-            }) => Ok(()),
+            // Not frozen (the engine answers 409 or 500 "... is not paused").
+            Err(BollardError::DockerResponseServerError { message, .. })
+                if message.contains("is not paused") =>
+            {
+                Ok(())
+            }
             Err(e) => tolerate_missing(Err(err("unpause container", e))),
         }
     }

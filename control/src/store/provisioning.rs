@@ -239,17 +239,21 @@ impl Store {
         tx.query("DELETE FROM upstreams WHERE tenant_id = $1", &[t(id)])
             .await?;
         write_upstream_groups(&mut *tx, id, upstreams).await?;
+        // Awake: the wake (if one was asked for) is done and the idle clock starts again.
+        let sleep = match asleep {
+            Some(l) => format!("sleep = '{}'", l.as_str()),
+            None => "sleep = NULL, wake_requested_at = NULL, awake_at = $4".to_owned(),
+        };
         tx.query(
-            "UPDATE tenants SET status = $1, generation = $2, theme = $3, status_reason = NULL, \
-             updated_at = $4, sleep = $5, \
-             wake_requested_at = CASE WHEN $5 IS NULL THEN NULL ELSE wake_requested_at END, \
-             awake_at = CASE WHEN $5 IS NULL THEN $4 ELSE awake_at END WHERE id = $6",
+            &format!(
+                "UPDATE tenants SET status = $1, generation = $2, theme = $3, status_reason = NULL, \
+                 updated_at = $4, {sleep} WHERE id = $5"
+            ),
             &[
                 t(next),
                 Value::Int(generation as i64),
                 t(theme),
                 Value::Int(now_ms()),
-                asleep.map_or(Value::Null, |l| t(l.as_str())),
                 t(id),
             ],
         )

@@ -234,8 +234,37 @@ async fn products(
 async fn handle(
     args: Arc<Args>,
     catalog: Arc<Catalog>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    match req.uri().path() {
+        // The request's body, back byte for byte (what a checkout's POST goes through).
+        "/api/echo" => {
+            use http_body_util::BodyExt;
+            let body = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => Bytes::new(),
+            };
+            return Ok(Response::new(Full::new(body)));
+        }
+        // An upgraded connection (like a WebSocket) that echoes what it is sent until the
+        // client closes it.
+        "/ws" => {
+            let upgraded = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(up) = upgraded.await {
+                    let (mut r, mut w) = tokio::io::split(TokioIo::new(up));
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
+            });
+            let mut resp = Response::new(Full::new(Bytes::new()));
+            *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let h = resp.headers_mut();
+            h.insert(hyper::header::CONNECTION, "upgrade".parse().expect("value"));
+            h.insert(hyper::header::UPGRADE, "websocket".parse().expect("value"));
+            return Ok(resp);
+        }
+        _ => {}
+    }
     let unavailable = (
         StatusCode::SERVICE_UNAVAILABLE,
         "text/plain",
@@ -327,7 +356,7 @@ async fn main() -> std::io::Result<()> {
             let svc =
                 hyper::service::service_fn(move |req| handle(args.clone(), catalog.clone(), req));
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                 .await;
         });
     }
