@@ -604,6 +604,23 @@ async fn an_operator_runs_a_store_from_the_browser() {
     let audit = b.text("body").await;
     assert!(audit.contains("alice"), "{audit}");
 
+    // Idle periods from the store's page: frozen after 2 s without traffic, never stopped;
+    // the page follows the store to sleep.
+    b.goto(&store_page).await;
+    b.submit(
+        &[("#idle-pause", "2"), ("#idle-stop", "")],
+        "form[action$='/sleep'] button",
+        "frozen after 2 s idle (its own)",
+        &store_page,
+        Duration::from_secs(30),
+    )
+    .await;
+    wait_store_status(&b, "paused", Duration::from_secs(60)).await;
+    b.goto(&store_page).await;
+    b.wait_text("frozen after 2 s idle", Duration::from_secs(10))
+        .await;
+    b.screenshot("15-store-paused").await;
+
     // Delete: the button waits for the slug typed exactly.
     b.goto(&store_page).await;
     let disabled = b
@@ -629,6 +646,7 @@ async fn an_operator_runs_a_store_from_the_browser() {
         "tenant.resume",
         "tenant.redeploy",
         "tenant.scale",
+        "tenant.sleep_policy",
         "tenant.delete",
     ] {
         assert!(

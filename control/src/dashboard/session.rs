@@ -26,6 +26,10 @@ pub const COOKIE: &str = "tenantgate_session";
 /// Failed sign-ins allowed before attempts are slowed.
 pub const FREE_FAILURES: u32 = 5;
 
+/// The first wait once slowed (then doubling): longer than a run of argon2 verifications on
+/// a busy machine, so the wait cannot lapse while the failures are still being checked.
+pub const FIRST_WAIT: Duration = Duration::from_secs(5);
+
 /// The longest wait between attempts once slowed.
 pub const MAX_WAIT: Duration = Duration::from_secs(15 * 60);
 
@@ -207,7 +211,7 @@ impl Failures {
             return Duration::ZERO;
         }
         let exp = (self.count - FREE_FAILURES).min(10);
-        let need = Duration::from_secs(1u64 << exp).min(MAX_WAIT);
+        let need = (FIRST_WAIT * (1u32 << exp)).min(MAX_WAIT);
         need.saturating_sub(now.saturating_duration_since(self.last))
     }
 }

@@ -46,8 +46,6 @@ pub struct RequestContext {
     /// Counts it among the route's requests in flight (an upgraded connection's whole
     /// life included), released when the context drops.
     pub active: Option<crate::traffic::InFlight>,
-    /// How long it was held while its store woke (access log, metrics).
-    pub held: Option<std::time::Duration>,
     /// Request body bytes seen so far (against the tenant's `max_body_bytes`).
     pub body_bytes: u64,
     /// The body grew beyond the tenant's `max_body_bytes` as it streamed.
@@ -73,7 +71,6 @@ impl Default for RequestContext {
             client: None,
             permit: None,
             active: None,
-            held: None,
             body_bytes: 0,
             body_too_large: false,
         }

@@ -293,29 +293,16 @@ impl EdgeProxy {
         let started = tokio::time::Instant::now();
         let give_up = started + holds.timeout;
         let page_at = navigation.then(|| started + holds.hold_html);
+        // Subscribed before deciding again, so no swap falls between the two.
         let mut swaps = self.router().watch();
         loop {
-            if holds.ask(&route) {
-                metrics.wakes_asked.inc();
-            }
-            let until = page_at
-                .map_or(give_up, |p| p.min(give_up))
-                .min(tokio::time::Instant::now() + hold::ASK_AGAIN);
-            tokio::select! {
-                changed = swaps.changed() => {
-                    if changed.is_err() {
-                        tokio::time::sleep_until(until).await;
-                    }
-                }
-                () = tokio::time::sleep_until(until) => {}
-            }
-            let held = started.elapsed();
             match self.judge(session, ctx, None) {
                 Verdict::Hold { route: r, .. } => route = r,
                 woken => {
                     metrics.held[0].inc();
-                    metrics.held_seconds.observe(held.as_secs_f64());
-                    ctx.held = Some(held);
+                    metrics
+                        .held_seconds
+                        .observe(started.elapsed().as_secs_f64());
                     return woken;
                 }
             }
@@ -326,8 +313,24 @@ impl EdgeProxy {
             }
             if now >= give_up {
                 metrics.held[2].inc();
-                metrics.held_seconds.observe(held.as_secs_f64());
+                metrics
+                    .held_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 return answer(Answer::WakeTimeout, route, 5);
+            }
+            if holds.ask(&route) {
+                metrics.wakes_asked.inc();
+            }
+            let until = page_at
+                .map_or(give_up, |p| p.min(give_up))
+                .min(now + hold::ASK_AGAIN);
+            tokio::select! {
+                changed = swaps.changed() => {
+                    if changed.is_err() {
+                        tokio::time::sleep_until(until).await;
+                    }
+                }
+                () = tokio::time::sleep_until(until) => {}
             }
         }
     }

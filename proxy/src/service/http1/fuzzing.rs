@@ -34,6 +34,7 @@ impl Default for HeadFuzzer {
             paths: Default::default(),
             hsts: None,
             limits: None,
+            asleep: None,
         };
         let table = RouteTable {
             version: 1,
