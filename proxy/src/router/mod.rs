@@ -262,6 +262,9 @@ pub struct RouteEntry {
     pub suspended: bool,
     /// The tenant's containers sleep: hold its requests while it wakes.
     pub asleep: Option<tenantgate_config::SleepLevel>,
+    /// Unique among every entry this process made (a new one per route version): tells
+    /// one sleep of a store from the next, where an address could be reused.
+    pub serial: u64,
     /// An upstream breaks this node's upstream policy: the route is not served (our 502),
     /// never forwarded.
     pub refused: Option<UpstreamRule>,
@@ -587,6 +590,10 @@ impl Router {
             https_redirect: route.https_redirect(),
             suspended: route.suspended(),
             asleep: route.asleep(),
+            serial: {
+                static NEXT: AtomicU64 = AtomicU64::new(0);
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            },
             refused: self.refusal(&route),
             // The buckets and the count in flight carry over to the route's new version.
             limits: route.limits().map(|l| {

@@ -36,8 +36,8 @@ pub struct Holds {
     /// A browser navigation waiting this long gets the waking page.
     pub hold_html: Duration,
     crawlers: Box<[String]>,
-    /// Per route id: the sleeping route entry asked for (its address) and when.
-    asked: Mutex<HashMap<String, (usize, Instant)>>,
+    /// Per route id: the sleeping route entry asked for (its serial) and when.
+    asked: Mutex<HashMap<String, (u64, Instant)>>,
 }
 
 impl std::fmt::Debug for Holds {
@@ -90,7 +90,7 @@ impl Holds {
         let Some(waker) = &self.waker else {
             return false;
         };
-        let key = Arc::as_ptr(route) as usize;
+        let key = route.serial;
         let now = Instant::now();
         {
             let mut asked = self
