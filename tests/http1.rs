@@ -1,7 +1,8 @@
 //! The HTTP/1.1 fast path against upstreams scripted byte by byte: response framings relayed
 //! exactly, upstream connections reused only when that is safe, a reused connection the
-//! upstream closed retried on a new one, and requests the fast path does not serve handed to
-//! the Pingora path in the middle of a connection.
+//! upstream closed retried on a new one (never a body that started to go upstream),
+//! `Content-Length` bodies streamed, and requests the fast path does not serve handed to the
+//! Pingora path in the middle of a connection.
 
 mod common;
 
@@ -206,7 +207,7 @@ async fn requests_outside_the_fast_path_continue_the_connection_on_pingora() {
     let mut c = RawClient::connect(tg.http).await;
     c.send(
         b"GET /fast HTTP/1.1\r\nHost: a.test\r\n\r\n\
-          POST /form HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\n\r\nhello\
+          POST /form HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n\
           GET /x HTTP/1.1\r\nHost: nobody.test\r\n\r\n\
           GET /after HTTP/1.1\r\nHost: a.test\r\n\r\n",
     )
@@ -228,6 +229,87 @@ async fn requests_outside_the_fast_path_continue_the_connection_on_pingora() {
     let r = c.response().await;
     assert_eq!(json(&r)["path"], "/after");
     assert_eq!(a.hits(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_bodies_stream_on_the_fast_path() {
+    let a = Backend::start("a").await;
+    let tg = Tenantgate::new()
+        .route(&["a.test"], &[a.addr])
+        .start()
+        .await;
+    let mut c = RawClient::connect(tg.http).await;
+    let json = |r: &RawResponse| -> serde_json::Value {
+        serde_json::from_slice(&r.body).expect("backend json")
+    };
+    // 4 KiB with its head, then a pipelined GET behind it.
+    let small: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+    let mut req = b"POST /cart HTTP/1.1\r\nHost: a.test\r\nContent-Length: 4096\r\n\r\n".to_vec();
+    req.extend_from_slice(&small);
+    req.extend_from_slice(b"GET /next HTTP/1.1\r\nHost: a.test\r\n\r\n");
+    c.send(&req).await;
+    let v = json(&c.response().await);
+    assert_eq!(
+        (
+            v["method"].as_str(),
+            v["body_len"].as_u64(),
+            v["body_fnv"].as_u64()
+        ),
+        (Some("POST"), Some(4096), Some(fnv(&small)))
+    );
+    assert_eq!(seen(&v, "content-length"), ["4096"]);
+    assert_eq!(json(&c.response().await)["path"], "/next");
+    // 256 KiB arriving in pieces after the head, PUT this time.
+    let big: Vec<u8> = (0..262_144u32).map(|i| (i * 7 % 253) as u8).collect();
+    c.send(b"PUT /upload HTTP/1.1\r\nHost: a.test\r\nContent-Length: 262144\r\n\r\n")
+        .await;
+    for piece in big.chunks(65_536) {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        c.send(piece).await;
+    }
+    let v = json(&c.response().await);
+    assert_eq!(
+        (v["body_len"].as_u64(), v["body_fnv"].as_u64()),
+        (Some(262_144), Some(fnv(&big)))
+    );
+    assert_eq!(engines(&tg, 3).await, vec!["http1"; 3]);
+    // A client that stops halfway: nothing is answered and the connection closes.
+    let mut gone = RawClient::connect(tg.http).await;
+    gone.send(b"POST /cart HTTP/1.1\r\nHost: a.test\r\nContent-Length: 100\r\n\r\nonly part")
+        .await;
+    drop(gone);
+    let mut c = RawClient::connect(tg.http).await;
+    c.send(b"GET /still HTTP/1.1\r\nHost: a.test\r\n\r\n").await;
+    assert_eq!(json(&c.response().await)["path"], "/still");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_went_upstream_is_never_sent_twice() {
+    // Like a backend whose keep-alive timer fired: the second request on a connection is
+    // read and dropped without an answer.
+    let up = ScriptedBackend::start(|_, req, _| {
+        (req == 0).then(|| Reply::keep(&[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]))
+    })
+    .await;
+    let (_tg, mut c) = proxy_to(&up).await;
+    c.send(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").await;
+    assert_eq!(c.response().await.status, 200);
+    c.send(b"POST /pay HTTP/1.1\r\nHost: a.test\r\nContent-Length: 3\r\n\r\n100")
+        .await;
+    let r = c.response().await;
+    assert_eq!(
+        r.status, 502,
+        "a POST that reached the upstream is not replayed"
+    );
+    let posts = up
+        .heads
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|h| h.starts_with("POST /pay"))
+        .count();
+    assert_eq!(posts, 1);
+    assert_eq!(up.connections(), 1);
 }
 
 /// Which engine served each request, from the access log.

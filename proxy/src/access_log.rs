@@ -243,7 +243,8 @@ fn string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-fn number(out: &mut Vec<u8>, mut n: u64) {
+/// `n` in decimal, without an allocation.
+pub(crate) fn number(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {

@@ -180,18 +180,19 @@ async fn backend_handle(
         })
         .collect();
     let method = req.method().to_string();
-    let body_len = req
+    let got = req
         .body_mut()
         .collect()
         .await
-        .map(|b| b.to_bytes().len())
-        .unwrap_or(0);
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let body = serde_json::json!({
         "backend": &*name,
         "method": method,
         "path": path,
         "headers": headers,
-        "body_len": body_len,
+        "body_len": got.len(),
+        "body_fnv": fnv(&got),
         "peer": peer.to_string(),
     });
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
@@ -408,6 +409,13 @@ impl ScriptedBackend {
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
+}
+
+/// FNV-1a of `bytes`, as the test backend reports a body it received (`body_fnv`).
+pub fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// A client connection for raw HTTP/1 exchanges: send bytes, read one whole response.

@@ -8,7 +8,7 @@ use std::time::Instant;
 use bytes::Buf;
 use pingora::apps::HttpServerApp;
 use pingora_timeout::fast_timeout::fast_timeout;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::chunked::ChunkedTracker;
@@ -74,8 +74,9 @@ where
                         return served;
                     }
                     // The upstream closed an idle connection as we reused it: nothing was
-                    // answered, so the (bodiless, safe) request goes out again on a new one.
-                    Err(Failure::Stale) if reused => continue,
+                    // answered, so a bodiless request goes out again on a new one (a body
+                    // that started to go upstream is never sent twice).
+                    Err(Failure::Stale) if reused && plan.body == 0 => continue,
                     Err(f) => return self.error_page(plan, f, Some(addr)).await,
                 }
             }
@@ -122,6 +123,17 @@ where
         let (_, read_timeout) = plan
             .route
             .timeouts(settings.connect_timeout, settings.read_timeout);
+        // The body bytes that came with the head go out in the same write.
+        let mut body_left = plan.body;
+        if body_left > 0 {
+            let inline = self
+                .rbuf
+                .len()
+                .min(usize::try_from(body_left).unwrap_or(usize::MAX));
+            self.uhead.extend_from_slice(&self.rbuf[..inline]);
+            self.rbuf.advance(inline);
+            body_left -= inline as u64;
+        }
         // A request head fits an idle socket's send buffer: written at once, no timer needed.
         let sent = match conn.try_write(&self.uhead) {
             Ok(n) => n,
@@ -146,6 +158,17 @@ where
                     })
                 }
                 Ok(Ok(())) => {}
+            }
+        }
+        // The rest of the body as the client sends it. An upstream that stops taking it may
+        // have answered already (a refusal of its own): its answer is read all the same, and
+        // the client connection closes after it (the rest of its body was never read).
+        let mut body_failed = None;
+        if body_left > 0 {
+            match self.send_body(&mut conn, body_left).await {
+                Ok(()) => {}
+                Err(Failure::Client) => return Err(Failure::Client),
+                Err(f) => body_failed = Some(f),
             }
         }
         self.ubuf.clear();
@@ -185,11 +208,11 @@ where
             };
             self.upstream_wait.arm(at, read_timeout);
             match read_before(&mut conn, &mut self.ubuf, &mut self.upstream_wait).await {
-                None => return Err(Failure::ReadTimeout),
+                None => return Err(body_failed.unwrap_or(Failure::ReadTimeout)),
                 Some(Ok(0) | Err(_)) if reused && self.ubuf.is_empty() => {
-                    return Err(Failure::Stale)
+                    return Err(body_failed.unwrap_or(Failure::Stale))
                 }
-                Some(Ok(0) | Err(_)) => return Err(Failure::Protocol),
+                Some(Ok(0) | Err(_)) => return Err(body_failed.unwrap_or(Failure::Protocol)),
                 Some(Ok(_)) => {}
             }
         };
@@ -201,7 +224,7 @@ where
             bytes_sent: 0,
             upstream: None,
             error: None,
-            close: framing == Framing::Close,
+            close: framing == Framing::Close || body_failed.is_some(),
         };
         let until_close = matches!(framing, Framing::Close | Framing::CloseAsChunked);
         let mut tracker = ChunkedTracker::default();
@@ -295,10 +318,43 @@ where
                 }
             }
         }
-        if done && upstream_keep && served.error.is_none() {
+        if done && upstream_keep && served.error.is_none() && body_failed.is_none() {
             self.app.pool.put(key, conn, start);
         }
         Ok(served)
+    }
+
+    /// Stream `left` more bytes of the request's body from the client to the upstream, as
+    /// they arrive (bytes of a pipelined next request stay in the read buffer).
+    /// `Err(Failure::Client)`: the client stopped sending; other errors: the upstream stopped
+    /// taking it.
+    async fn send_body(&mut self, conn: &mut TcpStream, mut left: u64) -> Result<(), Failure> {
+        let settings = self.app.edge.settings();
+        loop {
+            let have = self
+                .rbuf
+                .len()
+                .min(usize::try_from(left).unwrap_or(usize::MAX));
+            if have > 0 {
+                match fast_timeout(settings.write_timeout, conn.write_all(&self.rbuf[..have])).await
+                {
+                    Err(_) => return Err(Failure::WriteTimeout),
+                    Ok(Err(_)) => return Err(Failure::Protocol),
+                    Ok(Ok(())) => {}
+                }
+                self.rbuf.advance(have);
+                left -= have as u64;
+            }
+            if left == 0 {
+                return Ok(());
+            }
+            self.rbuf
+                .reserve(READ_CHUNK.min(usize::try_from(left).unwrap_or(usize::MAX)));
+            match fast_timeout(settings.read_timeout, self.client.read_buf(&mut self.rbuf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return Err(Failure::Client),
+            }
+        }
     }
 
     /// Our own 502/504 page; the connection closes after it, as on the Pingora path.

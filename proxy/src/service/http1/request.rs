@@ -47,6 +47,9 @@ pub(super) struct Plan {
     pub html: bool,
     /// Where its method and target are in `uhead`.
     pub line: Line,
+    /// Bytes of body that follow the head (`Content-Length`; 0: none), streamed to the
+    /// upstream after it.
+    pub body: u64,
     /// Its place among the tenant's requests in flight, held until the response ends.
     pub _permit: Option<crate::limits::requests::Permit>,
     /// Counts it among the route's requests in flight until the response ends.
@@ -369,13 +372,21 @@ impl<A> Http1Service<A> {
             _ => "",
         };
         let head_only = method == "HEAD";
-        let plain = matches!(method, "GET" | "HEAD" | "OPTIONS")
-            && minor == 1
-            && length == Length::Absent
-            && coding == Coding::None
-            && !upgrade
-            && !expect
-            && !named_other;
+        // What the fast path serves: HTTP/1.1 without a transfer coding, an upgrade, an
+        // `Expect` or other connection options, and a body only when `Content-Length` frames
+        // it (streamed to the upstream as it arrives).
+        let simple = minor == 1 && coding == Coding::None && !upgrade && !expect && !named_other;
+        let plain =
+            simple && length == Length::Absent && matches!(method, "GET" | "HEAD" | "OPTIONS");
+        let body = match length {
+            Length::Exact(n) if simple && n > 0 => Some(n),
+            _ => None,
+        };
+        let served = (plain || body.is_some())
+            && matches!(
+                method,
+                "GET" | "HEAD" | "OPTIONS" | "POST" | "PUT" | "PATCH" | "DELETE"
+            );
         match verdict {
             Verdict::Proxy {
                 route,
@@ -383,9 +394,14 @@ impl<A> Http1Service<A> {
                 client,
                 permit,
                 active,
-            } if plain && self.enabled => {
+            } if served && self.enabled => {
                 if authority.is_some() {
                     push_header(out, b"host", host.as_bytes());
+                }
+                if let Some(n) = body {
+                    out.extend_from_slice(b"content-length: ");
+                    crate::access_log::number(out, n);
+                    out.extend_from_slice(b"\r\n");
                 }
                 forward::push_forwarding_headers(out, client, host, conn.tls);
                 edge.loop_mark().push_header(out, "1.1");
@@ -402,6 +418,7 @@ impl<A> Http1Service<A> {
                     close,
                     html,
                     line,
+                    body: body.unwrap_or(0),
                     _permit: permit,
                     _active: active,
                 })
