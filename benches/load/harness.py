@@ -12,7 +12,12 @@ them by a wrk Lua script; every proxy gets the same 100k-entry table); any count
 `--scenarios`, e.g. `1,1000000`. `tenantgate-snapshot` (only with `--only`) runs tenantgate as
 a fleet proxy that boots its routes from a snapshot file, the way a million tenants arrive.
 
+`--body N` makes every request a POST with an N-byte body (`Content-Length`); `--access-log`
+turns the access log on in nginx (a JSON `log_format` written with `buffer=64k` to a file)
+and tenantgate (its access log to a file); HAProxy and Caddy keep theirs off.
+
 Usage: benches/load/run.sh [--duration S] [--connections N] [--only tenantgate,nginx]
+                           [--body BYTES] [--access-log]
 """
 
 import argparse
@@ -141,6 +146,18 @@ def hostnames(n):
 # Proxy configurations. Each returns argv (and writes its config into `d`).
 # ----------------------------------------------------------------------------------------------
 
+# Set by main() from --access-log: nginx's and tenantgate's access logs go to files.
+ACCESS_LOG = False
+
+NGINX_JSON_LOG = """
+  log_format json escape=json '{"time":"$time_iso8601","client":"$remote_addr","method":"$request_method",'
+    '"host":"$host","path":"$uri","version":"$server_protocol","status":$status,'
+    '"duration_s":$request_time,"bytes_sent":$body_bytes_sent,"upstream":"$upstream_addr",'
+    '"request_id":"$request_id"}';
+  access_log %s/%s-access.log json buffer=64k;
+"""
+
+
 def nginx_conf(d, port, backend, hosts, name="nginx", master=True):
     mapfile = os.path.join(d, f"{name}-hosts.map")
     with open(mapfile, "w") as f:
@@ -156,11 +173,13 @@ pid {d}/{name}.pid;
 error_log {d}/{name}-error.log warn;
 events {{ worker_connections 16384; }}
 http {{
-  access_log off;
+  {(NGINX_JSON_LOG % (d, name)) if ACCESS_LOG else "access_log off;"}
   map_hash_max_size 262144;
   map_hash_bucket_size 128;
   map $host $tenant {{ default 0; include {mapfile}; }}
   upstream backend {{ server 127.0.0.1:{backend}; keepalive 256; keepalive_requests 10000000; }}
+  # Bodies streamed to the upstream as they arrive, as tenantgate does (and no temp files).
+  client_max_body_size 64m; proxy_request_buffering off;
   client_body_temp_path {d}/nginx-body; proxy_temp_path {d}/nginx-proxy;
   fastcgi_temp_path {d}/nginx-fcgi; uwsgi_temp_path {d}/nginx-uwsgi; scgi_temp_path {d}/nginx-scgi;
   keepalive_requests 10000000;
@@ -272,7 +291,9 @@ def caddy_conf(d, port, backend, hosts):
 
 def tenantgate_base(d, port, extra, name, access_log=False):
     """The settings every tenantgate under test shares: one worker, quiet logs (the access
-    log on, to standard error, when `access_log`)."""
+    log on, to standard error, when `access_log`; to a file with --access-log)."""
+    if ACCESS_LOG and not access_log:
+        return tenantgate_base(d, port, extra, name, True) + f'access_log_path = "{d}/{name}-access.log"\n'
     return f"""
 [proxy]
 http_listen = "127.0.0.1:{port}"
@@ -346,6 +367,18 @@ def baseline_conf(d, port, backend, hosts, binary):
 # of a million strings made wrk's garbage collector stall for ~100 ms at a time, which showed
 # as a p99 tail and as idle time on every proxy (nginx included) at 1M hosts. Built this way,
 # the client does the same work per request at 1 host and at 1M hosts.
+WRK_LUA_BODY = """
+local body = string.rep("x", %d)
+local n = %d
+local i = -1
+request = function()
+  i = i + 1
+  if i >= n then i = 0 end
+  return wrk.format("POST", "/", { ["Host"] = "shop" .. i .. ".bench.test",
+    ["Content-Type"] = "application/octet-stream" }, body)
+end
+"""
+
 WRK_LUA = """
 local n = %d
 local i = -1
@@ -357,10 +390,17 @@ end
 """
 
 
+# Set by main() from --body: each request is a POST with a body of this many bytes.
+BODY = 0
+
+
 def run_wrk(port, duration, connections, nhosts, d):
     script = os.path.join(d, "rotate.lua")
     with open(script, "w") as f:
-        f.write(WRK_LUA % nhosts)
+        if BODY:
+            f.write(WRK_LUA_BODY % (BODY, nhosts))
+        else:
+            f.write(WRK_LUA % nhosts)
     argv = ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
             "-s", script, f"http://127.0.0.1:{port}/"]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60).stdout
@@ -423,7 +463,12 @@ def main():
     ap.add_argument("--json", help="also write raw results here")
     ap.add_argument("--tg-proxy", action="append", default=[],
                     help="extra line for tenantgate's [proxy] section, e.g. 'work_stealing = false'")
+    ap.add_argument("--body", type=int, default=0, help="POST bodies of this many bytes")
+    ap.add_argument("--access-log", action="store_true",
+                    help="nginx's and tenantgate's access logs on, to files")
     args = ap.parse_args()
+    global BODY, ACCESS_LOG
+    BODY, ACCESS_LOG = args.body, args.access_log
 
     for tool in ["taskset", "wrk", "nginx"]:
         if not shutil.which(tool):
@@ -441,6 +486,10 @@ def main():
         for n in [int(s) for s in args.scenarios.split(",")]:
             hosts = hostnames(n)
             scenario = "1 route" if n == 1 else (f"{n // 1_000_000}M hosts" if n >= 1_000_000 else f"{n // 1000}k hosts")
+            if BODY:
+                scenario += f", POST {BODY} B"
+            if ACCESS_LOG:
+                scenario += ", logs on"
             builders = {
                 "nginx": lambda p: nginx_conf(d, p, backend_port, hosts),
                 "haproxy": lambda p: haproxy_conf(d, p, backend_port, hosts),
@@ -481,7 +530,10 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump([{k: v for k, v in r.items() if k != "raw"} for r in results], f, indent=1)
-    shutil.rmtree(d, ignore_errors=True)
+    if not os.environ.get("KEEP_BENCH_DIR"):
+        shutil.rmtree(d, ignore_errors=True)
+    else:
+        print(f"# kept {d}", file=sys.stderr)
 
 
 if __name__ == "__main__":
