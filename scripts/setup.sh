@@ -23,6 +23,7 @@ if [ "${1:-}" = "bench" ]; then
   command -v haproxy >/dev/null || need+=(haproxy)
   command -v caddy >/dev/null || need+=(caddy)
   command -v wrk >/dev/null || need+=(wrk)
+  command -v h2load >/dev/null || need+=(nghttp2-client)   # TLS and HTTP/2 load
   command -v taskset >/dev/null || need+=(util-linux)
 fi
 if [ ${#need[@]} -gt 0 ]; then

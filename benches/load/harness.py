@@ -12,6 +12,10 @@ them by a wrk Lua script; every proxy gets the same 100k-entry table); any count
 `--scenarios`, e.g. `1,1000000`. `tenantgate-snapshot` (only with `--only`) runs tenantgate as
 a fleet proxy that boots its routes from a snapshot file, the way a million tenants arrive.
 
+`--tls h1|h2` runs over TLS 1.3 with h2load (`--connect-to` the proxy, SNI and authority
+`shop0.bench.test`, so only the 1-route scenario): `h1` is HTTP/1.1 keep-alive (50
+connections), `h2` HTTP/2 (32 connections × 10 streams); nginx and tenantgate only, with the
+same self-signed certificate; h2load reports mean latency, not percentiles.
 `--body N` makes every request a POST with an N-byte body (`Content-Length`); `--access-log`
 turns the access log on in nginx (a JSON `log_format` written with `buffer=64k` to a file)
 and tenantgate (its access log to a file); HAProxy and Caddy keep theirs off.
@@ -149,6 +153,20 @@ def hostnames(n):
 # Set by main() from --access-log: nginx's and tenantgate's access logs go to files.
 ACCESS_LOG = False
 
+# Set by main() from --tls: "h1" or "h2" over TLS (and the certificate files), or None.
+TLS = None
+TLS_FILES = None
+
+
+def make_cert(d):
+    """A self-signed certificate for *.bench.test (openssl), once per run."""
+    cert, key = os.path.join(d, "bench.crt"), os.path.join(d, "bench.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-days", "2", "-subj", "/CN=shop0.bench.test",
+                    "-addext", "subjectAltName=DNS:*.bench.test,DNS:shop0.bench.test",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True)
+    return cert, key
+
 NGINX_JSON_LOG = """
   log_format json escape=json '{"time":"$time_iso8601","client":"$remote_addr","method":"$request_method",'
     '"host":"$host","path":"$uri","version":"$server_protocol","status":$status,'
@@ -156,6 +174,15 @@ NGINX_JSON_LOG = """
     '"request_id":"$request_id"}';
   access_log %s/%s-access.log json buffer=64k;
 """
+
+
+def nginx_tls():
+    """The listen flags and certificate lines of nginx under --tls."""
+    if not TLS:
+        return ""
+    cert, key = TLS_FILES
+    return (" ssl" + (" http2" if TLS == "h2" else "") + f";\n    ssl_certificate {cert};"
+            f"\n    ssl_certificate_key {key};\n    ssl_protocols TLSv1.3;\n    keepalive_requests 10000000")
 
 
 def nginx_conf(d, port, backend, hosts, name="nginx", master=True):
@@ -184,7 +211,7 @@ http {{
   fastcgi_temp_path {d}/nginx-fcgi; uwsgi_temp_path {d}/nginx-uwsgi; scgi_temp_path {d}/nginx-scgi;
   keepalive_requests 10000000;
   server {{
-    listen 127.0.0.1:{port} reuseport backlog=4096;
+    listen 127.0.0.1:{port} reuseport backlog=4096{nginx_tls()};
     location / {{
       if ($tenant = 0) {{ return 404; }}
       proxy_pass http://backend;
@@ -292,11 +319,13 @@ def caddy_conf(d, port, backend, hosts):
 def tenantgate_base(d, port, extra, name, access_log=False):
     """The settings every tenantgate under test shares: one worker, quiet logs (the access
     log on, to standard error, when `access_log`; to a file with --access-log)."""
-    if ACCESS_LOG and not access_log:
-        return tenantgate_base(d, port, extra, name, True) + f'access_log_path = "{d}/{name}-access.log"\n'
+    log_path = ""
+    if ACCESS_LOG:
+        access_log, log_path = True, f'access_log_path = "{d}/{name}-access.log"'
     return f"""
 [proxy]
-http_listen = "127.0.0.1:{port}"
+http_listen = "127.0.0.1:{port if not TLS else free_port()}"
+{f'https_listen = "127.0.0.1:{port}"' if TLS else ""}
 threads = 1
 upgrade_sock = "{d}/{name}-upgrade.sock"
 pid_file = "{d}/{name}.pid"
@@ -307,7 +336,13 @@ listen = "127.0.0.1:{free_port()}"
 [log]
 access_log = {"true" if access_log else "false"}
 level = "{"info" if access_log else "warn"}"
-"""
+{log_path}
+""" + (f"""
+[[certificates]]
+cert_file = "{TLS_FILES[0]}"
+key_file = "{TLS_FILES[1]}"
+default = true
+""" if TLS else "")
 
 
 def tenantgate_conf(d, port, backend, hosts, binary, extra="", route_extra=None, access_log=False):
@@ -417,6 +452,42 @@ def run_wrk(port, duration, connections, nhosts, d):
     }
 
 
+def run_h2load(port, duration, connections, nhosts, d):
+    """TLS load with h2load: HTTP/1.1 keep-alive (`connections` clients) or HTTP/2 (32
+    clients × 10 streams), one hostname."""
+    argv = ["taskset", "-c", "1", "h2load", "-t1", f"-D{duration}", f"--connect-to=127.0.0.1:{port}"]
+    if TLS == "h1":
+        argv += ["--h1", f"-c{connections}", "-m1"]
+    else:
+        argv += ["-c32", "-m10"]
+    if BODY:
+        body = os.path.join(d, "body.bin")
+        with open(body, "wb") as f:
+            f.write(b"x" * BODY)
+        argv += ["-d", body]
+    argv.append(f"https://shop0.bench.test:{port}/")
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60).stdout
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    status = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
+    def ms(v):
+        if v is None:
+            return None
+        v = v.group(1)
+        for unit, k in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+            if v.endswith(unit):
+                return float(v[: -len(unit)]) * k
+        return None
+    return {
+        "requests": int(done.group(2)) if done else 0,
+        "p50_ms": ms(mean),  # h2load gives the mean, reported in the p50 column
+        "p99_ms": None,
+        "non2xx": (int(status.group(2)) + int(status.group(3)) + int(status.group(4))) if status else 0,
+        "socket_errors": (int(done.group(3)) + int(done.group(4))) if done else 0,
+        "raw": out,
+    }
+
+
 def measure(name, argv, port, nhosts, args, d):
     proc = Proc(argv, 0, os.path.join(d, f"{name}.log"), cwd=d)
     try:
@@ -424,10 +495,11 @@ def measure(name, argv, port, nhosts, args, d):
         wait_port(port, timeout=600, proc=proc.p)
         startup = time.time() - t0
         # Warm up connections and caches, then measure.
-        run_wrk(port, 2, args.connections, nhosts, d)
+        load = run_h2load if TLS else run_wrk
+        load(port, 2, args.connections, nhosts, d)
         u0, k0 = tree_cpu_split(proc.p.pid)
         w0 = time.time()
-        r = run_wrk(port, args.duration, args.connections, nhosts, d)
+        r = load(port, args.duration, args.connections, nhosts, d)
         wall = time.time() - w0
         u1, k1 = tree_cpu_split(proc.p.pid)
         cpu = (u1 - u0) + (k1 - k0)
@@ -464,11 +536,13 @@ def main():
     ap.add_argument("--tg-proxy", action="append", default=[],
                     help="extra line for tenantgate's [proxy] section, e.g. 'work_stealing = false'")
     ap.add_argument("--body", type=int, default=0, help="POST bodies of this many bytes")
+    ap.add_argument("--tls", choices=["h1", "h2"], help="over TLS with h2load: HTTP/1.1 or HTTP/2")
     ap.add_argument("--access-log", action="store_true",
                     help="nginx's and tenantgate's access logs on, to files")
     args = ap.parse_args()
-    global BODY, ACCESS_LOG
-    BODY, ACCESS_LOG = args.body, args.access_log
+    ap_tls = args.tls
+    global BODY, ACCESS_LOG, TLS, TLS_FILES
+    BODY, ACCESS_LOG, TLS = args.body, args.access_log, ap_tls
 
     for tool in ["taskset", "wrk", "nginx"]:
         if not shutil.which(tool):
@@ -479,6 +553,11 @@ def main():
     only = args.only.split(",")
     results = []
     d = tempfile.mkdtemp(prefix="tg-bench-")
+    if TLS:
+        if not shutil.which("h2load"):
+            sys.exit("h2load is missing: run scripts/setup.sh bench")
+        TLS_FILES = make_cert(d)
+        only = [n for n in only if n in ("nginx", "tenantgate")]
     backend_port = free_port()
     backend = Proc(backend_conf(d, backend_port), 1, os.path.join(d, "backend.log"), cwd=d)
     try:
@@ -486,6 +565,8 @@ def main():
         for n in [int(s) for s in args.scenarios.split(",")]:
             hosts = hostnames(n)
             scenario = "1 route" if n == 1 else (f"{n // 1_000_000}M hosts" if n >= 1_000_000 else f"{n // 1000}k hosts")
+            if TLS:
+                scenario += ", TLS + HTTP/2" if TLS == "h2" else ", TLS + HTTP/1.1"
             if BODY:
                 scenario += f", POST {BODY} B"
             if ACCESS_LOG:

@@ -374,7 +374,9 @@ impl ProxyHttp for EdgeProxy {
         let handed = ctx.handed.take();
         let mut verdict = self.judge(session, ctx, handed);
         if let Verdict::Hold { route, level } = verdict {
-            verdict = self.hold(session, ctx, route, level).await;
+            // Boxed: its timers and waits would otherwise make every request's future
+            // larger (moved and zeroed per request and per HTTP/2 stream), for a rare path.
+            verdict = Box::pin(self.hold(session, ctx, route, level)).await;
         }
         match verdict {
             Verdict::Proxy {
