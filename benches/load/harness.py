@@ -537,6 +537,8 @@ def main():
                     help="extra line for tenantgate's [proxy] section, e.g. 'work_stealing = false'")
     ap.add_argument("--body", type=int, default=0, help="POST bodies of this many bytes")
     ap.add_argument("--tls", choices=["h1", "h2"], help="over TLS with h2load: HTTP/1.1 or HTTP/2")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="alternate the proxies this many times; the summary gives each one's median")
     ap.add_argument("--access-log", action="store_true",
                     help="nginx's and tenantgate's access logs on, to files")
     args = ap.parse_args()
@@ -579,7 +581,7 @@ def main():
                 "tenantgate": lambda p: tenantgate_conf(d, p, backend_port, hosts, args.binary, "\n".join(args.tg_proxy)),
                 "tenantgate-snapshot": lambda p: tenantgate_snapshot_conf(d, p, backend_port, hosts, args.binary, "\n".join(args.tg_proxy)),
             }
-            for name in only:
+            for name in [n for _ in range(args.rounds) for n in only]:
                 if name not in ("tenantgate", "tenantgate-snapshot", "pingora-baseline") and not shutil.which(name):
                     print(f"# {name}: not installed, skipped", file=sys.stderr)
                     continue
@@ -608,6 +610,27 @@ def main():
         print(f"| {r['scenario']} | {r['name']} | {fmt(r['rps'], '.0f')} | {fmt(r['p50_ms'], '.2f')} | "
               f"{fmt(r['p99_ms'], '.2f')} | {fmt(r['cpu_us_per_req'], '.1f')} ({fmt(r.get('user_us_per_req'), '.1f')}+{fmt(r.get('kernel_us_per_req'), '.1f')}) | {fmt(ratio, '.2f')} | "
               f"{r['non2xx'] + r['socket_errors']} | {fmt(r.get('rss_mib'), '.0f')} | {fmt(r.get('startup_s'), '.1f')} |")
+    if args.rounds > 1:
+        # Each round's ratio is taken against the nginx run just before it, so slow drifts of
+        # the machine cancel out; the median of the rounds is the figure to quote.
+        print(f"\nmedians over {args.rounds} alternating rounds (ratio per round against that round's nginx):\n")
+        print("| scenario | proxy | CPU µs/req | × nginx (median) | × nginx per round | p99 ms (median) |")
+        print("|---|---|---:|---:|---|---:|")
+        scenarios = list(dict.fromkeys(r["scenario"] for r in results))
+        for sc in scenarios:
+            runs = [r for r in results if r["scenario"] == sc]
+            for name in only:
+                mine = [(i, r) for i, r in enumerate(runs) if r["name"] == name]
+                cpus = sorted(r["cpu_us_per_req"] for _, r in mine if r.get("cpu_us_per_req"))
+                ratios = []
+                for i, r in mine:
+                    base = next((b for b in reversed(runs[:i + 1]) if b["name"] == "nginx"), None)
+                    if base and base.get("cpu_us_per_req") and r.get("cpu_us_per_req"):
+                        ratios.append(r["cpu_us_per_req"] / base["cpu_us_per_req"])
+                p99s = sorted(r["p99_ms"] for _, r in mine if r.get("p99_ms") is not None)
+                med = lambda v: v[len(v) // 2] if v else None
+                print(f"| {sc} | {name} | {fmt(med(cpus), '.1f')} | {fmt(med(sorted(ratios)), '.2f')} | "
+                      f"{', '.join(format(x, '.2f') for x in ratios)} | {fmt(med(p99s), '.2f')} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump([{k: v for k, v in r.items() if k != "raw"} for r in results], f, indent=1)
