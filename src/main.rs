@@ -675,6 +675,8 @@ fn serve(path: Option<&Path>, upgrade: bool, role: Role) -> anyhow::Result<()> {
             Role::Single => {
                 let (tx, rx) = tokio::sync::mpsc::channel(1024);
                 waker = Some(Arc::new(InProcessWaker(tx)));
+                let counted = router.clone();
+                lifecycle.with_local_in_flight(Arc::new(move |id| counted.in_flight(id)));
                 Some(rx)
             }
             _ => None,

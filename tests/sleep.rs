@@ -42,11 +42,22 @@ fn node(
     fleet: Option<&str>,
     timeout: u64,
 ) -> Tenantgate {
+    node_reporting(dir, command, fleet, timeout, 1)
+}
+
+/// Like [`node`], with the proxies reporting their traffic every `report` seconds.
+fn node_reporting(
+    dir: &tempfile::TempDir,
+    command: &'static str,
+    fleet: Option<&str>,
+    timeout: u64,
+    report: u64,
+) -> Tenantgate {
     let base = match fleet {
         Some(url) => Tenantgate::fleet_node(command, url),
         None => Tenantgate::new().section(PLATFORM_TEST),
     };
-    base.admin("traffic_report_seconds = 1")
+    base.admin(&format!("traffic_report_seconds = {report}"))
         .section(&format!(
             "[provisioning]\nblueprints_dir = {:?}\nreconcile_seconds = 1\ndrain_seconds = 1\n",
             dir.path().display().to_string()
@@ -350,6 +361,25 @@ async fn an_open_upgraded_connection_keeps_a_store_awake() {
     wait_status(&tg, &id, "paused", 60).await;
     wait_states(&id, "paused").await;
     // A frozen store is deleted like any other.
+    delete(&tg, &id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_in_flight_is_never_frozen_under() {
+    demo_image(IMAGE);
+    let dir = blueprints(IMAGE);
+    // Traffic is reported once a minute here, so the store looks idle to the reconciler
+    // while the request below is in flight: only the proxy's own count of requests in
+    // flight keeps it from being frozen under it.
+    let tg = node_reporting(&dir, "serve", None, 60, 60).start().await;
+    let id = provision(&tg, "slow").await;
+    policy(&tg, &id, Some(2), None).await;
+    let (s, _, body) = get(&tg, "slow.platform.test", "/api/slow?ms=6000", &[]).await;
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains("slow done after 6000 ms"), "{body}");
+    // Once it is answered, the store falls asleep.
+    wait_status(&tg, &id, "paused", 60).await;
+    wait_states(&id, "paused").await;
     delete(&tg, &id).await;
 }
 

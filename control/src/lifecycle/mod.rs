@@ -122,7 +122,13 @@ pub struct Lifecycle {
     policy: tenantgate_config::UpstreamPolicy,
     /// Stores this node is waking now (concurrent asks share one wake).
     waking: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// This process's own proxy, when it has one (`serve`): a store's requests in flight
+    /// there, checked before its containers are frozen or stopped.
+    local_in_flight: std::sync::OnceLock<InFlightProbe>,
 }
+
+/// Requests in flight for a tenant on this process's proxy.
+pub type InFlightProbe = Arc<dyn Fn(&str) -> u64 + Send + Sync>;
 
 /// A container started for a tenant, and the component of the blueprint it runs.
 struct Started<'b> {
@@ -191,9 +197,16 @@ impl Lifecycle {
             http,
             policy: cfg.upstream_policy(),
             waking: Default::default(),
+            local_in_flight: std::sync::OnceLock::new(),
         };
         lc.reload_blueprints();
         Ok(Arc::new(lc))
+    }
+
+    /// Let the lifecycle see this process's proxy's requests in flight (`serve`): a store is
+    /// not frozen or stopped under a request that started after the last activity report.
+    pub fn with_local_in_flight(&self, probe: InFlightProbe) {
+        let _ = self.local_in_flight.set(probe);
     }
 
     /// Read the blueprint directory again. A directory with a broken file keeps the

@@ -76,6 +76,9 @@ fn metrics() -> &'static SleepMetrics {
     })
 }
 
+/// Longest a sleep waits for the requests already in flight on this process's proxy.
+const QUIET_WAIT: Duration = Duration::from_secs(10);
+
 /// How often control looks in the store for wakes asked for (a lost `NOTIFY`, a wake asked
 /// while this node was down).
 const WAKE_POLL: Duration = Duration::from_secs(1);
@@ -124,17 +127,29 @@ impl Lifecycle {
     }
 
     /// Put store `d` to sleep at `level` (held by the caller's lease): the route first, then
-    /// the containers. A failure publishes it awake again and says why.
+    /// the containers. A failure publishes it awake again and says why. `Ok(false)`: called
+    /// off (requests still in flight on this process's proxy).
     pub(crate) async fn put_to_sleep(
         &self,
         d: &Deployment,
         level: SleepLevel,
         idle_ms: i64,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         self.store
             .set_sleep(ACTOR, &d.id, Some(level))
             .await
             .map_err(|e| format!("publishing the sleep: {e}"))?;
+        // From here new requests are held; those already on their way (started after the
+        // last activity report) finish first, or the sleep is called off.
+        if !self.quiet(&d.id).await {
+            self.event(&d.id, "sleep called off: requests in flight")
+                .await;
+            self.store
+                .set_sleep(ACTOR, &d.id, None)
+                .await
+                .map_err(|e| format!("publishing awake: {e}"))?;
+            return Ok(false);
+        }
         if let Err(e) = self.sleep_containers(&d.id, level).await {
             self.event(&d.id, &format!("sleep failed: {e}; kept awake"))
                 .await;
@@ -157,7 +172,26 @@ impl Lifecycle {
             &format!("asleep: {what} after {} s without traffic", idle_ms / 1000),
         )
         .await;
-        Ok(())
+        Ok(true)
+    }
+
+    /// Whether this process's proxy has no request in flight for `id`, waiting up to
+    /// [`QUIET_WAIT`] for those it has to end (always true without a local proxy: a fleet's
+    /// proxies report theirs as activity).
+    async fn quiet(&self, id: &str) -> bool {
+        let Some(probe) = self.local_in_flight.get() else {
+            return true;
+        };
+        let deadline = tokio::time::Instant::now() + QUIET_WAIT;
+        loop {
+            if probe(id) == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Freeze or stop every container of tenant `id` (its route already says it sleeps).
@@ -358,7 +392,7 @@ impl Lifecycle {
                 Some(level) => self
                     .put_to_sleep(&fresh, level, now_ms() - since)
                     .await
-                    .map(|()| Some(level)),
+                    .map(|slept| slept.then_some(level)),
                 None => Ok(None),
             }
         };

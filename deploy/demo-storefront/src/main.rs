@@ -246,6 +246,20 @@ async fn handle(
             };
             return Ok(Response::new(Full::new(body)));
         }
+        // A slow answer (`?ms=N`, at most a minute): a request that stays in flight.
+        "/api/slow" => {
+            let ms: u64 = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("ms="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1000)
+                .min(60_000);
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            return Ok(Response::new(Full::new(Bytes::from(format!(
+                "slow done after {ms} ms\n"
+            )))));
+        }
         // An upgraded connection (like a WebSocket) that echoes what it is sent until the
         // client closes it.
         "/ws" => {

@@ -742,6 +742,15 @@ impl Router {
         self.swapped.send_modify(|n| *n += 1);
     }
 
+    /// Requests (and upgraded connections) in flight now for the route with this id, on
+    /// any of its versions.
+    pub fn in_flight(&self, id: &str) -> u64 {
+        self.lock()
+            .get(id)
+            .and_then(|e| e.traffic.get().map(|t| t.in_flight()))
+            .unwrap_or(0)
+    }
+
     /// The stored route (not one from the config file) with this id.
     pub fn stored_route(&self, id: &str) -> Option<Arc<RouteEntry>> {
         self.lock().get(id).filter(|e| e.is_stored()).cloned()
