@@ -14,7 +14,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::docker::{demo_image, docker};
+use common::docker::{demo_image, docker, sleepy_blueprint};
 use common::*;
 use serde_json::json;
 
@@ -135,15 +135,7 @@ async fn main() {
     let sizes = sizes_arg(&[20, 50]);
     let (wakes, stores) = (sizes[0], sizes.get(1).copied().unwrap_or(sizes[0]));
     demo_image(IMAGE);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let shipped = std::fs::read_to_string(format!("{SHIPPED_BLUEPRINTS}/demo-storefront.toml"))
-        .expect("shipped blueprint");
-    write_file(
-        &dir.path().join("sleepy.toml"),
-        &shipped
-            .replace("name = \"demo-storefront\"", "name = \"sleepy\"")
-            .replace("database = \"schema\"", "database = \"none\""),
-    );
+    let dir = sleepy_blueprint(IMAGE);
     let tg = Tenantgate::new()
         .section(PLATFORM_TEST)
         .admin("traffic_report_seconds = 1")

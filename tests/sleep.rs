@@ -11,28 +11,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::docker::{demo_image, docker};
+use common::docker::{demo_image, docker, sleepy_blueprint};
 use common::postgres::PgCluster;
 use common::*;
 
 /// The image the test blueprint runs (the demo storefront, without a database).
 const IMAGE: &str = "tenantgate/demo-storefront:latest";
-
-/// A blueprints directory with `sleepy`: the shipped demo storefront without a database,
-/// running `image`.
-fn blueprints(image: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let shipped = std::fs::read_to_string(format!("{SHIPPED_BLUEPRINTS}/demo-storefront.toml"))
-        .expect("shipped blueprint");
-    write_file(
-        &dir.path().join("sleepy.toml"),
-        &shipped
-            .replace("name = \"demo-storefront\"", "name = \"sleepy\"")
-            .replace("database = \"schema\"", "database = \"none\"")
-            .replace(IMAGE, image),
-    );
-    dir
-}
 
 /// A node (`serve`, or `control` on a fleet) that provisions from `dir`, reconciles every
 /// second, learns the proxies' traffic every second and holds requests up to `timeout`.
@@ -196,7 +180,7 @@ fn count(text: &str, needle: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_idle_store_freezes_then_stops_and_every_first_request_is_served() {
     demo_image(IMAGE);
-    let dir = blueprints(IMAGE);
+    let dir = sleepy_blueprint(IMAGE);
     let tg = node(&dir, "serve", None, 60).start().await;
     let id = provision(&tg, "nap").await;
     let host = "nap.platform.test";
@@ -335,7 +319,7 @@ async fn an_idle_store_freezes_then_stops_and_every_first_request_is_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_open_upgraded_connection_keeps_a_store_awake() {
     demo_image(IMAGE);
-    let dir = blueprints(IMAGE);
+    let dir = sleepy_blueprint(IMAGE);
     let tg = node(&dir, "serve", None, 60).start().await;
     let id = provision(&tg, "chat").await;
     policy(&tg, &id, Some(2), Some(4)).await;
@@ -367,7 +351,7 @@ async fn an_open_upgraded_connection_keeps_a_store_awake() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_request_in_flight_is_never_frozen_under() {
     demo_image(IMAGE);
-    let dir = blueprints(IMAGE);
+    let dir = sleepy_blueprint(IMAGE);
     // Traffic is reported once a minute here, so the store looks idle to the reconciler
     // while the request below is in flight: only the proxy's own count of requests in
     // flight keeps it from being frozen under it.
@@ -389,7 +373,7 @@ async fn a_fleet_proxy_wakes_a_store_that_control_runs_even_across_a_control_res
     let pg = PgCluster::start().await;
     pg.execute("postgres", "CREATE DATABASE fleet").await;
     let url = pg.url("fleet");
-    let dir = blueprints(IMAGE);
+    let dir = sleepy_blueprint(IMAGE);
     let mut control = node(&dir, "control", Some(&url), 60).start().await;
     let proxy = node(&dir, "proxy", Some(&url), 60).start().await;
     let id = provision(&control, "far").await;
@@ -454,7 +438,7 @@ async fn the_engine_failing_during_a_wake_gives_our_503_and_a_reason() {
     const DOOMED: &str = "tenantgate/demo-storefront:doomed";
     demo_image(IMAGE);
     docker(&["tag", IMAGE, DOOMED]);
-    let dir = blueprints(DOOMED);
+    let dir = sleepy_blueprint(DOOMED);
     let tg = node(&dir, "serve", None, 5).start().await;
     let id = provision(&tg, "gone").await;
     policy(&tg, &id, None, Some(2)).await;

@@ -41,3 +41,22 @@ pub fn docker(args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
+
+/// A blueprints directory holding `sleepy`: the shipped demo storefront without a database
+/// (nothing but the Docker Engine needed), running `image`.
+pub fn sleepy_blueprint(image: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shipped = std::fs::read_to_string(format!(
+        "{}/demo-storefront.toml",
+        super::SHIPPED_BLUEPRINTS
+    ))
+    .expect("shipped blueprint");
+    super::write_file(
+        &dir.path().join("sleepy.toml"),
+        &shipped
+            .replace("name = \"demo-storefront\"", "name = \"sleepy\"")
+            .replace("database = \"schema\"", "database = \"none\"")
+            .replace("tenantgate/demo-storefront:latest", image),
+    );
+    dir
+}

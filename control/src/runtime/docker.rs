@@ -466,30 +466,18 @@ impl Runtime for Docker {
     }
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
-        let removed = self
-            .api
-            .remove_container(
-                id,
-                Some(RemoveContainerOptions {
-                    force: true,
-                    v: true,
-                    ..Default::default()
-                }),
-            )
-            .await;
-        let removed = match removed {
+        let force = || {
+            Some(RemoveContainerOptions {
+                force: true,
+                v: true,
+                ..Default::default()
+            })
+        };
+        let removed = match self.api.remove_container(id, force()).await {
+            // An engine that will not kill a frozen container: thaw it first.
             Err(e) if Self::is_paused_error(&e) => {
                 self.unpause(id).await?;
-                self.api
-                    .remove_container(
-                        id,
-                        Some(RemoveContainerOptions {
-                            force: true,
-                            v: true,
-                            ..Default::default()
-                        }),
-                    )
-                    .await
+                self.api.remove_container(id, force()).await
             }
             other => other,
         };
