@@ -620,6 +620,9 @@ async fn an_operator_runs_a_store_from_the_browser() {
     b.wait_text("frozen after 2 s idle", Duration::from_secs(10))
         .await;
     b.screenshot("15-store-paused").await;
+    b.eval("document.querySelector('section.actions').scrollIntoView(); return true")
+        .await;
+    b.screenshot("16-store-actions").await;
 
     // Delete: the button waits for the slug typed exactly.
     b.goto(&store_page).await;

@@ -272,7 +272,15 @@ async fn content_length_bodies_stream_on_the_fast_path() {
         (v["body_len"].as_u64(), v["body_fnv"].as_u64()),
         (Some(262_144), Some(fnv(&big)))
     );
-    assert_eq!(engines(&tg, 3).await, vec!["http1"; 3]);
+    // An empty body, framed by its length, takes the fast path too.
+    c.send(b"POST /empty HTTP/1.1\r\nHost: a.test\r\nContent-Length: 0\r\n\r\n")
+        .await;
+    let v = json(&c.response().await);
+    assert_eq!(
+        (v["path"].as_str(), v["body_len"].as_u64()),
+        (Some("/empty"), Some(0))
+    );
+    assert_eq!(engines(&tg, 4).await, vec!["http1"; 4]);
     // A client that stops halfway: nothing is answered and the connection closes.
     let mut gone = RawClient::connect(tg.http).await;
     gone.send(b"POST /cart HTTP/1.1\r\nHost: a.test\r\nContent-Length: 100\r\n\r\nonly part")

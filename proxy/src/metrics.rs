@@ -18,9 +18,21 @@ use prometheus::{
 /// Status classes used as the `class` label.
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// How a held request's hold ended (the `result` label): decided again once its store
-/// woke, the waking page, our 503 at the wake timeout, a crawler turned away.
-pub const HELD: [&str; 4] = ["woken", "waking_page", "timeout", "crawler"];
+/// How a held request's hold ended (the `result` label of
+/// `tenantgate_proxy_held_requests_total`).
+#[derive(Debug, Clone, Copy)]
+pub enum Held {
+    /// Its store woke and it was decided again.
+    Woken = 0,
+    /// A browser navigation got the waking page.
+    WakingPage = 1,
+    /// Our 503 at the wake timeout.
+    Timeout = 2,
+    /// A crawler turned away from a stopped store.
+    Crawler = 3,
+}
+
+const HELD: [&str; 4] = ["woken", "waking_page", "timeout", "crawler"];
 
 /// Upstream error kinds used as the `kind` label.
 #[derive(Debug, Clone, Copy)]
@@ -115,8 +127,8 @@ pub struct Metrics {
     pub certificates: IntGauge,
     /// Access-log lines dropped because the writer fell behind.
     pub access_log_dropped: IntCounter,
-    /// Requests held for a sleeping store, by how the hold ended ([`HELD`]).
-    pub held: [IntCounter; 4],
+    /// Requests held for a sleeping store, by how the hold ended ([`Held`]).
+    held: [IntCounter; 4],
     /// Seconds requests were held while their store woke.
     pub held_seconds: Histogram,
     /// Wakes this proxy asked control for.
@@ -297,6 +309,11 @@ impl Metrics {
             labelled: Mutex::new(HashMap::new()),
             other,
         }
+    }
+
+    /// Count one held request by how its hold ended.
+    pub fn held(&self, how: Held) {
+        self.held[how as usize].inc();
     }
 
     /// Count one answer of our own.

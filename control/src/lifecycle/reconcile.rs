@@ -120,17 +120,9 @@ impl Lifecycle {
                     pass.resumed_provisioning += 1;
                     tokio::spawn(self.clone().provision(d.id.clone()));
                 }
-                "active" if d.sleep.is_some() => {
-                    // Asleep: its containers are meant to be frozen or stopped. Only a
-                    // deeper sleep is due here; requests wake it.
-                    if let Some(a) = &activity {
-                        match self.sleep_if_idle(d, a.get(&d.id).copied()).await {
-                            Ok(Some(_)) => pass.slept += 1,
-                            Ok(None) => {}
-                            Err(e) => pass.problems.push(format!("tenant {}: {e}", d.id)),
-                        }
-                    }
-                }
+                // Asleep: its containers are meant to be frozen or stopped. Only a deeper sleep
+                // is due (below); requests wake it.
+                "active" if d.sleep.is_some() => {}
                 "active" => {
                     // Read again under the lease: a redeploy may have just finished, or
                     // the store fell asleep.
@@ -152,13 +144,6 @@ impl Lifecycle {
                         Some(Err(e)) => {
                             super::count("repair", false);
                             pass.problems.push(format!("tenant {}: {e}", d.id));
-                        }
-                    }
-                    if let Some(a) = &activity {
-                        match self.sleep_if_idle(d, a.get(&d.id).copied()).await {
-                            Ok(Some(_)) => pass.slept += 1,
-                            Ok(None) => {}
-                            Err(e) => pass.problems.push(format!("tenant {}: {e}", d.id)),
                         }
                     }
                 }
@@ -190,6 +175,14 @@ impl Lifecycle {
                     }
                 }
                 _ => {}
+            }
+            // Awake or asleep, an active store idle past its periods goes (deeper) to sleep.
+            if let (Some(a), "active") = (&activity, d.status.as_str()) {
+                match self.sleep_if_idle(d, a.get(&d.id).copied()).await {
+                    Ok(Some(_)) => pass.slept += 1,
+                    Ok(None) => {}
+                    Err(e) => pass.problems.push(format!("tenant {}: {e}", d.id)),
+                }
             }
         }
         match listed {

@@ -84,31 +84,29 @@ const QUIET_WAIT: Duration = Duration::from_secs(10);
 const WAKE_POLL: Duration = Duration::from_secs(1);
 
 impl Lifecycle {
+    /// The idle periods of blueprint `name` as loaded now (never, for one that is not).
+    fn blueprint_policy(&self, name: &str) -> SleepPolicy {
+        super::read(&self.blueprints)
+            .get(name)
+            .map(|b| SleepPolicy {
+                idle_pause_seconds: b.idle_pause_seconds,
+                idle_stop_seconds: b.idle_stop_seconds,
+            })
+            .unwrap_or_default()
+    }
+
     /// The idle periods in force for `d`: its own, else its blueprint's.
     pub fn sleep_policy(&self, d: &Deployment) -> SleepPolicy {
-        d.sleep_policy.unwrap_or_else(|| {
-            super::read(&self.blueprints)
-                .get(&d.blueprint)
-                .map(|b| SleepPolicy {
-                    idle_pause_seconds: b.idle_pause_seconds,
-                    idle_stop_seconds: b.idle_stop_seconds,
-                })
-                .unwrap_or_default()
-        })
+        d.sleep_policy
+            .unwrap_or_else(|| self.blueprint_policy(&d.blueprint))
     }
 
     /// Fill in the idle periods `t` shows when they are its blueprint's.
     pub fn show_sleep_policy(&self, t: &mut Tenant) {
-        if t.sleep_override {
-            return;
-        }
-        if let Some(b) = t
-            .blueprint
-            .as_ref()
-            .and_then(|name| self.blueprints().get(name).cloned())
-        {
-            t.idle_pause_seconds = b.idle_pause_seconds;
-            t.idle_stop_seconds = b.idle_stop_seconds;
+        if let (false, Some(name)) = (t.sleep_override, &t.blueprint) {
+            let p = self.blueprint_policy(name);
+            t.idle_pause_seconds = p.idle_pause_seconds;
+            t.idle_stop_seconds = p.idle_stop_seconds;
         }
     }
 
@@ -382,11 +380,9 @@ impl Lifecycle {
                 .map_err(|e| e.to_string())?;
             let last = self
                 .store
-                .last_activity()
+                .last_activity_of(&d.id)
                 .await
-                .map_err(|e| e.to_string())?
-                .get(&d.id)
-                .copied();
+                .map_err(|e| e.to_string())?;
             let since = last.unwrap_or(0).max(fresh.awake_at);
             match self.due_sleep(&fresh, since, now_ms()) {
                 Some(level) => self

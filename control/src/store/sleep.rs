@@ -167,6 +167,22 @@ impl Store {
         rows.iter().map(|r| Ok((text(r, 0)?, int(r, 1)?))).collect()
     }
 
+    /// The last request any node saw for tenant `id`.
+    pub async fn last_activity_of(&self, id: &str) -> Result<Option<i64>> {
+        let mut tx = self.backend.begin(false).await?;
+        let rows = tx
+            .query(
+                "SELECT MAX(last_at) FROM activity WHERE tenant_id = $1",
+                &[t(id)],
+            )
+            .await?;
+        tx.commit().await?;
+        match rows.first().and_then(|r| r.first()) {
+            Some(Value::Null) | None => Ok(None),
+            Some(_) => Ok(Some(int(&rows[0], 0)?)),
+        }
+    }
+
     /// Forget the activity of tenants that are gone.
     pub async fn prune_activity(&self) -> Result<()> {
         let mut tx = self.backend.begin(true).await?;

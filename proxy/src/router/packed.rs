@@ -684,7 +684,7 @@ mod tests {
                 upstream_read_timeout_ms: Some(300),
                 ..Limits::default()
             }),
-            asleep: None,
+            asleep: Some(SleepLevel::Stopped),
         }
     }
 
@@ -737,6 +737,7 @@ mod tests {
         let no_hsts = Route {
             hsts: None,
             limits: None,
+            asleep: Some(SleepLevel::Paused),
             ..route()
         };
         assert_eq!(PackedRoute::new(&no_hsts).to_route(), no_hsts);

@@ -21,6 +21,13 @@ use crate::router::RouteEntry;
 /// Asked again for a store still asleep after this long.
 pub const ASK_AGAIN: Duration = Duration::from_secs(3);
 
+/// `Retry-After` of the waking page (it reloads itself as often).
+pub const RETRY_WAKING: u32 = 2;
+/// `Retry-After` of our 503 when a store did not wake in time.
+pub const RETRY_TIMEOUT: u32 = 5;
+/// `Retry-After` for a crawler turned away from a stopped store.
+pub const RETRY_CRAWLER: u32 = 60;
+
 /// Asks control to wake a tenant. Implementations return at once: a channel send on
 /// `serve`, a spawned store write and `NOTIFY` on a fleet proxy.
 pub trait Waker: Send + Sync {

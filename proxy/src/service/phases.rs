@@ -34,7 +34,7 @@ use super::forward::{self, tokens, ForwardedValues, Length, Name};
 use super::tls::Sni;
 use super::{hold, pages, AccessRecord, Decided, EdgeProxy, RequestContext};
 use crate::limits::requests::Limit;
-use crate::metrics::UpstreamErrorKind;
+use crate::metrics::{Held, UpstreamErrorKind};
 use crate::router::RouteEntry;
 use std::sync::Arc;
 use tenantgate_config::SleepLevel;
@@ -285,8 +285,8 @@ impl EdgeProxy {
             retry_after,
         };
         if holds.turns_away(level, ua) {
-            metrics.held[3].inc();
-            return answer(Answer::Asleep, route, 60);
+            metrics.held(Held::Crawler);
+            return answer(Answer::Asleep, route, hold::RETRY_CRAWLER);
         }
         let navigation = req.method == http::Method::GET
             && pages::wants_html(req.headers.get(header::ACCEPT).map(HeaderValue::as_bytes));
@@ -299,7 +299,7 @@ impl EdgeProxy {
             match self.judge(session, ctx, None) {
                 Verdict::Hold { route: r, .. } => route = r,
                 woken => {
-                    metrics.held[0].inc();
+                    metrics.held(Held::Woken);
                     metrics
                         .held_seconds
                         .observe(started.elapsed().as_secs_f64());
@@ -308,15 +308,15 @@ impl EdgeProxy {
             }
             let now = tokio::time::Instant::now();
             if page_at.is_some_and(|p| now >= p) {
-                metrics.held[1].inc();
-                return answer(Answer::Waking, route, 2);
+                metrics.held(Held::WakingPage);
+                return answer(Answer::Waking, route, hold::RETRY_WAKING);
             }
             if now >= give_up {
-                metrics.held[2].inc();
+                metrics.held(Held::Timeout);
                 metrics
                     .held_seconds
                     .observe(started.elapsed().as_secs_f64());
-                return answer(Answer::WakeTimeout, route, 5);
+                return answer(Answer::WakeTimeout, route, hold::RETRY_TIMEOUT);
             }
             if holds.ask(&route) {
                 metrics.wakes_asked.inc();

@@ -74,9 +74,9 @@ where
                         return served;
                     }
                     // The upstream closed an idle connection as we reused it: nothing was
-                    // answered, so a bodiless request goes out again on a new one (a body
-                    // that started to go upstream is never sent twice).
-                    Err(Failure::Stale) if reused && plan.body == 0 => continue,
+                    // answered, so a GET, HEAD or OPTIONS goes out again on a new one (a
+                    // request with a body, even an empty one, is never sent twice).
+                    Err(Failure::Stale) if reused && plan.body.is_none() => continue,
                     Err(f) => return self.error_page(plan, f, Some(addr)).await,
                 }
             }
@@ -124,7 +124,7 @@ where
             .route
             .timeouts(settings.connect_timeout, settings.read_timeout);
         // The body bytes that came with the head go out in the same write.
-        let mut body_left = plan.body;
+        let mut body_left = plan.body.unwrap_or(0);
         if body_left > 0 {
             let inline = self
                 .rbuf

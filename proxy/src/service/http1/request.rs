@@ -47,9 +47,9 @@ pub(super) struct Plan {
     pub html: bool,
     /// Where its method and target are in `uhead`.
     pub line: Line,
-    /// Bytes of body that follow the head (`Content-Length`; 0: none), streamed to the
-    /// upstream after it.
-    pub body: u64,
+    /// The `Content-Length` of its body, streamed to the upstream after the head (`None`:
+    /// none given, a GET, HEAD or OPTIONS; only such a request is ever sent twice).
+    pub body: Option<u64>,
     /// Its place among the tenant's requests in flight, held until the response ends.
     pub _permit: Option<crate::limits::requests::Permit>,
     /// Counts it among the route's requests in flight until the response ends.
@@ -379,7 +379,7 @@ impl<A> Http1Service<A> {
         let plain =
             simple && length == Length::Absent && matches!(method, "GET" | "HEAD" | "OPTIONS");
         let body = match length {
-            Length::Exact(n) if simple && n > 0 => Some(n),
+            Length::Exact(n) if simple => Some(n),
             _ => None,
         };
         let served = (plain || body.is_some())
@@ -418,7 +418,7 @@ impl<A> Http1Service<A> {
                     close,
                     html,
                     line,
-                    body: body.unwrap_or(0),
+                    body,
                     _permit: permit,
                     _active: active,
                 })
