@@ -4,8 +4,9 @@
 //! Pingora's HTTP/1 proxy path costs ~80k instructions per request before any of our phases
 //! run (benches/RESULTS.md); nginx spends ~29k on the whole request. This engine serves the
 //! requests that make up a storefront's traffic (`GET`, `HEAD` and `OPTIONS` without a body,
-//! HTTP/1.1, with a proxy verdict) with one parse of the head, one copy into the upstream
-//! request, pooled upstream connections and bodies relayed as they arrive.
+//! `POST`, `PUT`, `PATCH` and `DELETE` with a `Content-Length` body, HTTP/1.1, with a proxy
+//! verdict) with one parse of the head, one copy into the upstream request, pooled upstream
+//! connections and bodies relayed as they arrive.
 //!
 //! Jobs, one module each: the connection loop and the drain of a graceful stop (`conn`),
 //! request heads to facts and rebuilt heads (`request`), upstream attempts and the relay of
@@ -17,9 +18,11 @@
 //!   `max_request_header_bytes` of it (431 and close beyond); the admission step decides each
 //!   request once ([`crate::service::decide`]).
 //! - A request is proxied here only when its head parsed completely and strictly, it has no
-//!   body and its verdict is "proxy"; such a request refused by a tenant's limit gets its 429
-//!   here too (`Conn::limited`: refusing a flood must cost less than serving it). Everything
-//!   else (bodies, `Upgrade`, `Expect`, HTTP/1.0, every other answer of our own) is handed to
+//!   body or one framed by `Content-Length`, and its verdict is "proxy"; a bodiless one
+//!   refused by a tenant's limit gets its 429 here too (`Conn::limited`: refusing a flood
+//!   must cost less than serving it). A request with a body is never sent upstream twice.
+//!   Everything else (chunked bodies, `Upgrade`, `Expect`, HTTP/1.0, every other answer of
+//!   our own, holds for sleeping stores) is handed to
 //!   the Pingora engine, one request at a time, with the verdict ([`handoff`]). The engine
 //!   matrix in `tests/` checks the two 429 writers give the same answer.
 //! - A response is relayed only when its end is known exactly (no body, `Content-Length`, or
